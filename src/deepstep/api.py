@@ -1,0 +1,241 @@
+"""The high-level Python API: ``run``, ``resume`` and ``load`` a research thread."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import networkx as nx
+import openai
+import pandas as pd
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+
+from deepstep import render
+from deepstep import tree as step_tree
+from deepstep.checkpoint import sqlite_checkpointer
+from deepstep.configuration import ROLES, Settings
+from deepstep.errors import ConfigError, CorpusError, InputError, ModelServerError, StructuredOutputError, UnknownThreadError
+from deepstep.graph import build_graph
+from deepstep.nodes.retrieve import corpus_retriever
+
+MAX_QUESTION_CHARS = 4000
+THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class Progress:
+    """What the run is doing now, for progress displays."""
+
+    phase: str
+    steps_done: int = 0
+    steps_total: int = 0
+    detail: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class RunResult:
+    thread_id: str
+    tree: nx.DiGraph
+    markdown: str
+    usage: dict[str, dict[str, float]]
+    failed_steps: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    status: Literal["done", "awaiting_review", "incomplete"] = "done"
+    review_request: dict[str, Any] | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The storyboard table (seed format)."""
+        return render.storyboard_table(self.tree)
+
+    @property
+    def usage_totals(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for fields in self.usage.values():
+            for name, value in fields.items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+
+def clean_question(question: str) -> str:
+    """The question without control characters; rejects empty and oversized input."""
+    text = "".join(ch for ch in question if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        raise InputError('the question is empty: pass a question, e.g. deepstep run "What is a loss function?"')
+    if len(text) > MAX_QUESTION_CHARS:
+        raise InputError(f"the question is {len(text)} characters long; shorten it to at most {MAX_QUESTION_CHARS}")
+    return text
+
+
+def check_thread_id(thread_id: str) -> str:
+    if not THREAD_ID.match(thread_id):
+        raise InputError(
+            f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return thread_id
+
+
+def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
+    # Each rollout is three supersteps per evaluator sample; leave room for retries.
+    recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples
+    return {
+        "configurable": {"thread_id": thread_id, **settings.public_dict()},
+        "max_concurrency": settings.max_concurrency,
+        "recursion_limit": recursion_limit,
+    }
+
+
+@contextmanager
+def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
+    with sqlite_checkpointer(settings.checkpoint_file) as saver:
+        yield build_graph(saver, retriever=retriever)
+
+
+def _check_models(settings: Settings) -> None:
+    for role in ROLES:
+        settings.resolve_model(role)  # raises ConfigError when no server is configured
+
+
+def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, on_progress: ProgressCallback | None) -> None:
+    progress = Progress(phase="decompose")
+    try:
+        for namespace, update in graph.stream(graph_input, config, stream_mode="updates", subgraphs=True):
+            for node, values in update.items():
+                if not namespace and node in ("decompose", "review") and isinstance(values, dict) and "tree" in values:
+                    progress.steps_total = len(step_tree.step_ids(values["tree"]))
+                if namespace and node == "finish":
+                    progress.steps_done += 1
+                progress.phase = node
+                if on_progress:
+                    on_progress(progress)
+    except (openai.APIConnectionError, openai.APIStatusError, StructuredOutputError) as error:
+        raise _as_user_error(error, Settings.from_config(config)) from None
+
+
+def _as_user_error(error: Exception, settings: Settings) -> Exception:
+    base_url = settings.resolve_model("decompose").base_url
+    if isinstance(error, openai.AuthenticationError):
+        return ConfigError(f"the model server at {base_url} rejected the API key: set ${settings.api_key_env}")
+    if isinstance(error, openai.NotFoundError):
+        return ConfigError(f"the model server at {base_url} does not know model {settings.model!r}: set DEEPSTEP_MODEL")
+    if isinstance(error, openai.APIConnectionError):
+        return ModelServerError(f"cannot reach the model server at {base_url}: start it, or set OPENAI_BASE_URL to a running server")
+    if isinstance(error, openai.APIStatusError):
+        return ModelServerError(f"the model server at {base_url} keeps failing (HTTP {error.status_code}); try again later")
+    return ModelServerError(f"the model never produced a usable plan ({error}); try a stronger model")
+
+
+def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
+    snapshot = graph.get_state(config)
+    values = snapshot.values
+    thread_id = config["configurable"]["thread_id"]
+    tree = values.get("tree") if values.get("tree") is not None else step_tree.new_tree(values.get("question", ""))
+    review_request = next((i.value for task in snapshot.tasks for i in task.interrupts), None)
+    status: Literal["done", "awaiting_review", "incomplete"] = (
+        "awaiting_review" if review_request is not None else ("incomplete" if snapshot.next else "done")
+    )
+    return RunResult(
+        thread_id=thread_id,
+        tree=tree,
+        markdown=values.get("report") or render.markdown_report(tree),
+        usage=values.get("usage", {}),
+        failed_steps=values.get("failed_steps", []),
+        warnings=values.get("warnings", []),
+        status=status,
+        review_request=review_request,
+    )
+
+
+def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: BaseRetriever | None) -> Settings:
+    settings = settings or Settings.build()
+    if corpus is not None:
+        settings = Settings.build(**{**settings.model_dump(), "corpus": Path(corpus)})
+    _check_models(settings)
+    if retriever is None:
+        corpus_retriever(settings)  # fail early (CorpusError) and index once, before any model call
+    return settings
+
+
+def run(
+    question: str,
+    *,
+    thread_id: str | None = None,
+    corpus: str | Path | None = None,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Answer ``question`` step by step on a new thread (checkpointed; see ``resume``)."""
+    text = clean_question(question)
+    settings = _prepare(settings, corpus, retriever)
+    thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
+    config = _run_config(thread_id, settings)
+    with _open_graph(settings, retriever) as graph:
+        if graph.checkpointer.get_tuple(config) is not None:
+            raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
+        _stream(graph, {"question": text}, config, on_progress)
+        return _result(graph, config)
+
+
+def resume(
+    thread_id: str,
+    *,
+    settings: Settings | None = None,
+    review: Any = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Continue a thread: after a crash, after a review pause (``review`` = True or edited steps),
+    or to retry its failed steps. A finished thread without failures makes no model call."""
+    check_thread_id(thread_id)
+    base = settings or Settings.build()
+    with _open_graph(base, retriever) as graph:
+        probe: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        snapshot = graph.get_state(probe)
+        if not snapshot.values and not snapshot.next:
+            raise UnknownThreadError(f"no thread {thread_id} in {base.checkpoint_file}: check the id or DEEPSTEP_HOME")
+        # Continue with the settings the thread started with (explicit settings win).
+        stored = snapshot.values.get("settings", {})
+        merged = Settings.build(**{**stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
+        _check_models(merged)
+        config = _run_config(thread_id, merged)
+        if snapshot.next:
+            waiting_for_review = any(task.interrupts for task in snapshot.tasks)
+            graph_input: Any = Command(resume=True if review is None else review) if waiting_for_review else None
+        elif snapshot.values.get("failed_steps"):
+            graph.update_state(config, {"failed_steps": []}, as_node="review")  # re-dispatch the steps not done
+            graph_input = None
+        else:
+            return _result(graph, config)
+        if retriever is None:
+            corpus_retriever(merged)
+        _stream(graph, graph_input, config, on_progress)
+        return _result(graph, config)
+
+
+def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
+    """The stored result of a thread, without running anything."""
+    check_thread_id(thread_id)
+    settings = settings or Settings.build()
+    if not settings.checkpoint_file.exists():
+        raise UnknownThreadError(f"no checkpoint database at {settings.checkpoint_file}: run a question first or set DEEPSTEP_HOME")
+    with _open_graph(settings, None) as graph:
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        if not graph.get_state(config).values:
+            raise UnknownThreadError(f"no thread {thread_id} in {settings.checkpoint_file}: check the id or DEEPSTEP_HOME")
+        return _result(graph, config)
+
+
+__all__ = ["Progress", "RunResult", "run", "resume", "load", "clean_question", "check_thread_id", "CorpusError"]

@@ -1,0 +1,188 @@
+"""The ``deepstep`` command line.
+
+Exit codes: 0 success, 1 the run finished with failed steps, 2 bad input or settings
+(one line on stderr, no traceback), 130 interrupted (the thread can be resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deepstep import api
+from deepstep import tree as step_tree
+from deepstep.configuration import Settings
+from deepstep.errors import DeepstepError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Step-by-step research: decompose, retrieve, answer, refine (MCTSr).")
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors(thread_id: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except DeepstepError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        hint = f": continue with `deepstep resume {thread_id}`" if thread_id else ""
+        _fail(f"interrupted{hint}", code=130)
+
+
+@contextmanager
+def _progress_display() -> Iterator[Callable[[api.Progress], None]]:
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task("steps", total=None, phase="decompose")
+
+        def update(event: api.Progress) -> None:
+            bar.update(task, completed=event.steps_done, total=event.steps_total or None, phase=event.phase)
+
+        yield update
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.build(**overrides)
+
+
+def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
+    folder = out or settings.home / "runs" / result.thread_id
+    folder.mkdir(parents=True, exist_ok=True)
+    report = folder / "report.md"
+    report.write_text(result.markdown, encoding="utf-8")
+    result.table().to_csv(folder / "table.csv", index=False)
+    return report
+
+
+def _print_summary(result: api.RunResult, report: Path | None) -> None:
+    table = Table(title="model usage", show_edge=False)
+    for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
+        table.add_column(column, justify="right" if column != "role" else "left")
+    for role, fields in result.usage.items():
+        table.add_row(
+            role,
+            *(str(int(fields.get(k, 0))) for k in ("calls", "prompt_tokens", "completion_tokens", "repairs", "fallbacks")),
+            f"{fields.get('seconds', 0):.1f}",
+        )
+    stderr.print(table)
+    steps = step_tree.steps(result.tree)
+    done = sum(1 for s in steps if s["status"] == "done")
+    stderr.print(f"thread {result.thread_id}: {done}/{len(steps)} steps done, {len(result.failed_steps)} failed")
+    for failed in result.failed_steps:
+        stderr.print(f"  failed {failed['level']} {failed['name']}: {failed['error']}", highlight=False)
+    if report:
+        stderr.print(f"report: {report}")
+
+
+def _finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
+    if result.status == "awaiting_review":
+        stdout.print_json(json.dumps(result.review_request, ensure_ascii=False))
+        stderr.print(
+            f"plan waiting for review: approve with `deepstep resume {result.thread_id}`, "
+            f"or edit it with `deepstep resume {result.thread_id} --steps FILE.json`"
+        )
+        return
+    report = _write_outputs(result, out, settings)
+    _print_summary(result, report)
+    if result.failed_steps:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    question: Annotated[str, typer.Argument(help="The question to research.")],
+    thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new random id).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of Markdown/text files (default: the demo corpus).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: HOME/runs/THREAD).")] = None,
+    review: Annotated[bool, typer.Option("--review", help="Pause after planning to approve or edit the steps.")] = False,
+    rollouts: Annotated[int | None, typer.Option(help="MCTSr rollouts per step.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="At most this many steps.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Steps run at once.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (default: $OPENAI_BASE_URL).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for every role.")] = None,
+) -> None:
+    """Research QUESTION step by step and write the report."""
+    thread_id = thread_id or uuid.uuid4().hex[:12]
+    with _user_errors(thread_id):
+        settings = _settings(
+            corpus=corpus, review=review or None, rollouts=rollouts, max_steps=max_steps,
+            max_concurrency=max_concurrency, base_url=base_url, model=model,
+        )
+        api.check_thread_id(thread_id)
+        stderr.print(f"thread {thread_id} (resume with `deepstep resume {thread_id}`)")
+        with _progress_display() as on_progress:
+            result = api.run(question, thread_id=thread_id, settings=settings, on_progress=on_progress)
+        _finish(result, out, settings)
+
+
+@app.command()
+def resume(
+    thread_id: Annotated[str, typer.Argument(help="The thread to continue.")],
+    steps: Annotated[Path | None, typer.Option("--steps", help="JSON file with an edited step list for a plan awaiting review.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
+) -> None:
+    """Continue a thread after a crash or a review pause, or retry its failed steps."""
+    with _user_errors(thread_id):
+        review: Any = None
+        if steps is not None:
+            try:
+                review = {"steps": json.loads(steps.read_text(encoding="utf-8"))}
+            except (OSError, json.JSONDecodeError) as error:
+                _fail(f"cannot read the step list {steps}: {error}; it must be a JSON list of {{name, description, level}}")
+            if isinstance(review["steps"], dict):
+                review = review["steps"]
+        settings = _settings()
+        with _progress_display() as on_progress:
+            result = api.resume(thread_id, review=review, on_progress=on_progress)
+        _finish(result, out, settings)
+
+
+@app.command()
+def show(
+    thread_id: Annotated[str, typer.Argument(help="The thread to show.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
+) -> None:
+    """Print a stored thread as Markdown, JSON or CSV."""
+    with _user_errors():
+        if format not in ("md", "json", "csv"):
+            _fail(f"unknown format {format!r}: use md, json or csv")
+        result = api.load(thread_id)
+        if format == "md":
+            sys.stdout.write(result.markdown)
+        elif format == "csv":
+            sys.stdout.write(result.table().to_csv(index=False))
+        else:
+            payload = {
+                "thread_id": result.thread_id,
+                "status": result.status,
+                "tree": step_tree.to_data(result.tree),
+                "usage": result.usage,
+                "failed_steps": result.failed_steps,
+                "warnings": result.warnings,
+                "report": result.markdown,
+            }
+            sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""All settings in one pydantic-settings object.
+
+Precedence, lowest first: defaults < environment (``DEEPSTEP_<FIELD>``, plus the standard
+``OPENAI_BASE_URL``) < CLI options < ``RunnableConfig["configurable"]``. API keys are
+never settings: a role names the environment variable that holds its key
+(``api_key_env``), so keys stay out of checkpoints, logs and exports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepstep.errors import ConfigError
+from deepstep.mcts import MCTSParams
+
+ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
+Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
+StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
+
+
+class RoleModel(BaseModel):
+    """Per-role overrides; unset fields fall back to the global settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class ResolvedModel(BaseModel):
+    """What one role's ``ChatOpenAI`` is built from."""
+
+    role: Role
+    base_url: str
+    model: str
+    api_key_env: str
+    temperature: float
+    max_tokens: int
+    timeout: float
+    max_retries: int
+
+
+class Settings(BaseSettings):
+    """deepstep settings. Every field is also ``DEEPSTEP_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSTEP_", extra="forbid", validate_assignment=True)
+
+    # Where things live.
+    home: Path = Field(default=Path(".deepstep"), description="Folder for the checkpoint database and indexes.")
+    checkpoint_path: Path | None = Field(default=None, description="SQLite checkpoint file (default: HOME/checkpoints.sqlite).")
+    corpus: Path | None = Field(default=None, description="Folder of Markdown/text files to retrieve from (default: the bundled demo corpus).")
+
+    # Models.
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL for every role (default: $OPENAI_BASE_URL).")
+    model: str = Field(default="gpt-4o-mini", description="Model name for every role unless a role overrides it.")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    evaluate_temperature: float = Field(default=0.0, ge=0, le=2, description="Temperature of the strict critic that scores answers.")
+    max_tokens: int = Field(default=1024, ge=1)
+    timeout: float = Field(default=120.0, gt=0, description="Seconds before one model call times out.")
+    max_retries: int = Field(default=2, ge=0, description="HTTP-level retries per call (429/5xx/timeouts, Retry-After respected).")
+    step_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per graph node before a step is marked failed.")
+    structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
+    max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
+    roles: dict[Role, RoleModel] = Field(default_factory=dict, description="Per-role model overrides.")
+
+    # MCTSr.
+    rollouts: int = Field(default=2, ge=0)
+    exploration_c: float = Field(default=1.4, ge=0)
+    max_children: int = Field(default=2, ge=1)
+    reward_samples: int = Field(default=1, ge=1)
+    early_stop_q: float | None = Field(default=None, ge=-100, le=100)
+
+    # Plan and retrieval.
+    top_k: int = Field(default=4, ge=1, le=50)
+    max_steps: int = Field(default=8, ge=1, le=500)
+    max_depth: int = Field(default=3, ge=1, le=6)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
+    language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _known_roles(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(ROLES))
+            if unknown:
+                raise ValueError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_base_url(self) -> Settings:
+        if self.base_url is None and os.environ.get("OPENAI_BASE_URL"):
+            object.__setattr__(self, "base_url", os.environ["OPENAI_BASE_URL"])
+        return self
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.checkpoint_path or self.home / "checkpoints.sqlite"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    def resolve_model(self, role: Role) -> ResolvedModel:
+        override = self.roles.get(role, RoleModel())
+        base_url = override.base_url or self.base_url
+        if not base_url:
+            raise ConfigError(
+                "no model server configured: set OPENAI_BASE_URL (and OPENAI_API_KEY) or DEEPSTEP_BASE_URL, "
+                "or start the test server with `python -m deepstep.testing.fake_llm --port 8765`"
+            )
+        default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
+        return ResolvedModel(
+            role=role,
+            base_url=base_url,
+            model=override.model or self.model,
+            api_key_env=override.api_key_env or self.api_key_env,
+            temperature=default_temperature if override.temperature is None else override.temperature,
+            max_tokens=override.max_tokens or self.max_tokens,
+            timeout=override.timeout or self.timeout,
+            max_retries=self.max_retries,
+        )
+
+    def mcts_params(self) -> MCTSParams:
+        return MCTSParams(
+            rollouts=self.rollouts,
+            exploration_c=self.exploration_c,
+            max_children=self.max_children,
+            reward_samples=self.reward_samples,
+            early_stop_q=self.early_stop_q,
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """JSON-safe values (no secrets exist in settings) for state and ``configurable``."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def build(cls, **overrides: Any) -> Settings:
+        """Settings from the environment plus overrides; errors become one readable ``ConfigError``."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    @classmethod
+    def from_config(cls, config: RunnableConfig | None) -> Settings:
+        """Settings for a graph run: environment, overridden by known ``configurable`` keys."""
+        configurable = (config or {}).get("configurable", {})
+        return cls.build(**{k: v for k, v in configurable.items() if k in cls.model_fields})
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {message}")
+    return "invalid settings: " + "; ".join(problems) + " (see `deepstep run --help` or DEEPSTEP_* variables)"

@@ -1,0 +1,72 @@
+"""Wiring only: the run graph and the per-step subgraph.
+
+START -> outline -> decompose -> review -> Send(step) per step -> collect -> report -> END
+step:  question -> retrieve -> answer -> evaluate <-> critique -> refine -> ... -> finish
+"""
+
+from __future__ import annotations
+
+from langchain_core.retrievers import BaseRetriever
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import RetryPolicy
+
+from deepstep.models import is_transient
+from deepstep.nodes.answer import answer
+from deepstep.nodes.collect import collect, report
+from deepstep.nodes.decompose import decompose, outline
+from deepstep.nodes.dispatch import dispatch_steps
+from deepstep.nodes.failures import STEP_RETRY, fail_softly, route_unless_failed
+from deepstep.nodes.finish import finish
+from deepstep.nodes.question import question
+from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
+from deepstep.nodes.retrieve import make_retrieve
+from deepstep.nodes.review import review
+from deepstep.state import RunInput, RunOutput, RunState, StepInput, StepOutput, StepState
+
+
+def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph:
+    builder = StateGraph(StepState, input_schema=StepInput, output_schema=StepOutput)
+    builder.add_node("question", fail_softly(question), retry_policy=STEP_RETRY)
+    builder.add_node("retrieve", fail_softly(make_retrieve(retriever)), retry_policy=STEP_RETRY)
+    builder.add_node("answer", fail_softly(answer), retry_policy=STEP_RETRY)
+    builder.add_node("evaluate", fail_softly(evaluate), retry_policy=STEP_RETRY)
+    builder.add_node("critique", fail_softly(critique), retry_policy=STEP_RETRY)
+    builder.add_node("refine", fail_softly(refine), retry_policy=STEP_RETRY)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "question")
+    builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
+    builder.add_conditional_edges("retrieve", route_unless_failed("answer"), ["answer", "finish"])
+    builder.add_conditional_edges("answer", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_conditional_edges("evaluate", after_evaluate, ["evaluate", "critique", "finish"])
+    builder.add_conditional_edges("critique", route_unless_failed("refine"), ["refine", "finish"])
+    builder.add_conditional_edges("refine", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_edge("finish", END)
+    return builder.compile(name="step")
+
+
+def build_graph(
+    checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None
+) -> CompiledStateGraph:
+    """The deepstep graph; ``retriever`` defaults to BM25 over the configured corpus."""
+    builder = StateGraph(RunState, input_schema=RunInput, output_schema=RunOutput)
+    plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)
+    builder.add_node("outline", outline, retry_policy=plan_retry)
+    builder.add_node("decompose", decompose, retry_policy=plan_retry)
+    builder.add_node("review", review)
+    builder.add_node("step", build_step_graph(retriever))
+    builder.add_node("collect", collect)
+    builder.add_node("report", report)
+    builder.add_edge(START, "outline")
+    builder.add_edge("outline", "decompose")
+    builder.add_edge("decompose", "review")
+    builder.add_conditional_edges("review", dispatch_steps, ["step", "collect"])
+    builder.add_edge("step", "collect")
+    builder.add_edge("collect", "report")
+    builder.add_edge("report", END)
+    return builder.compile(checkpointer=checkpointer, name="deepstep")
+
+
+# For langgraph.json: the server supplies its own checkpointer.
+graph = build_graph()

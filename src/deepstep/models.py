@@ -1,0 +1,196 @@
+"""Chat models per role, structured output with fallbacks, and usage accounting.
+
+Every call goes through ``ChatOpenAI`` against an OpenAI-compatible server. Each request
+carries an ``X-Deepstep-Task`` header so server logs (and the fake test server) can tell
+the tasks apart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import httpx
+import openai
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, SecretStr
+
+from deepstep.configuration import Role, Settings
+from deepstep.errors import StructuredOutputError
+from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
+from deepstep.state import add_usage
+
+T = TypeVar("T", bound=BaseModel)
+Usage = dict[str, dict[str, float]]
+
+TASK_ROLES: dict[str, Role] = {
+    "outline": "decompose",
+    "steps": "decompose",
+    "question": "question",
+    "answer": "answer",
+    "critique": "critique",
+    "refine": "refine",
+    "evaluate": "evaluate",
+}
+
+# Errors worth another attempt of a node: the server or network failed, or a reply stayed
+# unparsable after its repairs. ValueError-like bugs in our own code are not retried.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    openai.APIConnectionError,  # includes APITimeoutError
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APIStatusError,
+    httpx.HTTPError,
+    StructuredOutputError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, openai.BadRequestError | openai.AuthenticationError | openai.NotFoundError):
+        return False
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def describe_error(error: BaseException) -> str:
+    """One readable line for a failed model call."""
+    if isinstance(error, openai.APITimeoutError):
+        return "the model server timed out"
+    if isinstance(error, openai.APIConnectionError):
+        return "cannot reach the model server"
+    if isinstance(error, openai.APIStatusError):
+        return f"the model server answered HTTP {error.status_code}: {error.message}"[:300]
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+# The best structured-output method each server accepted, so a server that rejects
+# json_schema (e.g. llama.cpp) costs one rejected request per process, not one per call.
+_methods_by_base_url: dict[str, str] = {}
+_methods_lock = threading.Lock()
+_DOWNGRADE = {"json_schema": "json_object", "json_object": "prompt"}
+
+
+def chat_model(settings: Settings, task: str) -> ChatOpenAI:
+    resolved = settings.resolve_model(TASK_ROLES[task])
+    return ChatOpenAI(
+        base_url=resolved.base_url,
+        model=resolved.model,
+        api_key=SecretStr(os.environ.get(resolved.api_key_env) or "not-needed"),
+        temperature=resolved.temperature,
+        max_tokens=resolved.max_tokens,
+        timeout=resolved.timeout,
+        max_retries=resolved.max_retries,
+        default_headers={"X-Deepstep-Task": task},
+    )
+
+
+def _usage_of(task: str, reply: AIMessage | None, seconds: float, **counters: int) -> Usage:
+    metadata = (reply.usage_metadata or {}) if reply is not None else {}
+    return {
+        TASK_ROLES[task]: {
+            "calls": 1 if reply is not None else 0,
+            "prompt_tokens": metadata.get("input_tokens", 0),
+            "completion_tokens": metadata.get("output_tokens", 0),
+            "seconds": round(seconds, 4),
+            **counters,
+        }
+    }
+
+
+def _text(reply: BaseMessage) -> str:
+    content = reply.content
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+
+
+def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) -> tuple[str, Usage]:
+    """One free-text call; returns the reply text and its usage."""
+    started = time.perf_counter()
+    reply = chat_model(settings, task).invoke(list(messages))
+    return _text(reply).strip(), _usage_of(task, reply, time.perf_counter() - started)
+
+
+def _response_format(method: str, schema: type[BaseModel]) -> dict | None:
+    if method == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False},
+        }
+    if method == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
+def call_structured(
+    settings: Settings,
+    task: str,
+    messages: Sequence[BaseMessage],
+    schema: type[T],
+    *,
+    fallback: Callable[[str], T] | None = None,
+) -> tuple[T, Usage]:
+    """A call whose reply must parse into ``schema``.
+
+    Uses the best method the server supports (json_schema, then json_object, then plain
+    prompt), always with the schema spelled out in the prompt, parses tolerantly, and sends
+    up to ``max_repairs`` repair requests. When the reply still does not parse, returns
+    ``fallback(last_reply)`` if given, else raises ``StructuredOutputError``.
+    """
+    model = chat_model(settings, task)
+    base_url = settings.resolve_model(TASK_ROLES[task]).base_url
+    method = settings.structured_output
+    if method == "auto":
+        with _methods_lock:
+            method = _methods_by_base_url.get(base_url, "json_schema")
+    conversation = _with_schema_instructions(messages, schema)
+    totals: Usage = {}
+    repairs = 0
+    last_text = ""
+    started = time.perf_counter()
+    while True:
+        response_format = _response_format(method, schema)
+        try:
+            reply = model.invoke(conversation, **({"response_format": response_format} if response_format else {}))
+        except openai.BadRequestError:
+            if settings.structured_output != "auto" or method not in _DOWNGRADE:
+                raise
+            method = _DOWNGRADE[method]
+            with _methods_lock:
+                _methods_by_base_url[base_url] = method
+            continue
+        totals = add_usage(totals, _usage_of(task, reply, 0.0))
+        last_text = _text(reply)
+        try:
+            value = parse_reply(last_text, schema)
+            return value, _finish(totals, task, started, repairs=repairs)
+        except ReplyParseError as error:
+            if repairs >= settings.max_repairs:
+                if fallback is not None:
+                    return fallback(last_text), _finish(totals, task, started, repairs=repairs, fallbacks=1)
+                raise StructuredOutputError(f"{task}: {error} after {repairs} repair(s)") from None
+            repairs += 1
+            conversation = [
+                *conversation,
+                AIMessage(content=last_text),
+                HumanMessage(content=f"That reply could not be used: {error}. {schema_instructions(schema)}"),
+            ]
+
+
+def _with_schema_instructions(messages: Sequence[BaseMessage], schema: type[BaseModel]) -> list[BaseMessage]:
+    instructions = schema_instructions(schema)
+    if messages and isinstance(messages[0], SystemMessage):
+        return [SystemMessage(content=f"{messages[0].content}\n\n{instructions}"), *messages[1:]]
+    return [SystemMessage(content=instructions), *messages]
+
+
+def _finish(totals: Usage, task: str, started: float, **counters: int) -> Usage:
+    role = TASK_ROLES[task]
+    fields = dict(totals.get(role, {}))
+    fields["seconds"] = round(time.perf_counter() - started, 4)
+    for name, value in counters.items():
+        fields[name] = fields.get(name, 0) + value
+    return {role: fields}

@@ -1,0 +1,1 @@
+"""Graph nodes: each builds a prompt, calls a model, and returns a state update."""

@@ -1,0 +1,33 @@
+"""answer: a draft grounded in the contexts, with invalid citations removed; it roots the MCTSr search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from deepstep import mcts, prompts
+from deepstep.citations import remove_invalid_citations
+from deepstep.configuration import Settings
+from deepstep.errors import StructuredOutputError
+from deepstep.models import call_text
+from deepstep.state import StepState
+
+
+def answer(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+    settings = Settings.from_config(config)
+    text, usage = call_text(
+        settings,
+        "answer",
+        prompts.ANSWER.format_messages(
+            question=state["question"],
+            name=state["step"]["name"],
+            research_question=state["research_question"],
+            contexts=prompts.format_contexts(state["contexts"]),
+            language_rule=prompts.language_rule(settings.language),
+        ),
+    )
+    if not text:
+        raise StructuredOutputError("answer: the model returned an empty reply")
+    draft, removed = remove_invalid_citations(text, len(state["contexts"]))
+    return {"draft": draft, "search": mcts.new_search(draft), "removed_citations": removed, "usage": usage}

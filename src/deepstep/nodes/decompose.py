@@ -1,0 +1,64 @@
+"""decompose: an outline of the topic (one call), then a validated step tree (one structured call).
+
+Two nodes, so each model call is its own checkpoint: a run killed after the outline
+resumes with it instead of asking again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from deepstep import prompts
+from deepstep import tree as step_tree
+from deepstep.configuration import Settings
+from deepstep.errors import InputError
+from deepstep.models import call_structured, call_text
+from deepstep.parsing import StepList
+from deepstep.state import RunState
+
+
+def _has_plan(state: RunState) -> bool:
+    existing = state.get("tree")
+    return existing is not None and bool(step_tree.step_ids(existing))
+
+
+def outline(state: RunState, config: RunnableConfig) -> dict[str, Any]:
+    if _has_plan(state) or state.get("outline"):
+        return {}  # a re-run on this thread keeps its plan
+    question = (state.get("question") or "").strip()
+    if not question:
+        raise InputError('the question is empty: pass a question, e.g. deepstep run "What is a loss function?"')
+    settings = Settings.from_config(config)
+    text, usage = call_text(
+        settings, "outline", prompts.OUTLINE.format_messages(question=question, language_rule=prompts.language_rule(settings.language))
+    )
+    return {"question": question, "outline": text, "usage": usage, "settings": settings.public_dict()}
+
+
+def decompose(state: RunState, config: RunnableConfig) -> dict[str, Any]:
+    if _has_plan(state):
+        return {}  # never duplicate steps on a re-run
+    settings = Settings.from_config(config)
+    question = state["question"]
+    plan, usage = call_structured(
+        settings,
+        "steps",
+        prompts.STEPS.format_messages(
+            question=question,
+            outline=state.get("outline", ""),
+            max_steps=settings.max_steps,
+            max_depth=settings.max_depth,
+            language_rule=prompts.language_rule(settings.language),
+        ),
+        StepList,
+    )
+    built = step_tree.build_tree(
+        question,
+        state.get("outline", ""),
+        [step_tree.StepSpec(name=s.name, description=s.description, level=s.level) for s in plan.steps],
+        max_steps=settings.max_steps,
+        max_depth=settings.max_depth,
+    )
+    return {"tree": built.tree, "warnings": built.warnings, "usage": usage}

@@ -1,0 +1,26 @@
+"""Fan-out: one ``Send`` to the step subgraph per step that is not done yet."""
+
+from __future__ import annotations
+
+from langgraph.types import Send
+
+from deepstep import tree as step_tree
+from deepstep.state import RunState, StepInput
+
+
+def dispatch_steps(state: RunState) -> list[Send] | str:
+    tree = state["tree"]
+    done = {sid for sid, result in (state.get("step_results") or {}).items() if result.get("status") == "done"}
+    sends = []
+    for step_id in step_tree.step_ids(tree):
+        node = tree.nodes[step_id]
+        if node["status"] == "done" or step_id in done:
+            continue
+        payload: StepInput = {
+            "step": {"id": step_id, "name": node["name"], "description": node["description"], "level": node["level"]},
+            "question": state["question"],
+            "outline": state.get("outline", ""),
+            "ancestors": [{"name": a["name"], "level": a["level"]} for a in step_tree.ancestors(tree, step_id)],
+        }
+        sends.append(Send("step", payload))
+    return sends or "collect"

@@ -1,0 +1,53 @@
+"""Turning a step node's final failure into state, so one bad step never stops the others.
+
+The node's ``RetryPolicy`` retries transient errors (model, HTTP, parse). On the last
+allowed attempt, or for an error that retrying cannot fix, the wrapper records the error
+in the step state instead of raising; the step then finishes as ``failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
+from langgraph.runtime import Runtime
+from langgraph.types import RetryPolicy
+
+from deepstep.configuration import Settings
+from deepstep.models import describe_error, is_transient
+
+MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
+STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
+
+StepNode = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
+
+
+def fail_softly(node: StepNode) -> Callable[..., dict[str, Any]]:
+    def guarded(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
+        try:
+            return node(state, config)
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
+            attempts = min(Settings.from_config(config).step_attempts, MAX_ATTEMPTS)
+            if is_transient(error) and attempt < attempts:
+                raise
+            tries = f" after {attempt} attempt(s)" if is_transient(error) else ""
+            return {"error": f"{node.__name__}: {describe_error(error)}{tries}"}
+
+    guarded.__name__ = node.__name__
+    guarded.__doc__ = node.__doc__
+    return guarded
+
+
+def route_unless_failed(next_node: str) -> Callable[[dict[str, Any]], str]:
+    """Conditional edge: go on to ``next_node`` unless the step has failed."""
+
+    def route(state: dict[str, Any]) -> str:
+        return "finish" if state.get("error") else next_node
+
+    route.__name__ = f"to_{next_node}_unless_failed"
+    return route

@@ -1,0 +1,33 @@
+"""question: one focused research question for the step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from deepstep import prompts
+from deepstep.configuration import Settings
+from deepstep.errors import StructuredOutputError
+from deepstep.models import call_text
+from deepstep.state import StepState
+
+
+def question(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+    settings = Settings.from_config(config)
+    step = state["step"]
+    text, usage = call_text(
+        settings,
+        "question",
+        prompts.QUESTION.format_messages(
+            question=state["question"],
+            outline=state["outline"],
+            ancestors=prompts.format_ancestors(state["ancestors"]),
+            name=step["name"],
+            description=step["description"],
+            language_rule=prompts.language_rule(settings.language),
+        ),
+    )
+    if not text:
+        raise StructuredOutputError("question: the model returned an empty reply")
+    return {"research_question": text, "usage": usage}

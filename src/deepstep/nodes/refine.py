@@ -1,0 +1,104 @@
+"""refine: the MCTSr loop, one LLM call per node so every call is its own checkpoint.
+
+evaluate -> (more samples? evaluate) -> (done? finish) -> critique -> refine -> evaluate ...
+The choice of which answer to refine (``mcts.select``) is made in ``critique`` and kept in
+state, so a run killed between critique and refine resumes on the same answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+
+from deepstep import mcts, prompts
+from deepstep.citations import remove_invalid_citations
+from deepstep.configuration import Settings
+from deepstep.errors import StructuredOutputError
+from deepstep.models import call_structured, call_text
+from deepstep.parsing import RefineResponse, Score
+from deepstep.state import StepState
+
+# The last-resort score when the critic's reply never parses: neutral, and counted as a fallback.
+FALLBACK_SCORE = 0
+
+
+def evaluate(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+    settings = Settings.from_config(config)
+    params = settings.mcts_params()
+    search = state["search"]
+    node_id = mcts.needs_reward(search, params)
+    if node_id is None:
+        return {}
+    score, usage = call_structured(
+        settings,
+        "evaluate",
+        prompts.EVALUATE.format_messages(
+            research_question=state["research_question"],
+            contexts=prompts.format_contexts(state["contexts"]),
+            answer=search["nodes"][node_id]["answer"],
+        ),
+        Score,
+        fallback=lambda _reply: Score(score=FALLBACK_SCORE),
+    )
+    search = mcts.add_reward(search, node_id, score.score)
+    if node_id != 0 and mcts.needs_reward(search, params) is None:
+        search = mcts.backpropagate(search, node_id)
+    return {"search": search, "usage": usage}
+
+
+def critique(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+    settings = Settings.from_config(config)
+    search = state["search"]
+    parent_id = mcts.select(search, settings.mcts_params())
+    parent = search["nodes"][parent_id]
+    earlier = [search["nodes"][c]["critique"] for c in parent["children"]]
+    text, usage = call_text(
+        settings,
+        "critique",
+        prompts.CRITIQUE.format_messages(
+            name=state["step"]["name"],
+            research_question=state["research_question"],
+            contexts=prompts.format_contexts(state["contexts"]),
+            answer=parent["answer"],
+            earlier_critiques=" | ".join(earlier) if earlier else "(none)",
+            language_rule=prompts.language_rule(settings.language),
+        ),
+    )
+    if not text:
+        raise StructuredOutputError("critique: the model returned an empty reply")
+    return {"pending_expansion": {"parent": parent_id, "critique": text}, "usage": usage}
+
+
+def refine(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+    settings = Settings.from_config(config)
+    search = state["search"]
+    pending = state["pending_expansion"]
+    parent_answer = search["nodes"][pending["parent"]]["answer"]
+    refined, usage = call_structured(
+        settings,
+        "refine",
+        prompts.REFINE.format_messages(
+            name=state["step"]["name"],
+            research_question=state["research_question"],
+            contexts=prompts.format_contexts(state["contexts"]),
+            answer=parent_answer,
+            critique=pending["critique"],
+            language_rule=prompts.language_rule(settings.language),
+        ),
+        RefineResponse,
+        # A reply that never parses still carries the model's rewrite as plain text.
+        fallback=lambda reply: RefineResponse(thought="(unparsed reply)", answer=reply.strip() or parent_answer),
+    )
+    new_answer, removed = remove_invalid_citations(refined.answer, len(state["contexts"]))
+    search, _ = mcts.expand(search, pending["parent"], critique=pending["critique"], thought=refined.thought, answer=new_answer)
+    return {"search": search, "pending_expansion": None, "removed_citations": removed, "usage": usage}
+
+
+def after_evaluate(state: StepState, config: RunnableConfig) -> Literal["evaluate", "critique", "finish"]:
+    if state.get("error"):
+        return "finish"
+    params = Settings.from_config(config).mcts_params()
+    if mcts.needs_reward(state["search"], params) is not None:
+        return "evaluate"
+    return "finish" if mcts.is_done(state["search"], params) else "critique"

@@ -1,0 +1,181 @@
+"""Structured-output schemas and tolerant parsing of model replies (pure, no I/O).
+
+Small models wrap JSON in code fences, add prose around it, use single quotes or
+trailing commas, or give a score as "85/100". ``parse_reply`` recovers what it can and
+validates with pydantic; what it cannot recover raises ``ReplyParseError`` with a
+message that can be sent back to the model as a repair request.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StepItem(BaseModel):
+    name: str = Field(description="Short title of the step")
+    description: str = Field(default="", description="One or two sentences on what the step covers")
+    level: str = Field(description="Position in the hierarchy: 0, 0>1, 0>1>1, 0>2 ...")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_as_text(cls, value: Any) -> str:
+        return str(value)
+
+
+class StepList(BaseModel):
+    steps: list[StepItem] = Field(min_length=1)
+
+
+class RefineResponse(BaseModel):
+    """A refined answer and the reasoning that led to it (the MCTSr refine output)."""
+
+    thought: str = Field(default="", description="What was changed and why")
+    answer: str = Field(min_length=1, description="The complete improved answer")
+
+
+class Score(BaseModel):
+    score: int = Field(ge=-100, le=100, description="Integer from -100 to 100")
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            number = _first_number(value)
+            if number is None:
+                raise ValueError(f"score {value!r} is not a number")
+            return number
+        if isinstance(value, float):
+            return round(value)
+        return value
+
+
+class ReplyParseError(ValueError):
+    """The reply does not contain a valid object of the expected schema."""
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _first_number(text: str) -> int | None:
+    match = _NUMBER.search(text)
+    return round(float(match.group())) if match else None
+
+
+def _balanced_objects(text: str) -> list[str]:
+    """Every top-level ``{...}`` span, respecting quoted strings."""
+    spans, depth, start, quote, escaped = [], 0, -1, "", False
+    for index, char in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+            continue
+        if char in "\"'" and depth > 0:
+            quote = char
+        elif char == "{":
+            if depth == 0:
+                start = index
+            depth += 1
+        elif char == "}" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                spans.append(text[start : index + 1])
+    return spans
+
+
+def _loads_lenient(candidate: str) -> Any:
+    try:
+        return json.loads(candidate)
+    except json.JSONDecodeError:
+        pass
+    without_trailing_commas = re.sub(r",\s*([}\]])", r"\1", candidate)
+    try:
+        return json.loads(without_trailing_commas)
+    except json.JSONDecodeError:
+        pass
+    # Single-quoted dicts are valid Python literals; literal_eval never executes code.
+    pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", without_trailing_commas)))
+    try:
+        value = ast.literal_eval(pythonish)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ReplyParseError("the reply is not valid JSON") from None
+    return value
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON value found in a reply: whole text, fenced block, or a ``{...}`` span."""
+    stripped = text.strip()
+    if not stripped:
+        raise ReplyParseError("the reply is empty")
+    candidates = [stripped, *(m.strip() for m in _FENCE.findall(stripped)), *_balanced_objects(stripped)]
+    for candidate in candidates:
+        try:
+            return _loads_lenient(candidate)
+        except ReplyParseError:
+            continue
+    raise ReplyParseError("the reply contains no valid JSON object")
+
+
+def parse_reply(text: str, schema: type[T]) -> T:
+    """Parse and validate a reply into ``schema``, tolerating the usual small-model slips."""
+    if schema is Score:
+        return parse_score(text)  # type: ignore[return-value]
+    data = extract_json(text)
+    if schema is StepList and isinstance(data, list):
+        data = {"steps": data}
+    if schema is RefineResponse and isinstance(data, dict) and "answer" not in data:
+        for alias in ("refined_answer", "improved_answer", "response", "text"):
+            if isinstance(data.get(alias), str):
+                data = {**data, "answer": data[alias]}
+                break
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ReplyParseError(f"the JSON does not match the schema ({details})") from None
+
+
+def parse_score(text: str) -> Score:
+    """A score from JSON (``{"score": 85}``) or text (``Score: 85/100``, ``85``)."""
+    try:
+        data = extract_json(text)
+    except ReplyParseError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("score", "reward", "rating", "value"):
+            if key in data:
+                try:
+                    return Score.model_validate({"score": data[key]})
+                except ValidationError:
+                    raise ReplyParseError(f"score {data[key]!r} is not an integer from -100 to 100") from None
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        return _score_in_range(round(data))
+    match = re.search(r"(?i)(?:score|reward|rating)\s*[:=]?\s*([-+]?\d+(?:\.\d+)?)", text) or _NUMBER.search(text)
+    if match is None:
+        raise ReplyParseError("the reply has no score: answer with an integer from -100 to 100")
+    return _score_in_range(round(float(match.group(1) if match.groups() else match.group())))
+
+
+def _score_in_range(value: int) -> Score:
+    if not -100 <= value <= 100:
+        raise ReplyParseError(f"score {value} is outside -100..100")
+    return Score(score=value)
+
+
+def schema_instructions(schema: type[BaseModel]) -> str:
+    """The JSON schema as text, for prompts when the server cannot enforce it."""
+    return (
+        "Reply with one JSON object only, no prose and no code fences, matching this JSON schema:\n"
+        + json.dumps(schema.model_json_schema(), ensure_ascii=False)
+    )

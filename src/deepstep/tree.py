@@ -1,0 +1,238 @@
+"""The step tree: a ``networkx.DiGraph`` whose nodes are steps and whose root is the question.
+
+Node id = ``task_step_id`` (a UUID string); node attributes = the step's fields; edges run
+parent -> child. Levels are path strings (``0``, ``0>1``, ``0>1>1``): the parent of a step
+is the step whose level is its own minus the last ``>n``. Every function here is pure:
+it returns a new graph and never changes the one it is given, so reducers and nodes can
+use them on checkpointed state.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+ROOT_ID = "root"
+LEVEL_PATTERN = re.compile(r"^\d+(>\d+)*$")
+
+# Fields every step node carries; anything else (e.g. unknown dreamsboard fields) is kept as is.
+STEP_DEFAULTS: dict[str, Any] = {
+    "kind": "step",
+    "name": "",
+    "description": "",
+    "level": "",
+    "question": "",
+    "contexts": [],
+    "answer": "",
+    "status": "pending",  # pending | done | failed
+    "error": "",
+    "mcts": {},
+}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A proposed step before it becomes a tree node."""
+
+    name: str
+    description: str
+    level: str
+
+
+@dataclass
+class TreeBuild:
+    """The outcome of validating proposed steps: the tree and what had to be fixed."""
+
+    tree: nx.DiGraph
+    warnings: list[str] = field(default_factory=list)
+
+
+def level_parts(level: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in level.split(">"))
+
+
+def level_depth(level: str) -> int:
+    """0 for ``0``, 1 for ``0>1``, ..."""
+    return level.count(">")
+
+
+def parent_level(level: str) -> str | None:
+    return level.rsplit(">", 1)[0] if ">" in level else None
+
+
+def normalize_level(raw: Any) -> str | None:
+    """``' 0 > 1 '`` -> ``'0>1'``; ``None`` when the value is not a level path."""
+    text = re.sub(r"\s+", "", str(raw)).strip(">")
+    text = re.sub(r">+", ">", text)
+    if not LEVEL_PATTERN.match(text):
+        return None
+    return ">".join(str(int(part)) for part in text.split(">"))
+
+
+def new_tree(question: str, outline: str = "") -> nx.DiGraph:
+    tree = nx.DiGraph()
+    tree.add_node(ROOT_ID, kind="question", question=question, outline=outline)
+    return tree
+
+
+def build_tree(
+    question: str,
+    outline: str,
+    steps: Sequence[StepSpec],
+    *,
+    max_steps: int,
+    max_depth: int,
+    ids: Mapping[str, str] | None = None,
+) -> TreeBuild:
+    """Validate proposed steps and build the tree.
+
+    - invalid or duplicate levels are dropped (the first occurrence wins);
+    - steps deeper than ``max_depth`` levels are dropped;
+    - an orphan (its parent level is missing) is attached to its nearest existing ancestor
+      and renumbered as that ancestor's next child, so level strings stay consistent with
+      the edges (dreamsboard derives parents from levels);
+    - at most ``max_steps`` steps are kept, in tree order, so parents are never cut before
+      their children.
+    ``ids`` maps levels to existing step ids to keep (an edited plan keeps its ids).
+    Each fix is reported in ``warnings``.
+    """
+    warnings: list[str] = []
+    accepted: dict[str, StepSpec] = {}
+    for spec in steps:
+        level = normalize_level(spec.level)
+        name = spec.name.strip()
+        if level is None:
+            warnings.append(f"dropped step {name!r}: level {spec.level!r} is not like 0, 0>1, 0>1>2")
+            continue
+        if not name:
+            warnings.append(f"dropped step at level {level}: it has no name")
+            continue
+        if level_depth(level) + 1 > max_depth:
+            warnings.append(f"dropped step {name!r}: level {level} is deeper than max_depth={max_depth}")
+            continue
+        if level in accepted:
+            warnings.append(f"dropped step {name!r}: level {level} is already used by {accepted[level].name!r}")
+            continue
+        accepted[level] = StepSpec(name=name, description=spec.description.strip(), level=level)
+
+    # Process shallow levels first so that an orphan's ancestors are settled before it.
+    placed: dict[str, StepSpec] = {}
+    renamed: dict[str, str] = {}
+    for original in sorted(accepted, key=lambda lv: (level_depth(lv), level_parts(lv))):
+        spec = accepted[original]
+        parent = parent_level(original)
+        if parent is not None:
+            parent = renamed.get(parent, parent)
+        level = original if parent is None else f"{parent}>{original.rsplit('>', 1)[1]}"
+        if parent is not None and parent not in placed:
+            ancestor = _nearest_placed_ancestor(parent, placed)
+            level = _next_free_child(ancestor, placed)
+            warnings.append(
+                f"step {spec.name!r} at level {original} had no parent step; "
+                f"attached to {'the question' if ancestor is None else 'level ' + ancestor} as level {level}"
+            )
+        elif level in placed:
+            level = _next_free_child(parent, placed)
+            warnings.append(f"step {spec.name!r} renumbered from {original} to {level} to keep levels unique")
+        renamed[original] = level
+        placed[level] = StepSpec(name=spec.name, description=spec.description, level=level)
+
+    ordered = sorted(placed, key=level_parts)
+    if len(ordered) > max_steps:
+        warnings.append(f"kept the first {max_steps} of {len(ordered)} steps (max_steps={max_steps})")
+        ordered = ordered[:max_steps]
+
+    tree = new_tree(question, outline)
+    ids = dict(ids or {})
+    for level in ordered:
+        spec = placed[level]
+        step_id = ids.get(level) or str(uuid.uuid4())
+        tree.add_node(step_id, **{**STEP_DEFAULTS, "name": spec.name, "description": spec.description, "level": level})
+    by_level = {tree.nodes[n]["level"]: n for n in tree.nodes if n != ROOT_ID}
+    for level, step_id in by_level.items():
+        parent = parent_level(level)
+        tree.add_edge(by_level[parent] if parent else ROOT_ID, step_id)
+    return TreeBuild(tree=tree, warnings=warnings)
+
+
+def _nearest_placed_ancestor(level: str | None, placed: Mapping[str, Any]) -> str | None:
+    while level is not None and level not in placed:
+        level = parent_level(level)
+    return level
+
+
+def _next_free_child(parent: str | None, placed: Mapping[str, Any]) -> str:
+    siblings = [lv for lv in placed if parent_level(lv) == parent]
+    taken = [level_parts(lv)[-1] for lv in siblings]
+    index = max(taken, default=-1 if parent is None else 0) + 1
+    return str(index) if parent is None else f"{parent}>{index}"
+
+
+def step_ids(tree: nx.DiGraph) -> list[str]:
+    """Step ids in tree order: depth-first, siblings by level number."""
+    return sorted((n for n in tree.nodes if n != ROOT_ID), key=lambda n: level_parts(tree.nodes[n]["level"]))
+
+
+def steps(tree: nx.DiGraph) -> list[dict[str, Any]]:
+    """The steps as dicts (``id`` plus attributes) in tree order."""
+    return [{"id": n, **tree.nodes[n]} for n in step_ids(tree)]
+
+
+def ancestors(tree: nx.DiGraph, step_id: str) -> list[dict[str, Any]]:
+    """The step's ancestors from the top down, excluding the question root."""
+    chain = []
+    node = next(iter(tree.predecessors(step_id)), None)
+    while node is not None and node != ROOT_ID:
+        chain.append({"id": node, **tree.nodes[node]})
+        node = next(iter(tree.predecessors(node)), None)
+    return list(reversed(chain))
+
+
+def question_of(tree: nx.DiGraph) -> str:
+    return tree.nodes[ROOT_ID]["question"] if ROOT_ID in tree else ""
+
+
+def outline_of(tree: nx.DiGraph) -> str:
+    return tree.nodes[ROOT_ID].get("outline", "") if ROOT_ID in tree else ""
+
+
+def with_step_updates(tree: nx.DiGraph, updates: Iterable[Mapping[str, Any]]) -> nx.DiGraph:
+    """A copy of ``tree`` with each ``{"id": ..., **fields}`` merged into its step node.
+
+    Updates for ids that are not in the tree are ignored: they come from an older plan.
+    """
+    updated = tree.copy()
+    for update in updates:
+        step_id = update["id"]
+        if step_id in updated:
+            updated.nodes[step_id].update({k: v for k, v in update.items() if k != "id"})
+    return updated
+
+
+def to_data(tree: nx.DiGraph) -> dict[str, Any]:
+    """A plain, JSON-safe encoding of the tree (networkx node-link format)."""
+    return nx.node_link_data(tree, edges="edges")
+
+
+def from_data(data: Mapping[str, Any]) -> nx.DiGraph:
+    graph = nx.node_link_graph(dict(data), directed=True, multigraph=False, edges="edges")
+    return nx.DiGraph(graph)
+
+
+def trees_equal(left: nx.DiGraph, right: nx.DiGraph) -> bool:
+    """Same nodes, same attributes, same edges."""
+    return (
+        dict(left.nodes(data=True)) == dict(right.nodes(data=True))
+        and set(left.edges) == set(right.edges)
+        and dict(left.graph) == dict(right.graph)
+    )
+
+
+def signature(tree: nx.DiGraph, *, fields: Sequence[str] = ("name", "level", "question", "answer", "status")) -> list[tuple]:
+    """Ids stripped, the content of each step in tree order: compares trees of two runs."""
+    return [tuple(tree.nodes[n].get(f) for f in fields) for n in step_ids(tree)]

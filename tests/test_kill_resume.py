@@ -1,0 +1,108 @@
+"""SIGKILL a real `deepstep run` process at several points, resume it, and check the server's log.
+
+A call may be repeated after a resume only if it was in flight when the process died
+(at most ``max_concurrency`` calls); the final tree must equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import deepstep
+from deepstep import tree as step_tree
+from deepstep.configuration import Settings
+from deepstep.testing import FakeLLMServer
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is a loss function?"
+CONCURRENCY = 4
+CORPUS = Path(__file__).parent / "data" / "corpus"
+# Calls in a 5-step, 2-rollout run: 2 (plan) + 5 x 9 = 47. Kill during decompose, during the
+# first steps, and deep inside the MCTSr loops.
+KILL_AFTER_CALLS = [1, 5, 17, 33, 44]
+
+
+def cli_env(base_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSTEP_", "OPENAI_"))}
+    env.update(
+        OPENAI_BASE_URL=base_url,
+        DEEPSTEP_HOME=str(home),
+        DEEPSTEP_CORPUS=str(CORPUS),
+        DEEPSTEP_ROLLOUTS="2",
+        DEEPSTEP_MAX_CONCURRENCY=str(CONCURRENCY),
+        DEEPSTEP_MAX_RETRIES="0",
+    )
+    return env
+
+
+def deepstep_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deepstep.cli", *args]
+
+
+def repeated_calls(log: list[dict]) -> int:
+    counts = Counter(entry["hash"] for entry in log if entry["status"] == 200)
+    return sum(count - 1 for count in counts.values())
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeLLMServer(latency_ms=60) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def baseline(server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("baseline")
+    settings = Settings.build(base_url=server.base_url, home=home, corpus=CORPUS, rollouts=2, max_concurrency=CONCURRENCY, max_retries=0)
+    server.reset_log()
+    result = deepstep.run(QUESTION, thread_id="baseline", settings=settings)
+    assert repeated_calls(server.log()) == 0
+    return step_tree.signature(result.tree), len(server.log())
+
+
+@pytest.mark.parametrize("kill_after", KILL_AFTER_CALLS)
+def test_kill_and_resume_repeats_only_in_flight_calls(server, baseline, tmp_path, kill_after):
+    expected_signature, total_calls = baseline
+    home = tmp_path / "home"
+    env = cli_env(server.base_url, home)
+    thread = f"kill{kill_after}"
+    server.reset_log()
+
+    process = subprocess.Popen(deepstep_cli("run", QUESTION, "--thread-id", thread), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while sum(1 for e in server.log() if e["status"] == 200) < kill_after:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never reached the kill point"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    calls_before_kill = len(server.log())
+
+    resumed = subprocess.run(deepstep_cli("resume", thread), env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+
+    log = server.log()
+    repeats = repeated_calls(log)
+    record = {"kill_after": kill_after, "calls_before_kill": calls_before_kill, "calls_total": len(log), "repeated": repeats}
+    print("kill-resume:", json.dumps(record))
+    assert repeats <= CONCURRENCY, record
+    assert len(log) - repeats == total_calls, record
+
+    settings = Settings.build(base_url=server.base_url, home=home)
+    assert step_tree.signature(deepstep.load(thread, settings=settings).tree) == expected_signature
+
+    # A finished thread resumes with zero model calls.
+    again = subprocess.run(deepstep_cli("resume", thread), env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert len(server.log()) == len(log)

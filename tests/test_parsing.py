@@ -1,0 +1,57 @@
+"""Tolerant parsing of structured replies, and the json_schema -> json_object -> prompt fallback."""
+
+import pytest
+
+from deepstep.citations import cited_numbers, remove_invalid_citations
+from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, extract_json, parse_reply, parse_score
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"thought": "t", "answer": "a"}',
+        'Sure! ```json\n{"thought": "t", "answer": "a"}\n``` Hope this helps.',
+        "Here: {'thought': 't', 'answer': 'a'} done",
+        '{"thought": "t", "answer": "a",}',
+        '```\n{"thought": "t", "answer": "a"}\n```',
+        '{"thought": "t", "refined_answer": "a"}',
+    ],
+)
+def test_refine_response_recovered(text):
+    assert parse_reply(text, RefineResponse) == RefineResponse(thought="t", answer="a")
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [('{"score": 85}', 85), ("Score: 85/100", 85), ("85", 85), ('{"score": "72"}', 72), ("I give it -20.", -20), ('{"score": 61.6}', 62)],
+)
+def test_scores_recovered(text, score):
+    assert parse_score(text) == Score(score=score)
+
+
+@pytest.mark.parametrize("text", ["", "excellent answer", '{"score": 250}', "Score: 101"])
+def test_bad_scores_raise(text):
+    with pytest.raises(ReplyParseError):
+        parse_score(text)
+
+
+def test_step_list_accepts_bare_list_and_numeric_levels():
+    parsed = parse_reply('[{"name": "a", "description": "d", "level": 0}]', StepList)
+    assert parsed.steps[0].level == "0"
+
+
+@pytest.mark.parametrize("text", ['{"thought": "x", "answer": ', "I'm sorry, but I can't help with that.", '{"steps": []}'])
+def test_unrecoverable_replies_raise_with_a_reason(text):
+    with pytest.raises(ReplyParseError) as info:
+        parse_reply(text, StepList if "steps" in text else RefineResponse)
+    assert str(info.value)
+
+
+def test_extract_json_ignores_braces_in_strings():
+    assert extract_json('note {"a": "}{"} tail') == {"a": "}{"}
+
+
+def test_citations_outside_contexts_are_removed_and_counted():
+    text, removed = remove_invalid_citations("Loss [1] and risk [2] but not [7] or [0].", 2)
+    assert text == "Loss [1] and risk [2] but not or." and removed == 2
+    assert cited_numbers("a [2] b [1] c [2]") == [2, 1]
