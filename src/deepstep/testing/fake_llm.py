@@ -1,0 +1,446 @@
+"""A deterministic fake OpenAI-compatible chat server for tests and benchmarks.
+
+Real HTTP on 127.0.0.1. Every reply is derived from a hash of the request, so the same
+request always gets the same answer; latency and faults (HTTP 500/429, timeouts,
+malformed JSON, ...) can be injected per task. Run it alone with
+``python -m deepstep.testing.fake_llm --port PORT [--latency-ms L] [--fault SPEC ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TASKS = ("outline", "steps", "question", "answer", "critique", "refine", "evaluate")
+JSON_TASKS = ("steps", "refine", "evaluate")
+FAULT_KINDS = (
+    "http500", "http429", "timeout", "malformed_json", "truncated_json", "empty", "refusal", "bad_score", "drop_connection",
+)
+
+
+@dataclass
+class Fault:
+    """A fault rule: which requests it hits and how often."""
+
+    kind: str
+    task: str | None = None
+    match: str | None = None  # substring of the last user message
+    after: int = 0  # let the first `after` matching requests through
+    times: int | None = None  # at most this many injections
+    every: int = 1  # inject on every n-th matching request
+    retry_after: float = 1.0
+    seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; kinds are {', '.join(FAULT_KINDS)}")
+        if self.every < 1:
+            raise ValueError("every must be >= 1")
+
+
+def parse_fault(spec: str) -> Fault:
+    """``kind[:key=value[,key=value...]]``, e.g. ``http500:task=critique,times=2``."""
+    kind, _, options = spec.partition(":")
+    values: dict[str, Any] = {}
+    types = {f.name: f.type for f in fields(Fault)}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        key = key.strip()
+        if key not in types or key == "kind":
+            raise ValueError(f"unknown fault option {key!r} in {spec!r}")
+        if key in ("after", "times", "every"):
+            values[key] = int(value)
+        elif key in ("retry_after", "seconds"):
+            values[key] = float(value)
+        else:
+            values[key] = value
+    return Fault(kind=kind.strip(), **values)
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def count_tokens(text: str) -> int:
+    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
+    words = len(re.sub(r"[\u3400-\u9fff]", " ", text).split())
+    return cjk + words
+
+
+def _line_value(text: str, label: str) -> str | None:
+    match = re.search(rf"^{label}:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def _topic(user: str) -> str:
+    return _line_value(user, "Question") or user.strip()[:80] or "the topic"
+
+
+def _context_count(user: str) -> int:
+    return len(set(re.findall(r"^\[(\d+)\]", user, re.MULTILINE)))
+
+
+def _step_levels(count: int) -> list[str]:
+    """``0``, then children ``0>k``; odd children get two grandchildren, while steps remain."""
+    levels = ["0"]
+    child = 0
+    while len(levels) < count:
+        child += 1
+        levels.append(f"0>{child}")
+        if child % 2 == 1:
+            for grandchild in (1, 2):
+                if len(levels) < count:
+                    levels.append(f"0>{child}>{grandchild}")
+    return levels[:count]
+
+
+CRITIQUES = (
+    "The answer states the definition but gives no formula; it should cite the passage that defines it.",
+    "It is vague about when this applies and omits a concrete example from the contexts.",
+    "Some claims are not supported by the contexts; the comparison with alternatives is missing.",
+    "The answer repeats itself and never explains why the quantity is minimised during training.",
+)
+PHRASES = ("with a worked example", "with the formula spelled out", "with its limits stated", "with a comparison", "more precisely")
+
+
+def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json_format: bool) -> str:
+    """The deterministic, plausible reply for one task."""
+    user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+    h = int(_digest({"messages": messages, "task": task}), 16)
+    topic = _topic(user)
+    if task == "outline":
+        return "\n".join(
+            [f"# {topic}", "- Definition and purpose", "- Common forms and formulas", "- How it is used in training", "- How to choose one", "- Pitfalls"]
+        )
+    if task == "steps":
+        limit = _line_value(user, "Maximum steps")
+        count = min(steps, int(limit)) if limit and limit.isdigit() else steps
+        items = [
+            {"name": f"Aspect {i + 1} of {topic}", "description": f"Covers part {i + 1} of {topic}.", "level": level}
+            for i, level in enumerate(_step_levels(count))
+        ]
+        return json.dumps({"steps": items}, ensure_ascii=False)
+    if task == "question":
+        step = _line_value(user, "Step") or user.strip()[:60]
+        return f"What does {step} mean for {topic}?"
+    if task == "answer":
+        contexts = _context_count(user)
+        step = _line_value(user, "Step") or "this step"
+        cites = "" if contexts == 0 else " [1]" if contexts == 1 else " [1][2]"
+        text = f"{step} is explained by the retrieved passages{cites}. It matters because it guides how a model is trained and judged."
+        if h % 2 == 0:  # an out-of-range citation, so citation checking has work to do
+            text += f" A further source is cited here [{contexts + 5}]."
+        return text
+    if task == "critique":
+        # The note number keeps two critiques of one answer apart, as a sampled model's would be.
+        return f"{CRITIQUES[h % len(CRITIQUES)]} (review note {h % 9973})"
+    if task == "refine":
+        cite = " [1]" if re.search(r"^\[1\]", user, re.MULTILINE) else ""
+        phrase = PHRASES[h % len(PHRASES)]
+        answer = f"A refined answer {phrase}: the step is defined by the sources{cite} and its role in training is explained (v{h % 997})."
+        return json.dumps({"thought": f"Addressed the critique {phrase}.", "answer": answer})
+    if task == "evaluate":
+        score = (h % 121) - 20
+        return json.dumps({"score": score}) if json_format else f"Score: {score}/100"
+    return "OK"
+
+
+def _faulty_content(kind: str, task: str, seq: int) -> str:
+    if kind == "malformed_json":
+        return 'Sure! Here it is: {thought: "x", answer: ' if task != "evaluate" else "Score: {"
+    if kind == "truncated_json":
+        return '{"thought": "I fixed the' if task != "evaluate" else '{"sco'
+    if kind == "empty":
+        return ""
+    if kind == "refusal":
+        return "I'm sorry, but I can't help with that."
+    if kind == "bad_score":
+        return "Score: excellent" if seq % 2 == 0 else '{"score": 250}'
+    raise AssertionError(kind)
+
+
+class _Rules:
+    """Fault rules with their per-rule counters (thread-safe)."""
+
+    def __init__(self, faults: list[Fault]) -> None:
+        self._lock = threading.Lock()
+        self.replace(faults)
+
+    def replace(self, faults: list[Fault]) -> None:
+        with self._lock:
+            self._faults = list(faults)
+            self._seen = [0] * len(self._faults)
+            self._fired = [0] * len(self._faults)
+
+    def pick(self, task: str, user: str) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.task and fault.task != task:
+                    continue
+                if fault.match and fault.match not in user:
+                    continue
+                if fault.times is not None and self._fired[index] >= fault.times:
+                    continue
+                self._seen[index] += 1
+                position = self._seen[index] - fault.after
+                if position <= 0 or (position - 1) % fault.every != 0:
+                    continue
+                self._fired[index] += 1
+                return fault
+            return None
+
+
+class FakeLLMServer:
+    """The fake server, served from a daemon thread; use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        latency_ms: float = 0,
+        faults: list[Fault] | None = None,
+        steps: int = 5,
+        json_schema: bool = True,
+        log_path: str | None = None,
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.steps = steps
+        self.json_schema = json_schema
+        self.log_path = log_path
+        self._rules = _Rules(faults or [])
+        self._log: list[dict[str, Any]] = []
+        self._log_lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeLLMServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> list[dict[str, Any]]:
+        with self._log_lock:
+            return [dict(entry) for entry in self._log]
+
+    def reset_log(self) -> None:
+        with self._log_lock:
+            self._log.clear()
+
+    def set_faults(self, faults: list[Fault]) -> None:
+        self._rules.replace(faults)
+
+    def set_latency(self, ms: float) -> None:
+        self.latency_ms = ms
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._log_lock:
+            entry["seq"] = len(self._log)
+            self._log.append(entry)
+            if self.log_path:
+                with open(self.log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+
+
+def _guess_task(messages: list[dict[str, Any]]) -> str:
+    system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system").lower()
+    for task in ("outline", "critique", "refine", "evaluate", "question"):
+        if task in system:
+            return task
+    return "steps" if "steps" in system else "answer"
+
+
+def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # without it every reply stalls ~40 ms (Nagle + delayed ACK)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            pass
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the client went away (killed, or gave up on a timeout)
+
+        def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+            self._send_json(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+
+        def _read_body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"{}")
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.rstrip("/") in ("/v1/models", "/models"):
+                self._send_json(200, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "deepstep"}]})
+            elif self.path == "/_log":
+                self._send_json(200, server.log())
+            elif self.path == "/_health":
+                self._send_json(200, {"status": "ok"})
+            else:
+                self._error(404, f"no route {self.path}")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path == "/_log/reset":
+                self._read_body()
+                server.reset_log()
+                self._send_json(200, {"ok": True})
+            elif self.path == "/_faults":
+                server.set_faults([Fault(**item) for item in self._read_body()])
+                self._send_json(200, {"ok": True})
+            elif self.path.rstrip("/") in ("/v1/chat/completions", "/chat/completions"):
+                self._chat()
+            else:
+                self._error(404, f"no route {self.path}")
+
+        def _chat(self) -> None:
+            started = time.time()
+            try:
+                body = self._read_body()
+            except json.JSONDecodeError:
+                self._error(400, "request body is not JSON")
+                return
+            messages = body.get("messages") or []
+            response_format = body.get("response_format") or {}
+            task = self.headers.get("X-Deepstep-Task") or _guess_task(messages)
+            user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+            entry: dict[str, Any] = {
+                "task": task,
+                "hash": _digest({"model": body.get("model"), "messages": messages, "response_format": response_format}),
+                "status": 200,
+                "fault": None,
+                "started": started,
+                "prompt_tokens": sum(count_tokens(str(m.get("content", ""))) for m in messages),
+                "completion_tokens": 0,
+            }
+            try:
+                self._answer(body, messages, response_format, task, user, entry)
+            finally:
+                entry["finished"] = time.time()
+                server._record(entry)
+
+        def _answer(self, body: dict, messages: list, response_format: dict, task: str, user: str, entry: dict) -> None:
+            if body.get("stream"):
+                entry["status"] = 400
+                self._error(400, "streaming is not supported by the fake server")
+                return
+            if response_format.get("type") == "json_schema" and not server.json_schema:
+                entry["status"] = 400
+                self._error(400, "json_schema response_format is not supported")
+                return
+            if server.latency_ms:
+                time.sleep(server.latency_ms / 1000)
+            fault = server._rules.pick(task, user)
+            entry["fault"] = fault.kind if fault else None
+            if fault and fault.kind == "http500":
+                entry["status"] = 500
+                self._error(500, "injected server error", "server_error")
+                return
+            if fault and fault.kind == "http429":
+                entry["status"] = 429
+                self._error(429, "injected rate limit", "rate_limit_error", {"Retry-After": f"{fault.retry_after:g}"})
+                return
+            if fault and fault.kind == "drop_connection":
+                entry["status"] = 0
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault and fault.kind == "timeout":
+                time.sleep(fault.seconds)
+            json_format = response_format.get("type") in ("json_object", "json_schema")
+            if fault and fault.kind not in ("timeout",):
+                content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
+            else:
+                content = reply_content(task, messages, steps=server.steps, json_format=json_format)
+            entry["completion_tokens"] = count_tokens(content)
+            try:
+                self._send_json(
+                    200,
+                    {
+                        "id": "chatcmpl-" + entry["hash"][:24],
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "fake"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                        "usage": {
+                            "prompt_tokens": entry["prompt_tokens"],
+                            "completion_tokens": entry["completion_tokens"],
+                            "total_tokens": entry["prompt_tokens"] + entry["completion_tokens"],
+                        },
+                    },
+                )
+            except (BrokenPipeError, ConnectionResetError):
+                entry["status"] = 0  # the client gave up (e.g. its timeout) before the reply
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deepstep.testing.fake_llm", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every reply")
+    parser.add_argument("--fault", action="append", default=[], help="fault rule, e.g. http500:task=critique,times=2")
+    parser.add_argument("--steps", type=int, default=5, help="steps in a decompose reply")
+    parser.add_argument("--no-json-schema", action="store_true", help="reject json_schema response formats like llama.cpp")
+    parser.add_argument("--log", help="append each request as a JSON line to this file")
+    args = parser.parse_args(argv)
+    try:
+        faults = [parse_fault(spec) for spec in args.fault]
+    except ValueError as error:
+        parser.error(str(error))
+    server = FakeLLMServer(
+        port=args.port, latency_ms=args.latency_ms, faults=faults, steps=args.steps, json_schema=not args.no_json_schema, log_path=args.log
+    )
+
+    def stop(*_: Any) -> None:
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"listening on {server.base_url}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
