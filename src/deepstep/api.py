@@ -230,7 +230,7 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     check_thread_id(thread_id)
     settings = settings or Settings.build()
     if not settings.checkpoint_file.exists():
-        raise UnknownThreadError(f"no checkpoint database at {settings.checkpoint_file}: run a question first or set DEEPSTEP_HOME")
+        raise UnknownThreadError(f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME")
     with _open_graph(settings, None) as graph:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         if not graph.get_state(config).values:

@@ -25,7 +25,7 @@ from deepstep.configuration import Settings
 from deepstep.errors import DeepstepError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Step-by-step research: decompose, retrieve, answer, refine (MCTSr).")
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console()
 
 

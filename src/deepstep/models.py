@@ -62,7 +62,9 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, openai.APIConnectionError):
         return "cannot reach the model server"
     if isinstance(error, openai.APIStatusError):
-        return f"the model server answered HTTP {error.status_code}: {error.message}"[:300]
+        body = error.body.get("error", error.body) if isinstance(error.body, dict) else None
+        detail = body.get("message") if isinstance(body, dict) else None
+        return f"the model server answered HTTP {error.status_code}: {detail or error.message}"[:300]
     return f"{type(error).__name__}: {error}"[:300]
 
 
