@@ -170,3 +170,56 @@ def test_unknown_thread_and_unreachable_server(settings, tmp_path):
     dead = Settings.build(**{**settings.model_dump(), "base_url": "http://127.0.0.1:9/v1", "step_attempts": 1})
     with pytest.raises(deepstep.ModelServerError, match="cannot reach the model server"):
         deepstep.run(QUESTION, settings=dead)
+
+
+@pytest.mark.parametrize(("method", "sent"), [("auto", "json_schema"), ("json_object", "json_object"), ("prompt", None)])
+def test_structured_output_method_is_what_the_settings_ask(settings, fake_llm, method, sent):
+    chosen = Settings.build(**{**settings.model_dump(), "structured_output": method, "rollouts": 1})
+    result = deepstep.run(QUESTION, settings=chosen)
+    structured = [e for e in fake_llm.log() if e["task"] in ("steps", "refine", "evaluate")]
+    assert {e["format"] for e in structured} == {sent}
+    assert {e["format"] for e in fake_llm.log() if e["task"] in ("outline", "question", "answer", "critique")} == {None}
+    assert all(s["status"] == "done" for s in step_tree.steps(result.tree))
+
+
+def test_graph_invoke_with_configurable_and_rerun_never_duplicates_steps(fake_llm, tmp_path):
+    from conftest import TEST_CORPUS
+
+    from deepstep.checkpoint import sqlite_checkpointer
+
+    config = {
+        "configurable": {"thread_id": "direct", "base_url": fake_llm.base_url, "corpus": str(TEST_CORPUS), "rollouts": 1, "max_steps": 3},
+        "recursion_limit": 100,
+    }
+    with sqlite_checkpointer(tmp_path / "c.sqlite") as saver:
+        graph = deepstep.build_graph(saver)
+        output = graph.invoke({"question": QUESTION}, config)
+        assert set(output) >= {"report", "tree", "usage", "failed_steps"}
+        assert len(step_tree.step_ids(output["tree"])) == 3
+        calls = len(fake_llm.log())
+        assert calls == 2 + 3 * 6
+        again = graph.invoke({"question": QUESTION}, config)
+        assert len(fake_llm.log()) == calls
+        assert step_tree.trees_equal(again["tree"], output["tree"])
+
+
+def test_max_concurrency_bounds_calls_in_flight(tmp_path):
+    from conftest import TEST_CORPUS
+
+    def peak_in_flight(log):
+        events = sorted([(e["started"], 1) for e in log] + [(e["finished"], -1) for e in log])
+        peak = current = 0
+        for _, delta in events:
+            current += delta
+            peak = max(peak, current)
+        return peak
+
+    peaks = {}
+    for concurrency in (1, 3):
+        with FakeLLMServer(latency_ms=40) as server:
+            settings = Settings.build(
+                base_url=server.base_url, home=tmp_path / str(concurrency), corpus=TEST_CORPUS, rollouts=1, max_concurrency=concurrency
+            )
+            deepstep.run(QUESTION, settings=settings)
+            peaks[concurrency] = peak_in_flight(server.log())
+    assert peaks == {1: 1, 3: 3}

@@ -38,7 +38,6 @@ class Progress:
     phase: str
     steps_done: int = 0
     steps_total: int = 0
-    detail: str = ""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -109,15 +108,17 @@ def _check_models(settings: Settings) -> None:
 
 
 def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, on_progress: ProgressCallback | None) -> None:
-    progress = Progress(phase="decompose")
+    progress = Progress(phase="outline")
     try:
-        for namespace, update in graph.stream(graph_input, config, stream_mode="updates", subgraphs=True):
+        # Not subgraphs=True: LangGraph then parks a stream waiter on one of the
+        # max_concurrency worker threads, so one step fewer would run at a time.
+        for update in graph.stream(graph_input, config, stream_mode="updates"):
             for node, values in update.items():
-                if not namespace and node in ("decompose", "review") and isinstance(values, dict) and "tree" in values:
+                if node in ("decompose", "review") and isinstance(values, dict) and "tree" in values:
                     progress.steps_total = len(step_tree.step_ids(values["tree"]))
-                if namespace and node == "finish":
+                if node == "step":
                     progress.steps_done += 1
-                progress.phase = node
+                progress.phase = {"decompose": "steps", "review": "steps", "step": "steps"}.get(node, node)
                 if on_progress:
                     on_progress(progress)
     except (openai.APIConnectionError, openai.APIStatusError, StructuredOutputError) as error:

@@ -349,6 +349,7 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 "task": task,
                 "hash": _digest({"model": body.get("model"), "messages": messages, "response_format": response_format}),
                 "status": 200,
+                "format": response_format.get("type"),
                 "fault": None,
                 "started": started,
                 "prompt_tokens": sum(count_tokens(str(m.get("content", ""))) for m in messages),
