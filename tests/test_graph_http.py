@@ -223,3 +223,12 @@ def test_max_concurrency_bounds_calls_in_flight(tmp_path):
             deepstep.run(QUESTION, settings=settings)
             peaks[concurrency] = peak_in_flight(server.log())
     assert peaks == {1: 1, 3: 3}
+
+
+def test_resume_keeps_run_shaping_settings_but_takes_the_current_server(settings, tmp_path):
+    reviewing = Settings.build(**{**settings.model_dump(), "review": True, "rollouts": 1})
+    deepstep.run(QUESTION, thread_id="moved", settings=reviewing)
+    with FakeLLMServer() as new_server:
+        resumed = deepstep.resume("moved", settings=Settings.build(base_url=new_server.base_url, home=settings.home))
+        assert resumed.status == "done"
+        assert tasks(new_server.log()) == Counter(question=5, answer=5, evaluate=10, critique=5, refine=5)  # rollouts=1 kept

@@ -22,8 +22,8 @@ from langgraph.types import Command
 from deepstep import render
 from deepstep import tree as step_tree
 from deepstep.checkpoint import sqlite_checkpointer
-from deepstep.configuration import ROLES, Settings
-from deepstep.errors import ConfigError, CorpusError, InputError, ModelServerError, StructuredOutputError, UnknownThreadError
+from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
+from deepstep.errors import ConfigError, InputError, ModelServerError, StructuredOutputError, UnknownThreadError
 from deepstep.graph import build_graph
 from deepstep.nodes.retrieve import corpus_retriever
 
@@ -207,9 +207,9 @@ def resume(
         snapshot = graph.get_state(probe)
         if not snapshot.values and not snapshot.next:
             raise UnknownThreadError(f"no thread {thread_id} in {base.checkpoint_file}: check the id or DEEPSTEP_HOME")
-        # Continue with the settings the thread started with (explicit settings win).
-        stored = snapshot.values.get("settings", {})
-        merged = Settings.build(**{**stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
+        # Keep the settings that shape the result as the thread started; explicit settings win.
+        stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
+        merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
         _check_models(merged)
         config = _run_config(thread_id, merged)
         if snapshot.next:
@@ -231,7 +231,10 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     check_thread_id(thread_id)
     settings = settings or Settings.build()
     if not settings.checkpoint_file.exists():
-        raise UnknownThreadError(f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME")
+        raise UnknownThreadError(
+            f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; "
+            "run a question first or set DEEPSTEP_HOME"
+        )
     with _open_graph(settings, None) as graph:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         if not graph.get_state(config).values:
@@ -239,4 +242,4 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
         return _result(graph, config)
 
 
-__all__ = ["Progress", "RunResult", "run", "resume", "load", "clean_question", "check_thread_id", "CorpusError"]
+__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "load", "resume", "run"]

@@ -19,6 +19,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deepstep.errors import ConfigError
 from deepstep.mcts import MCTSParams
 
+# Settings that shape a thread's result: a resumed thread keeps the values it started with.
+# Everything else (model server, home, timeouts) comes from the resuming environment.
+RUN_SHAPING_FIELDS = (
+    "corpus", "rollouts", "exploration_c", "max_children", "reward_samples", "early_stop_q",
+    "top_k", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
+)
 ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
