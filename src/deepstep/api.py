@@ -25,6 +25,7 @@ from deepstep.checkpoint import sqlite_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
 from deepstep.errors import ConfigError, InputError, ModelServerError, StructuredOutputError, UnknownThreadError
 from deepstep.graph import build_graph
+from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
 from deepstep.nodes.retrieve import corpus_retriever
 
 MAX_QUESTION_CHARS = 4000
@@ -97,6 +98,24 @@ def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
 
 
 @contextmanager
+def _model_server(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a model server: the configured one, else the embedded model (started if needed)."""
+    if not settings.needs_embedded_model:
+        yield settings
+        return
+    with embedded_server(settings.home) as server:
+        yield Settings.build(
+            **{
+                **settings.model_dump(),
+                "base_url": server.base_url,
+                "model": MODEL_ALIAS,
+                "llama_cpp": True,
+                "max_tokens": min(settings.max_tokens, EMBEDDED_MAX_TOKENS),
+            }
+        )
+
+
+@contextmanager
 def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
     with sqlite_checkpointer(settings.checkpoint_file) as saver:
         yield build_graph(saver, retriever=retriever)
@@ -163,7 +182,6 @@ def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: Ba
     settings = settings or Settings.build()
     if corpus is not None:
         settings = Settings.build(**{**settings.model_dump(), "corpus": Path(corpus)})
-    _check_models(settings)
     if retriever is None:
         corpus_retriever(settings)  # fail early (CorpusError) and index once, before any model call
     return settings
@@ -182,12 +200,14 @@ def run(
     text = clean_question(question)
     settings = _prepare(settings, corpus, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
-    config = _run_config(thread_id, settings)
     with _open_graph(settings, retriever) as graph:
-        if graph.checkpointer.get_tuple(config) is not None:
+        if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
             raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
-        _stream(graph, {"question": text}, config, on_progress)
-        return _result(graph, config)
+        with _model_server(settings) as served:
+            _check_models(served)
+            config = _run_config(thread_id, served)
+            _stream(graph, {"question": text}, config, on_progress)
+            return _result(graph, config)
 
 
 def resume(
@@ -210,7 +230,6 @@ def resume(
         # Keep the settings that shape the result as the thread started; explicit settings win.
         stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
         merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
-        _check_models(merged)
         config = _run_config(thread_id, merged)
         if snapshot.next:
             waiting_for_review = any(task.interrupts for task in snapshot.tasks)
@@ -222,8 +241,11 @@ def resume(
             return _result(graph, config)
         if retriever is None:
             corpus_retriever(merged)
-        _stream(graph, graph_input, config, on_progress)
-        return _result(graph, config)
+        with _model_server(merged) as served:
+            _check_models(served)
+            config = _run_config(thread_id, served)
+            _stream(graph, graph_input, config, on_progress)
+            return _result(graph, config)
 
 
 def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:

@@ -54,6 +54,7 @@ class ResolvedModel(BaseModel):
     max_tokens: int
     timeout: float
     max_retries: int
+    llama_cpp: bool
 
 
 class Settings(BaseSettings):
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     timeout: float = Field(default=120.0, gt=0, description="Seconds before one model call times out.")
     max_retries: int = Field(default=2, ge=0, description="HTTP-level retries per call (429/5xx/timeouts, Retry-After respected).")
     step_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per graph node before a step is marked failed.")
+    llama_cpp: bool = Field(
+        default=False,
+        description="The server is llama.cpp (set automatically for the embedded model): max_tokens is sent in the "
+        "request body and json_object replies are constrained by the JSON schema.",
+    )
     structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
     max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
     roles: dict[Role, RoleModel] = Field(default_factory=dict, description="Per-role model overrides.")
@@ -111,6 +117,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def needs_embedded_model(self) -> bool:
+        """No server is configured for at least one role."""
+        return self.base_url is None and any(not (self.roles.get(r) and self.roles[r].base_url) for r in ROLES)
+
+    @property
     def checkpoint_file(self) -> Path:
         return self.checkpoint_path or self.home / "checkpoints.sqlite"
 
@@ -123,8 +134,8 @@ class Settings(BaseSettings):
         base_url = override.base_url or self.base_url
         if not base_url:
             raise ConfigError(
-                "no model server configured: set OPENAI_BASE_URL (and OPENAI_API_KEY) or DEEPSTEP_BASE_URL, "
-                "or start the test server with `python -m deepstep.testing.fake_llm --port 8765`"
+                "no model server configured: set OPENAI_BASE_URL (and OPENAI_API_KEY), or start the embedded model "
+                "with `deepstep llm serve` and set OPENAI_BASE_URL to the URL it prints"
             )
         default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
         return ResolvedModel(
@@ -136,6 +147,7 @@ class Settings(BaseSettings):
             max_tokens=override.max_tokens or self.max_tokens,
             timeout=override.timeout or self.timeout,
             max_retries=self.max_retries,
+            llama_cpp=self.llama_cpp,
         )
 
     def mcts_params(self) -> MCTSParams:

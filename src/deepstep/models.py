@@ -82,7 +82,9 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
         model=resolved.model,
         api_key=SecretStr(os.environ.get(resolved.api_key_env) or "not-needed"),
         temperature=resolved.temperature,
-        max_tokens=resolved.max_tokens,
+        # llama.cpp ignores max_completion_tokens, which is what ChatOpenAI sends for max_tokens.
+        max_tokens=None if resolved.llama_cpp else resolved.max_tokens,
+        extra_body={"max_tokens": resolved.max_tokens} if resolved.llama_cpp else None,
         timeout=resolved.timeout,
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
@@ -116,14 +118,15 @@ def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) ->
     return _text(reply).strip(), _usage_of(task, reply, time.perf_counter() - started)
 
 
-def _response_format(method: str, schema: type[BaseModel]) -> dict | None:
+def _response_format(method: str, schema: type[BaseModel], *, llama_cpp: bool) -> dict | None:
     if method == "json_schema":
         return {
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False},
         }
     if method == "json_object":
-        return {"type": "json_object"}
+        # llama.cpp turns a schema given with json_object into a grammar that forces valid output.
+        return {"type": "json_object", "schema": schema.model_json_schema()} if llama_cpp else {"type": "json_object"}
     return None
 
 
@@ -143,18 +146,20 @@ def call_structured(
     ``fallback(last_reply)`` if given, else raises ``StructuredOutputError``.
     """
     model = chat_model(settings, task)
-    base_url = settings.resolve_model(TASK_ROLES[task]).base_url
+    resolved = settings.resolve_model(TASK_ROLES[task])
+    base_url = resolved.base_url
     method = settings.structured_output
     if method == "auto":
+        # llama.cpp mishandles json_schema but enforces a schema given with json_object.
         with _methods_lock:
-            method = _methods_by_base_url.get(base_url, "json_schema")
+            method = _methods_by_base_url.get(base_url, "json_object" if resolved.llama_cpp else "json_schema")
     conversation = _with_schema_instructions(messages, schema)
     totals: Usage = {}
     repairs = 0
     last_text = ""
     started = time.perf_counter()
     while True:
-        response_format = _response_format(method, schema)
+        response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp)
         try:
             reply = model.invoke(conversation, **({"response_format": response_format} if response_format else {}))
         except openai.BadRequestError:
