@@ -104,6 +104,7 @@ def test_a_failing_step_is_retried_then_marked_failed_while_others_finish(settin
     assert "failed" in result.markdown and doomed in result.markdown
     # The node was tried step_attempts (2) times, each a real request.
     assert sum(1 for e in fake_llm.log() if e["status"] == 500) == 2
+    assert result.usage["critique"]["retries"] == 1
 
     fake_llm.set_faults([])
     before = len(fake_llm.log())
@@ -232,3 +233,11 @@ def test_resume_keeps_run_shaping_settings_but_takes_the_current_server(settings
         resumed = deepstep.resume("moved", settings=Settings.build(base_url=new_server.base_url, home=settings.home))
         assert resumed.status == "done"
         assert tasks(new_server.log()) == Counter(question=5, answer=5, evaluate=10, critique=5, refine=5)  # rollouts=1 kept
+
+
+def test_a_transient_error_is_retried_and_counted(settings, fake_llm):
+    fake_llm.set_faults([Fault(kind="http500", task="question", times=1), Fault(kind="http429", task="outline", times=1, retry_after=0)])
+    result = deepstep.run(QUESTION, settings=settings)
+    assert all(s["status"] == "done" for s in step_tree.steps(result.tree))
+    assert result.usage["question"]["retries"] == 1 and result.usage["decompose"]["retries"] == 1
+    assert tasks(fake_llm.log()) == expected_calls(5, settings.rollouts)

@@ -17,7 +17,7 @@ from deepstep.nodes.answer import answer
 from deepstep.nodes.collect import collect, report
 from deepstep.nodes.decompose import decompose, outline
 from deepstep.nodes.dispatch import dispatch_steps
-from deepstep.nodes.failures import STEP_RETRY, fail_softly, route_unless_failed
+from deepstep.nodes.failures import STEP_RETRY, count_retries, fail_softly, route_unless_failed
 from deepstep.nodes.finish import finish
 from deepstep.nodes.question import question
 from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
@@ -28,12 +28,12 @@ from deepstep.state import RunInput, RunOutput, RunState, StepInput, StepOutput,
 
 def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph:
     builder = StateGraph(StepState, input_schema=StepInput, output_schema=StepOutput)
-    builder.add_node("question", fail_softly(question), retry_policy=STEP_RETRY)
+    builder.add_node("question", fail_softly(question, "question"), retry_policy=STEP_RETRY)
     builder.add_node("retrieve", fail_softly(make_retrieve(retriever)), retry_policy=STEP_RETRY)
-    builder.add_node("answer", fail_softly(answer), retry_policy=STEP_RETRY)
-    builder.add_node("evaluate", fail_softly(evaluate), retry_policy=STEP_RETRY)
-    builder.add_node("critique", fail_softly(critique), retry_policy=STEP_RETRY)
-    builder.add_node("refine", fail_softly(refine), retry_policy=STEP_RETRY)
+    builder.add_node("answer", fail_softly(answer, "answer"), retry_policy=STEP_RETRY)
+    builder.add_node("evaluate", fail_softly(evaluate, "evaluate"), retry_policy=STEP_RETRY)
+    builder.add_node("critique", fail_softly(critique, "critique"), retry_policy=STEP_RETRY)
+    builder.add_node("refine", fail_softly(refine, "refine"), retry_policy=STEP_RETRY)
     builder.add_node("finish", finish)
     builder.add_edge(START, "question")
     builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
@@ -52,8 +52,8 @@ def build_graph(
     """The deepstep graph; ``retriever`` defaults to BM25 over the configured corpus."""
     builder = StateGraph(RunState, input_schema=RunInput, output_schema=RunOutput)
     plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)
-    builder.add_node("outline", outline, retry_policy=plan_retry)
-    builder.add_node("decompose", decompose, retry_policy=plan_retry)
+    builder.add_node("outline", count_retries(outline, "decompose"), retry_policy=plan_retry)
+    builder.add_node("decompose", count_retries(decompose, "decompose"), retry_policy=plan_retry)
     builder.add_node("review", review)
     builder.add_node("step", build_step_graph(retriever))
     builder.add_node("collect", collect)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr
 from deepstep.configuration import Role, Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
-from deepstep.state import add_usage
+from deepstep.state import USAGE_FIELDS, add_usage
 
 T = TypeVar("T", bound=BaseModel)
 Usage = dict[str, dict[str, float]]
@@ -93,15 +93,15 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
 
 def _usage_of(task: str, reply: AIMessage | None, seconds: float, **counters: int) -> Usage:
     metadata = (reply.usage_metadata or {}) if reply is not None else {}
-    return {
-        TASK_ROLES[task]: {
-            "calls": 1 if reply is not None else 0,
-            "prompt_tokens": metadata.get("input_tokens", 0),
-            "completion_tokens": metadata.get("output_tokens", 0),
-            "seconds": round(seconds, 4),
-            **counters,
-        }
-    }
+    fields = {name: 0 for name in USAGE_FIELDS}
+    fields.update(
+        calls=1 if reply is not None else 0,
+        prompt_tokens=metadata.get("input_tokens", 0),
+        completion_tokens=metadata.get("output_tokens", 0),
+        seconds=round(seconds, 4),
+        **counters,
+    )
+    return {TASK_ROLES[task]: fields}
 
 
 def _text(reply: BaseMessage) -> str:

@@ -27,7 +27,8 @@ STEPS = ChatPromptTemplate.from_messages(
         (
             "human",
             "Question: {question}\nOutline:\n{outline}\nMaximum steps: {max_steps}\nMaximum depth: {max_depth}\n"
-            'Return JSON {{"steps": [{{"name": "...", "description": "...", "level": "0"}}, ...]}}. '
+            'Return a JSON object with a "steps" list; each step has a "name" (a short title of its topic), '
+            'a "description" (one sentence) and a "level". '
             'A level is a path: "0" is the first top-level step, "0>1" its first child, "0>1>1" a grandchild, '
             '"0>2" the second child, "1" the next top-level step. Every level must be unique and its parent must exist. '
             "{language_rule}",
@@ -79,8 +80,8 @@ REFINE = ChatPromptTemplate.from_messages(
         (
             "human",
             "Step: {name}\nResearch question: {research_question}\nContexts:\n{contexts}\nAnswer:\n{answer}\nCritique:\n{critique}\n"
-            'Rewrite the answer to address every point, citing contexts as [n]. Return JSON {{"thought": "what you changed", '
-            '"answer": "the complete new answer"}}. {language_rule}',
+            "Rewrite the answer to address every point, citing contexts as [n]. Return a JSON object with two keys: "
+            '"thought", saying in one sentence what you changed, and "answer", holding your full rewritten answer. {language_rule}',
         ),
     ]
 )

@@ -12,7 +12,6 @@ from typing import Annotated, Any, TypedDict
 
 import networkx as nx
 
-from deepstep.configuration import ROLES
 from deepstep.mcts import Search
 
 USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "retries", "repairs", "fallbacks", "seconds")
@@ -32,10 +31,6 @@ def add_usage(left: dict[str, dict[str, float]] | None, right: dict[str, dict[st
 def merge_by_step_id(left: dict[str, dict] | None, right: dict[str, dict] | None) -> dict[str, dict]:
     """Step results keyed by step id; a later result for the same step replaces the earlier one."""
     return {**(left or {}), **(right or {})}
-
-
-def empty_usage() -> dict[str, dict[str, float]]:
-    return {role: {field: 0 for field in USAGE_FIELDS} for role in ROLES}
 
 
 class RunInput(TypedDict):

@@ -17,6 +17,7 @@ from langgraph.types import RetryPolicy
 
 from deepstep.configuration import Settings
 from deepstep.models import describe_error, is_transient
+from deepstep.state import add_usage
 
 MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
 STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
@@ -24,19 +25,43 @@ STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_in
 StepNode = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
 
 
-def fail_softly(node: StepNode) -> Callable[..., dict[str, Any]]:
+def _attempt(runtime: Runtime) -> int:
+    return runtime.execution_info.node_attempt if runtime.execution_info else 1
+
+
+def _count_retries(update: dict[str, Any], role: str | None, attempt: int) -> dict[str, Any]:
+    # A failed attempt's writes are discarded, so the attempt that ends the node records them.
+    if attempt == 1 or role is None:
+        return update
+    return {**update, "usage": add_usage(update.get("usage"), {role: {"retries": attempt - 1}})}
+
+
+def count_retries(node: StepNode, role: str) -> Callable[..., dict[str, Any]]:
+    """Record the node's retries (attempts beyond the first) in the usage of ``role``."""
+
+    def counted(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
+        return _count_retries(node(state, config), role, _attempt(runtime))
+
+    counted.__name__ = node.__name__
+    counted.__doc__ = node.__doc__
+    return counted
+
+
+def fail_softly(node: StepNode, role: str | None = None) -> Callable[..., dict[str, Any]]:
+    """Retry transient errors via the node's RetryPolicy; record the last failure in the step state."""
+
     def guarded(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
+        attempt = _attempt(runtime)
         try:
-            return node(state, config)
+            return _count_retries(node(state, config), role, attempt)
         except GraphBubbleUp:
             raise
         except Exception as error:
-            attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
             attempts = min(Settings.from_config(config).step_attempts, MAX_ATTEMPTS)
             if is_transient(error) and attempt < attempts:
                 raise
             tries = f" after {attempt} attempt(s)" if is_transient(error) else ""
-            return {"error": f"{node.__name__}: {describe_error(error)}{tries}"}
+            return _count_retries({"error": f"{node.__name__}: {describe_error(error)}{tries}"}, role, attempt)
 
     guarded.__name__ = node.__name__
     guarded.__doc__ = node.__doc__
