@@ -241,3 +241,13 @@ def test_a_transient_error_is_retried_and_counted(settings, fake_llm):
     assert all(s["status"] == "done" for s in step_tree.steps(result.tree))
     assert result.usage["question"]["retries"] == 1 and result.usage["decompose"]["retries"] == 1
     assert tasks(fake_llm.log()) == expected_calls(5, settings.rollouts)
+
+
+def test_unusable_step_list_falls_back_to_the_outline(settings, fake_llm):
+    fake_llm.set_faults([Fault(kind="malformed_json", task="steps")])
+    result = deepstep.run(QUESTION, settings=settings)
+    assert result.usage["decompose"]["fallbacks"] == 1 and result.usage["decompose"]["repairs"] == settings.max_repairs
+    assert any("taken from the outline" in w for w in result.warnings)
+    names = [s["name"] for s in step_tree.steps(result.tree)]
+    assert names[:2] == ["Definition and purpose", "Common forms and formulas"]
+    assert all(s["status"] == "done" for s in step_tree.steps(result.tree))

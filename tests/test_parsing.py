@@ -55,3 +55,21 @@ def test_citations_outside_contexts_are_removed_and_counted():
     text, removed = remove_invalid_citations("Loss [1] and risk [2] but not [7] or [0].", 2)
     assert text == "Loss [1] and risk [2] but not or." and removed == 2
     assert cited_numbers("a [2] b [1] c [2]") == [2, 1]
+
+
+def test_which_errors_are_retried():
+    import httpx
+    import openai
+
+    from deepstep.errors import StructuredOutputError
+    from deepstep.models import is_transient
+
+    def status_error(code):
+        response = httpx.Response(code, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+        return openai.APIStatusError("x", response=response, body=None)
+
+    assert all(is_transient(status_error(code)) for code in (408, 429, 500, 503))
+    assert not any(is_transient(status_error(code)) for code in (400, 401, 403, 404, 422))
+    assert is_transient(openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1")))
+    assert is_transient(StructuredOutputError("unparsable"))
+    assert not is_transient(ValueError("a bug"))

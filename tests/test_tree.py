@@ -86,3 +86,18 @@ def test_ancestors_and_node_link_roundtrip():
     assert [a["level"] for a in step_tree.ancestors(tree, leaf)] == ["0", "0>1"]
     again = step_tree.from_data(step_tree.to_data(tree))
     assert isinstance(again, nx.DiGraph) and step_tree.trees_equal(tree, again)
+
+
+def test_steps_from_outline_follow_bullet_nesting():
+    outline = "# Loss\n- Definition\n  - Formula\n  - Intuition\n- Examples\n    * MSE\n1. Choosing one\ntext line"
+    specs = step_tree.steps_from_outline("Q?", outline, max_steps=10, max_depth=3)
+    assert [(s.name, s.level) for s in specs] == [
+        ("Loss", "0"), ("Definition", "1"), ("Formula", "1>1"), ("Intuition", "1>2"), ("Examples", "2"), ("MSE", "2>1"), ("Choosing one", "3"),
+    ]
+    built = step_tree.build_tree("Q?", outline, specs, max_steps=10, max_depth=3)
+    assert built.warnings == []
+
+
+def test_steps_from_outline_without_bullets_is_one_step():
+    specs = step_tree.steps_from_outline("What is X?", "X is a thing.\nMore prose.", max_steps=5, max_depth=3)
+    assert [(s.name, s.level, s.description) for s in specs] == [("What is X?", "0", "X is a thing.")]

@@ -37,22 +37,13 @@ TASK_ROLES: dict[str, Role] = {
     "evaluate": "evaluate",
 }
 
-# Errors worth another attempt of a node: the server or network failed, or a reply stayed
-# unparsable after its repairs. ValueError-like bugs in our own code are not retried.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    openai.APIConnectionError,  # includes APITimeoutError
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIStatusError,
-    httpx.HTTPError,
-    StructuredOutputError,
-)
-
-
 def is_transient(error: BaseException) -> bool:
-    if isinstance(error, openai.BadRequestError | openai.AuthenticationError | openai.NotFoundError):
-        return False
-    return isinstance(error, TRANSIENT_ERRORS)
+    """Worth another attempt of a node: the server or network failed, or a reply stayed
+    unparsable after its repairs. Client errors (bad request, auth, unknown model) and
+    bugs in our own code are not retried."""
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 429) or error.status_code >= 500
+    return isinstance(error, openai.APIConnectionError | httpx.TransportError | StructuredOutputError)
 
 
 def describe_error(error: BaseException) -> str:

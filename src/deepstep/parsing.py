@@ -13,7 +13,9 @@ import json
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from deepstep.tree import normalize_level
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -31,6 +33,13 @@ class StepItem(BaseModel):
 
 class StepList(BaseModel):
     steps: list[StepItem] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _some_step_is_usable(self) -> StepList:
+        # Single bad steps are dropped later with a warning; a list with none usable is a bad reply.
+        if not any(item.name.strip() and normalize_level(item.level) for item in self.steps):
+            raise ValueError('no step has both a name and a level like "0" or "0>1"')
+        return self
 
 
 class RefineResponse(BaseModel):

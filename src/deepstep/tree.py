@@ -173,6 +173,38 @@ def _next_free_child(parent: str | None, placed: Mapping[str, Any]) -> str:
     return str(index) if parent is None else f"{parent}>{index}"
 
 
+_BULLET = re.compile(r"^(?P<indent>\s*)(?:[-*+]|\d+[.)]|#{1,6})\s+(?P<text>\S.*)$")
+
+
+def steps_from_outline(question: str, outline: str, *, max_steps: int, max_depth: int) -> list[StepSpec]:
+    """A deterministic plan when the model's step list is unusable: the outline's bullets
+    (nesting by indentation) or, without bullets, one step for the whole question."""
+    specs: list[StepSpec] = []
+    counters: list[int] = []  # next index per depth along the current path
+    indents: list[int] = []
+    for line in outline.splitlines():
+        match = _BULLET.match(line.expandtabs(4))
+        if not match or len(specs) >= max_steps:
+            continue
+        name = match.group("text").strip(" *#")[:120]
+        if name.casefold() == question.strip().casefold():
+            continue  # a title repeating the question is not a step
+        indent = len(match.group("indent"))
+        while indents and indent < indents[-1]:
+            indents.pop()
+            counters.pop()
+        if not indents or indent > indents[-1]:
+            if len(indents) >= max_depth:
+                continue
+            indents.append(indent)
+            counters.append(0 if len(indents) == 1 else 1)
+        else:
+            counters[-1] += 1
+        level = ">".join(str(c) for c in counters)
+        specs.append(StepSpec(name=name, description="", level=level))
+    return specs or [StepSpec(name=question[:120], description=outline.strip().split("\n")[0][:300], level="0")]
+
+
 def step_ids(tree: nx.DiGraph) -> list[str]:
     """Step ids in tree order: depth-first, siblings by level number."""
     return sorted((n for n in tree.nodes if n != ROOT_ID), key=lambda n: level_parts(tree.nodes[n]["level"]))

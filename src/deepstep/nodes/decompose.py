@@ -15,7 +15,7 @@ from deepstep import tree as step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.models import call_structured, call_text
-from deepstep.parsing import StepList
+from deepstep.parsing import StepItem, StepList
 from deepstep.state import RunState
 
 
@@ -42,23 +42,33 @@ def decompose(state: RunState, config: RunnableConfig) -> dict[str, Any]:
         return {}  # never duplicate steps on a re-run
     settings = Settings.from_config(config)
     question = state["question"]
+    outline_text = state.get("outline", "")
+
+    def plan_from_outline(_reply: str) -> StepList:
+        specs = step_tree.steps_from_outline(question, outline_text, max_steps=settings.max_steps, max_depth=settings.max_depth)
+        return StepList(steps=[StepItem(name=s.name, description=s.description, level=s.level) for s in specs])
+
     plan, usage = call_structured(
         settings,
         "steps",
         prompts.STEPS.format_messages(
             question=question,
-            outline=state.get("outline", ""),
+            outline=outline_text,
             max_steps=settings.max_steps,
             max_depth=settings.max_depth,
             language_rule=prompts.language_rule(settings.language),
         ),
         StepList,
+        fallback=plan_from_outline,
     )
+    warnings = []
+    if usage["decompose"]["fallbacks"]:
+        warnings.append("the model's step list was unusable after repairs; the steps were taken from the outline")
     built = step_tree.build_tree(
         question,
-        state.get("outline", ""),
+        outline_text,
         [step_tree.StepSpec(name=s.name, description=s.description, level=s.level) for s in plan.steps],
         max_steps=settings.max_steps,
         max_depth=settings.max_depth,
     )
-    return {"tree": built.tree, "warnings": built.warnings, "usage": usage}
+    return {"tree": built.tree, "warnings": warnings + built.warnings, "usage": usage}
