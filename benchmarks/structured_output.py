@@ -28,7 +28,8 @@ from deepstep.configuration import Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.llm_server import MODEL_ALIAS, embedded_server
 from deepstep.models import call_structured
-from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
+from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepItem, StepList, parse_reply
+from deepstep.tree import steps_from_outline
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "smollm2_replies.json"
 QUESTIONS = [
@@ -40,6 +41,8 @@ CONTEXTS = [
     {"title": "Mean squared error", "text": "MSE averages the squared differences between predictions and targets."},
 ]
 
+OUTLINE = "- definition\n- examples\n- use in training"
+
 
 def messages_for(task: str, index: int) -> list:
     question = QUESTIONS[index % len(QUESTIONS)]
@@ -47,7 +50,7 @@ def messages_for(task: str, index: int) -> list:
     answer = f"A loss function for '{question}' scores predictions [1]; lower is better (draft {index})."
     if task == "steps":
         return prompts.STEPS.format_messages(
-            question=question, outline="- definition\n- examples\n- use in training", max_steps=5, max_depth=3,
+            question=question, outline=OUTLINE, max_steps=5, max_depth=3,
             language_rule=prompts.language_rule(None),
         )
     if task == "refine":
@@ -60,7 +63,11 @@ def messages_for(task: str, index: int) -> list:
 
 SCHEMAS: dict[str, type[BaseModel]] = {"steps": StepList, "refine": RefineResponse, "evaluate": Score}
 FALLBACKS = {
-    "steps": None,  # a plan cannot be invented: the node fails and is retried
+    # As the decompose node does: a plan from the outline's bullets.
+    "steps": lambda reply: StepList(
+        steps=[StepItem(name=s.name, description=s.description, level=s.level)
+               for s in steps_from_outline("Q", OUTLINE, max_steps=5, max_depth=3)]
+    ),
     "refine": lambda reply: RefineResponse(thought="(unparsed reply)", answer=reply.strip() or "(empty)"),
     "evaluate": lambda reply: Score(score=0),
 }

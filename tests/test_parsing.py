@@ -73,3 +73,8 @@ def test_which_errors_are_retried():
     assert is_transient(openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1")))
     assert is_transient(StructuredOutputError("unparsable"))
     assert not is_transient(ValueError("a bug"))
+
+
+def test_reply_cut_off_by_max_tokens_is_closed():
+    assert parse_reply('{"thought": "t", "answer": "A loss function measures', RefineResponse).answer == "A loss function measures"
+    assert parse_reply('{"steps": [{"name": "a", "description": "d", "level": "0"}', StepList).steps[0].name == "a"

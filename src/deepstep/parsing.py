@@ -113,6 +113,13 @@ def _loads_lenient(candidate: str) -> Any:
         return json.loads(without_trailing_commas)
     except json.JSONDecodeError:
         pass
+    # A reply cut off by max_tokens: close the open string and brackets.
+    if candidate.lstrip().startswith("{"):
+        for suffix in ('"}', "}", '"]}', "]}", '"}]}', "}]}"):
+            try:
+                return json.loads(without_trailing_commas + suffix)
+            except json.JSONDecodeError:
+                continue
     # Single-quoted dicts are valid Python literals; literal_eval never executes code.
     pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", without_trailing_commas)))
     try:

@@ -16,8 +16,12 @@ CONTEXT_CHARS = 1200  # per passage: keeps prompts within small context windows
 
 OUTLINE = ChatPromptTemplate.from_messages(
     [
-        ("system", "You are a research planner. Write a concise Markdown outline (at most 12 bullet lines) of everything a good answer to the question must cover."),
-        ("human", "Question: {question}\n{language_rule}"),
+        ("system", "You are a research planner. You outline everything a good answer to a question must cover."),
+        (
+            "human",
+            "Question: {question}\nReply only with a Markdown list of 4 to 10 lines, each starting with '- ' "
+            "(indent sub-points by two spaces). {language_rule}",
+        ),
     ]
 )
 
