@@ -47,3 +47,10 @@ def test_no_server_configured_says_what_to_do():
 def test_settings_hold_no_secrets(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-marker-123")
     assert "sk-marker-123" not in str(Settings.build(base_url="http://x/v1").public_dict())
+
+
+def test_cost_estimate_from_the_price_table():
+    usage = {"answer": {"calls": 2, "prompt_tokens": 1_000_000, "completion_tokens": 500_000}, "evaluate": {"calls": 0}}
+    priced = Settings.build(model="m", prices={"m": {"prompt": 0.5, "completion": 2.0}})
+    assert priced.estimate_cost(usage) == pytest.approx(0.5 + 1.0)
+    assert Settings.build(model="unpriced").estimate_cost(usage) is None

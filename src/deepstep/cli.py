@@ -71,7 +71,7 @@ def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) 
     return report
 
 
-def _print_summary(result: api.RunResult, report: Path | None) -> None:
+def _print_summary(result: api.RunResult, report: Path | None, settings: Settings) -> None:
     table = Table(title="model usage", show_edge=False)
     for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
         table.add_column(column, justify="right" if column != "role" else "left")
@@ -82,6 +82,9 @@ def _print_summary(result: api.RunResult, report: Path | None) -> None:
             f"{fields.get('seconds', 0):.1f}",
         )
     stderr.print(table)
+    cost = settings.estimate_cost(result.usage)
+    if cost is not None and settings.prices:
+        stderr.print(f"estimated cost: ${cost:.4f}")
     steps = step_tree.steps(result.tree)
     done = sum(1 for s in steps if s["status"] == "done")
     stderr.print(f"thread {result.thread_id}: {done}/{len(steps)} steps done, {len(result.failed_steps)} failed")
@@ -100,7 +103,7 @@ def _finish(result: api.RunResult, out: Path | None, settings: Settings) -> None
         )
         return
     report = _write_outputs(result, out, settings)
-    _print_summary(result, report)
+    _print_summary(result, report, settings)
     if result.failed_steps:
         raise typer.Exit(1)
 

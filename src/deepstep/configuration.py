@@ -23,7 +23,7 @@ from deepstep.mcts import MCTSParams
 # Everything else (model server, home, timeouts) comes from the resuming environment.
 RUN_SHAPING_FIELDS = (
     "corpus", "rollouts", "exploration_c", "max_children", "reward_samples", "early_stop_q",
-    "top_k", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
+    "top_k", "context_tokens", "outline_tokens", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
 )
 ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
@@ -41,6 +41,15 @@ class RoleModel(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
+
+
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: float = Field(ge=0)
+    completion: float = Field(ge=0)
 
 
 class ResolvedModel(BaseModel):
@@ -85,6 +94,9 @@ class Settings(BaseSettings):
     structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
     max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
     roles: dict[Role, RoleModel] = Field(default_factory=dict, description="Per-role model overrides.")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description='Optional price table by model name, e.g. {"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}}.'
+    )
 
     # MCTSr.
     rollouts: int = Field(default=2, ge=0)
@@ -95,6 +107,8 @@ class Settings(BaseSettings):
 
     # Plan and retrieval.
     top_k: int = Field(default=4, ge=1, le=50)
+    context_tokens: int = Field(default=1200, ge=64, description="Token budget of the retrieved passages in one prompt.")
+    outline_tokens: int = Field(default=400, ge=32, description="Token budget of the outline kept for later prompts.")
     max_steps: int = Field(default=8, ge=1, le=500)
     max_depth: int = Field(default=3, ge=1, le=6)
     max_concurrency: int = Field(default=4, ge=1, le=64)
@@ -149,6 +163,22 @@ class Settings(BaseSettings):
             max_retries=self.max_retries,
             llama_cpp=self.llama_cpp,
         )
+
+    def model_for(self, role: Role) -> str:
+        override = self.roles.get(role)
+        return (override.model if override else None) or self.model
+
+    def estimate_cost(self, usage: dict[str, dict[str, float]]) -> float | None:
+        """Dollars for ``usage`` by the price table, or ``None`` when a used model has no price."""
+        total = 0.0
+        for role, fields in usage.items():
+            if not fields.get("calls"):
+                continue
+            price = self.prices.get(self.model_for(role))  # type: ignore[arg-type]
+            if price is None:
+                return None
+            total += (fields.get("prompt_tokens", 0) * price.prompt + fields.get("completion_tokens", 0) * price.completion) / 1e6
+        return total
 
     def mcts_params(self) -> MCTSParams:
         return MCTSParams(

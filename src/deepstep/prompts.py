@@ -12,8 +12,6 @@ from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
 
-CONTEXT_CHARS = 1200  # per passage: keeps prompts within small context windows
-
 OUTLINE = ChatPromptTemplate.from_messages(
     [
         ("system", "You are a research planner. You outline everything a good answer to a question must cover."),
@@ -107,6 +105,42 @@ EVALUATE = ChatPromptTemplate.from_messages(
 )
 
 
+_TOKEN_UNIT = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\s\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+")
+
+
+def _unit_tokens(unit: str) -> int:
+    # A tokenizer-free estimate: a CJK character is about one token, a word about one per 3.5 characters.
+    return 1 if len(unit) == 1 and not unit.isascii() else max(1, round(len(unit) / 3.5))
+
+
+def approx_tokens(text: str) -> int:
+    return sum(_unit_tokens(unit) for unit in _TOKEN_UNIT.findall(text))
+
+
+def cap_text(text: str, max_tokens: int) -> tuple[str, bool]:
+    """``text`` cut to about ``max_tokens`` tokens (whitespace kept); whether it was cut."""
+    used = 0
+    for match in _TOKEN_UNIT.finditer(text):
+        used += _unit_tokens(match.group())
+        if used > max_tokens:
+            return text[: match.start()].rstrip() + " ...", True
+    return text, False
+
+
+def fit_contexts(contexts: Sequence[dict[str, Any]], max_tokens: int) -> tuple[list[dict[str, Any]], int]:
+    """Contexts whose texts share ``max_tokens`` equally, so prompts fit small context windows;
+    also the number of texts that had to be cut."""
+    if not contexts:
+        return [], 0
+    share = max(16, max_tokens // len(contexts))
+    fitted, cut = [], 0
+    for context in contexts:
+        text, was_cut = cap_text(context.get("text", ""), share)
+        fitted.append({**context, "text": text})
+        cut += was_cut
+    return fitted, cut
+
+
 def language_rule(language: str | None) -> str:
     return f"Write in {language}." if language else "Write in the same language as the question."
 
@@ -117,7 +151,7 @@ def format_contexts(contexts: Sequence[dict[str, Any]]) -> str:
         return "(no contexts were found)"
     lines = []
     for number, context in enumerate(contexts, start=1):
-        text = re.sub(r"\s+", " ", context.get("text", "")).strip()[:CONTEXT_CHARS]
+        text = re.sub(r"\s+", " ", context.get("text", "")).strip()
         lines.append(f"[{number}] {context.get('title', '')}: {text}")
     return "\n".join(lines)
 

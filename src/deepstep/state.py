@@ -76,6 +76,7 @@ class StepOutput(TypedDict):
 class StepState(StepInput, total=False):
     research_question: str
     contexts: list[dict[str, Any]]
+    truncated_contexts: int  # passages cut to fit the prompt budget
     draft: str
     removed_citations: Annotated[int, operator.add]
     search: Search

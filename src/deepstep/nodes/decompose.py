@@ -34,7 +34,10 @@ def outline(state: RunState, config: RunnableConfig) -> dict[str, Any]:
     text, usage = call_text(
         settings, "outline", prompts.OUTLINE.format_messages(question=question, language_rule=prompts.language_rule(settings.language))
     )
-    return {"question": question, "outline": text, "usage": usage, "settings": settings.public_dict()}
+    # The outline goes into every step's prompts: keep it within its token budget.
+    text, cut = prompts.cap_text(text, settings.outline_tokens)
+    warnings = [f"the outline was cut to about {settings.outline_tokens} tokens"] if cut else []
+    return {"question": question, "outline": text, "usage": usage, "settings": settings.public_dict(), "warnings": warnings}
 
 
 def decompose(state: RunState, config: RunnableConfig) -> dict[str, Any]:

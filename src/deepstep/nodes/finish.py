@@ -15,6 +15,7 @@ def finish(state: StepState) -> dict[str, Any]:
         "question": state.get("research_question", ""),
         "contexts": state.get("contexts", []),
         "removed_citations": state.get("removed_citations", 0),
+        "truncated_contexts": state.get("truncated_contexts", 0),
     }
     search = state.get("search")
     if state.get("error") or not search:

@@ -10,6 +10,7 @@ from typing import Any
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 
+from deepstep import prompts
 from deepstep.configuration import Settings
 from deepstep.retrieval import BM25Retriever, contexts_from_documents, demo_corpus_dir
 from deepstep.state import StepState
@@ -37,6 +38,7 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Runna
             source = source.model_copy(update={"k": settings.top_k})
         query = f"{state['step']['name']} {state['research_question']}"
         documents = source.invoke(query, config={"callbacks": config.get("callbacks")})
-        return {"contexts": contexts_from_documents(documents[: settings.top_k])}
+        contexts, truncated = prompts.fit_contexts(contexts_from_documents(documents[: settings.top_k]), settings.context_tokens)
+        return {"contexts": contexts, "truncated_contexts": truncated}
 
     return retrieve
