@@ -263,6 +263,10 @@ class FakeLLMServer:
     def set_latency(self, ms: float) -> None:
         self.latency_ms = ms
 
+    def _update(self, entry: dict[str, Any], **changes: Any) -> None:
+        with self._log_lock:
+            entry.update(changes)
+
     def _record(self, entry: dict[str, Any]) -> None:
         with self._log_lock:
             entry["seq"] = len(self._log)
@@ -348,71 +352,75 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             entry: dict[str, Any] = {
                 "task": task,
                 "hash": _digest({"model": body.get("model"), "messages": messages, "response_format": response_format}),
-                "status": 200,
+                "status": None,  # set when the reply is sent
                 "format": response_format.get("type"),
                 "fault": None,
                 "started": started,
                 "prompt_tokens": sum(count_tokens(str(m.get("content", ""))) for m in messages),
                 "completion_tokens": 0,
             }
+            self._answer(body, messages, response_format, task, user, entry)
+
+        def _respond(self, entry: dict, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            entry["status"] = status
+            entry["finished"] = time.time()
+            # Logged before the bytes go out: a client holding the reply always finds it in the log.
+            server._record(entry)
             try:
-                self._answer(body, messages, response_format, task, user, entry)
-            finally:
-                entry["finished"] = time.time()
-                server._record(entry)
+                self._send_json(status, body, headers)
+            except (BrokenPipeError, ConnectionResetError):
+                server._update(entry, status=0)  # the client gave up (e.g. its timeout) before the reply
+
+        def _respond_error(self, entry: dict, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+            self._respond(entry, status, {"error": {"message": message, "type": kind, "code": None}}, headers)
 
         def _answer(self, body: dict, messages: list, response_format: dict, task: str, user: str, entry: dict) -> None:
             if body.get("stream"):
-                entry["status"] = 400
-                self._error(400, "streaming is not supported by the fake server")
+                self._respond_error(entry, 400, "streaming is not supported by the fake server")
                 return
             if response_format.get("type") == "json_schema" and not server.json_schema:
-                entry["status"] = 400
-                self._error(400, "json_schema response_format is not supported")
+                self._respond_error(entry, 400, "json_schema response_format is not supported")
                 return
             if server.latency_ms:
                 time.sleep(server.latency_ms / 1000)
             fault = server._rules.pick(task, user)
             entry["fault"] = fault.kind if fault else None
             if fault and fault.kind == "http500":
-                entry["status"] = 500
-                self._error(500, "injected server error", "server_error")
+                self._respond_error(entry, 500, "injected server error", "server_error")
                 return
             if fault and fault.kind == "http429":
-                entry["status"] = 429
-                self._error(429, "injected rate limit", "rate_limit_error", {"Retry-After": f"{fault.retry_after:g}"})
+                self._respond_error(entry, 429, "injected rate limit", "rate_limit_error", {"Retry-After": f"{fault.retry_after:g}"})
                 return
             if fault and fault.kind == "drop_connection":
-                entry["status"] = 0
+                entry.update(status=0, finished=time.time())
+                server._record(entry)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if fault and fault.kind == "timeout":
                 time.sleep(fault.seconds)
             json_format = response_format.get("type") in ("json_object", "json_schema")
-            if fault and fault.kind not in ("timeout",):
+            if fault and fault.kind != "timeout":
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
             else:
                 content = reply_content(task, messages, steps=server.steps, json_format=json_format)
             entry["completion_tokens"] = count_tokens(content)
-            try:
-                self._send_json(
-                    200,
-                    {
-                        "id": "chatcmpl-" + entry["hash"][:24],
-                        "object": "chat.completion",
-                        "created": int(time.time()),
-                        "model": body.get("model", "fake"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                        "usage": {
-                            "prompt_tokens": entry["prompt_tokens"],
-                            "completion_tokens": entry["completion_tokens"],
-                            "total_tokens": entry["prompt_tokens"] + entry["completion_tokens"],
-                        },
+            self._respond(
+                entry,
+                200,
+                {
+                    "id": "chatcmpl-" + entry["hash"][:24],
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": entry["prompt_tokens"],
+                        "completion_tokens": entry["completion_tokens"],
+                        "total_tokens": entry["prompt_tokens"] + entry["completion_tokens"],
                     },
-                )
-            except (BrokenPipeError, ConnectionResetError):
-                entry["status"] = 0  # the client gave up (e.g. its timeout) before the reply
+                },
+            )
 
     return Handler
 
