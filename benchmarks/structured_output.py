@@ -28,7 +28,14 @@ from deepstep.configuration import Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.llm_server import MODEL_ALIAS, embedded_server
 from deepstep.models import call_structured
-from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepItem, StepList, parse_reply
+from deepstep.parsing import (
+    RefineResponse,
+    ReplyParseError,
+    Score,
+    StepItem,
+    StepList,
+    parse_reply,
+)
 from deepstep.tree import steps_from_outline
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "smollm2_replies.json"

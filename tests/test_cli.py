@@ -85,7 +85,9 @@ def test_bad_input_is_one_line_exit_2(cli_env, fake_llm, args, message):
 
 def test_real_process_unreachable_server(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "DEEPSTEP_HOME": str(tmp_path), "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "DEEPSTEP_MAX_RETRIES": "0"}
-    dead = subprocess.run([sys.executable, "-m", "deepstep.cli", "run", "What is a loss function?"], env=env, capture_output=True, text=True, timeout=120)
+    dead = subprocess.run(
+        [sys.executable, "-m", "deepstep.cli", "run", "What is a loss function?"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert dead.returncode == 2
     assert "cannot reach the model server at http://127.0.0.1:9/v1" in dead.stderr
     assert "Traceback" not in dead.stderr

@@ -59,7 +59,9 @@ def test_replies_are_deterministic(server):
 def test_openai_client_and_json_schema_rejection():
     with FakeLLMServer(json_schema=False) as fake:
         client = openai.OpenAI(base_url=fake.base_url, api_key="x", max_retries=0)
-        reply = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "Question: Q"}], extra_headers={"X-Deepstep-Task": "outline"})
+        reply = client.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "Question: Q"}], extra_headers={"X-Deepstep-Task": "outline"}
+        )
         assert reply.choices[0].message.content and reply.usage.prompt_tokens > 0
         schema = {"type": "json_schema", "json_schema": {"name": "S", "schema": {"type": "object"}}}
         with pytest.raises(openai.BadRequestError, match="json_schema"):
@@ -149,7 +151,9 @@ def test_control_endpoints(server):
 
 
 def test_module_cli_serves_and_stops_on_sigterm():
-    process = subprocess.Popen([sys.executable, "-m", "deepstep.testing.fake_llm", "--port", "0", "--fault", "http429:times=1"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deepstep.testing.fake_llm", "--port", "0", "--fault", "http429:times=1"], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:")

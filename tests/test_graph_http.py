@@ -265,3 +265,13 @@ def test_http_retries_respect_retry_after(settings, fake_llm):
     assert outline_statuses == [429, 200]
     assert elapsed >= 1.5  # waited as the server asked
     assert result.usage["decompose"]["retries"] == 0  # the HTTP client retried, not the graph
+
+
+def test_replies_cut_off_by_max_tokens_are_recovered(settings, fake_llm):
+    # With a response_format, ChatOpenAI raises LengthFinishReasonError on finish_reason="length".
+    fake_llm.set_faults([Fault(kind="length", task="refine", times=2), Fault(kind="length", task="evaluate", times=1)])
+    result = deepstep.run(QUESTION, settings=settings)
+    assert all(s["status"] == "done" for s in step_tree.steps(result.tree))
+    refined = [n["answer"] for s in step_tree.steps(result.tree) for n in s["mcts"]["nodes"][1:]]
+    assert "A loss function scores a prediction against the target [1]" in refined  # the cut-off JSON was closed
+    assert result.usage["evaluate"]["repairs"] == 1  # '{"score": 4' could be 4 or 40: asked again

@@ -3,7 +3,15 @@
 import pytest
 
 from deepstep.citations import cited_numbers, remove_invalid_citations
-from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, extract_json, parse_reply, parse_score
+from deepstep.parsing import (
+    RefineResponse,
+    ReplyParseError,
+    Score,
+    StepList,
+    extract_json,
+    parse_reply,
+    parse_score,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +86,5 @@ def test_which_errors_are_retried():
 def test_reply_cut_off_by_max_tokens_is_closed():
     assert parse_reply('{"thought": "t", "answer": "A loss function measures', RefineResponse).answer == "A loss function measures"
     assert parse_reply('{"steps": [{"name": "a", "description": "d", "level": "0"}', StepList).steps[0].name == "a"
+    with pytest.raises(ReplyParseError):
+        parse_reply('{"score": 4', Score)  # 4, or 40 cut off? ask again

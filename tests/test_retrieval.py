@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_long_paragraph_is_split_by_words_with_exact_overlap(tmp_path):
     passages, _ = load_passages(tmp_path, chunk_words=100, overlap_words=20)
     chunks = [words(p.text) for p in passages]
     assert [len(c) for c in chunks[:-1]] == [100] * (len(chunks) - 1)
-    for previous, current in zip(chunks, chunks[1:]):
+    for previous, current in itertools.pairwise(chunks):
         assert current[:20] == previous[-20:]
     assert chunks[-1][-1] == "w499"
 

@@ -24,7 +24,7 @@ def sample_tree():
 
 
 def test_default_serializer_cannot_store_a_digraph():
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         JsonPlusSerializer(pickle_fallback=False).dumps_typed({"tree": sample_tree()})
 
 
@@ -32,7 +32,7 @@ def test_roundtrip_is_msgpack_not_pickle():
     serde = TreeSerializer()
     kind, payload = serde.dumps_typed({"tree": sample_tree(), "other": [1, "x"]})
     assert kind == "msgpack"
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         pickle.loads(payload)
     loaded = serde.loads_typed((kind, payload))
     assert isinstance(loaded["tree"], nx.DiGraph)
@@ -42,8 +42,9 @@ def test_roundtrip_is_msgpack_not_pickle():
 
 
 def test_roundtrip_through_sqlite_checkpointer(tmp_path):
-    from langgraph.graph import END, START, StateGraph
     from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
 
     class S(TypedDict):
         tree: nx.DiGraph

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
+from deepstep.parsing import (
+    RefineResponse,
+    ReplyParseError,
+    Score,
+    StepList,
+    parse_reply,
+)
 
 REPLIES = json.loads((Path(__file__).parent / "data" / "smollm2_replies.json").read_text(encoding="utf-8"))
 SCHEMAS = {"steps": StepList, "refine": RefineResponse, "evaluate": Score}

@@ -31,8 +31,11 @@ def test_valid_levels_build_parent_edges_in_tree_order():
 
 def test_duplicate_and_invalid_levels_are_dropped_with_warnings():
     built = step_tree.build_tree(
-        "Q?", "", [*specs("0", "0>1"), StepSpec("again", "", "0>1"), StepSpec("bad", "", "one"), StepSpec("", "", "0>2")],
-        max_steps=10, max_depth=3,
+        "Q?",
+        "",
+        [*specs("0", "0>1"), StepSpec("again", "", "0>1"), StepSpec("bad", "", "one"), StepSpec("", "", "0>2")],
+        max_steps=10,
+        max_depth=3,
     )
     assert levels(built.tree) == ["0", "0>1"]
     assert len(built.warnings) == 3
@@ -40,7 +43,9 @@ def test_duplicate_and_invalid_levels_are_dropped_with_warnings():
 
 
 def test_level_spelling_is_normalized():
-    built = step_tree.build_tree("Q", "", [StepSpec("a", "", " 0 "), StepSpec("b", "", "0 > 1"), StepSpec("c", "", "0>>02")], max_steps=9, max_depth=3)
+    built = step_tree.build_tree(
+        "Q", "", [StepSpec("a", "", " 0 "), StepSpec("b", "", "0 > 1"), StepSpec("c", "", "0>>02")], max_steps=9, max_depth=3
+    )
     assert levels(built.tree) == ["0", "0>1", "0>2"]
 
 
@@ -92,7 +97,13 @@ def test_steps_from_outline_follow_bullet_nesting():
     outline = "# Loss\n- Definition\n  - Formula\n  - Intuition\n- Examples\n    * MSE\n1. Choosing one\ntext line"
     specs = step_tree.steps_from_outline("Q?", outline, max_steps=10, max_depth=3)
     assert [(s.name, s.level) for s in specs] == [
-        ("Loss", "0"), ("Definition", "1"), ("Formula", "1>1"), ("Intuition", "1>2"), ("Examples", "2"), ("MSE", "2>1"), ("Choosing one", "3"),
+        ("Loss", "0"),
+        ("Definition", "1"),
+        ("Formula", "1>1"),
+        ("Intuition", "1>2"),
+        ("Examples", "2"),
+        ("MSE", "2>1"),
+        ("Choosing one", "3"),
     ]
     built = step_tree.build_tree("Q?", outline, specs, max_steps=10, max_depth=3)
     assert built.warnings == []

@@ -23,8 +23,15 @@ from deepstep import render
 from deepstep import tree as step_tree
 from deepstep.checkpoint import sqlite_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
-from deepstep.errors import ConfigError, InputError, ModelServerError, StructuredOutputError, UnknownThreadError
+from deepstep.errors import (
+    ConfigError,
+    InputError,
+    ModelServerError,
+    StructuredOutputError,
+    UnknownThreadError,
+)
 from deepstep.graph import build_graph
+from deepstep.models import describe_error
 from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
 from deepstep.nodes.retrieve import corpus_retriever
 
@@ -140,7 +147,7 @@ def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig,
                 progress.phase = {"decompose": "steps", "review": "steps", "step": "steps"}.get(node, node)
                 if on_progress:
                     on_progress(progress)
-    except (openai.APIConnectionError, openai.APIStatusError, StructuredOutputError) as error:
+    except (openai.OpenAIError, StructuredOutputError) as error:
         raise _as_user_error(error, Settings.from_config(config)) from None
 
 
@@ -154,7 +161,9 @@ def _as_user_error(error: Exception, settings: Settings) -> Exception:
         return ModelServerError(f"cannot reach the model server at {base_url}: start it, or set OPENAI_BASE_URL to a running server")
     if isinstance(error, openai.APIStatusError):
         return ModelServerError(f"the model server at {base_url} keeps failing (HTTP {error.status_code}); try again later")
-    return ModelServerError(f"the model never produced a usable plan ({error}); try a stronger model")
+    if isinstance(error, StructuredOutputError):
+        return ModelServerError(f"the model never produced a usable plan ({error}); try a stronger model")
+    return ModelServerError(f"the model server at {base_url} failed: {describe_error(error)}")
 
 
 def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:

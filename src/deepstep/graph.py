@@ -17,13 +17,25 @@ from deepstep.nodes.answer import answer
 from deepstep.nodes.collect import collect, report
 from deepstep.nodes.decompose import decompose, outline
 from deepstep.nodes.dispatch import dispatch_steps
-from deepstep.nodes.failures import STEP_RETRY, count_retries, fail_softly, route_unless_failed
+from deepstep.nodes.failures import (
+    STEP_RETRY,
+    count_retries,
+    fail_softly,
+    route_unless_failed,
+)
 from deepstep.nodes.finish import finish
 from deepstep.nodes.question import question
 from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
 from deepstep.nodes.retrieve import make_retrieve
 from deepstep.nodes.review import review
-from deepstep.state import RunInput, RunOutput, RunState, StepInput, StepOutput, StepState
+from deepstep.state import (
+    RunInput,
+    RunOutput,
+    RunState,
+    StepInput,
+    StepOutput,
+    StepState,
+)
 
 
 def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph:

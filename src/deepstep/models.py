@@ -95,6 +95,16 @@ def _usage_of(task: str, reply: AIMessage | None, seconds: float, **counters: in
     return {TASK_ROLES[task]: fields}
 
 
+def _message_of(completion: openai.types.chat.ChatCompletion) -> AIMessage:
+    usage = completion.usage
+    metadata = {
+        "input_tokens": usage.prompt_tokens if usage else 0,
+        "output_tokens": usage.completion_tokens if usage else 0,
+        "total_tokens": usage.total_tokens if usage else 0,
+    }
+    return AIMessage(content=completion.choices[0].message.content or "", usage_metadata=metadata)
+
+
 def _text(reply: BaseMessage) -> str:
     content = reply.content
     if isinstance(content, str):
@@ -153,6 +163,8 @@ def call_structured(
         response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp)
         try:
             reply = model.invoke(conversation, **({"response_format": response_format} if response_format else {}))
+            totals = add_usage(totals, _usage_of(task, reply, 0.0))
+            last_text = _text(reply)
         except openai.BadRequestError:
             if settings.structured_output != "auto" or method not in _DOWNGRADE:
                 raise
@@ -160,8 +172,10 @@ def call_structured(
             with _methods_lock:
                 _methods_by_base_url[base_url] = method
             continue
-        totals = add_usage(totals, _usage_of(task, reply, 0.0))
-        last_text = _text(reply)
+        except openai.LengthFinishReasonError as cut_off:
+            # The reply hit max_tokens; what arrived may still parse (open JSON gets closed) or be repaired.
+            totals = add_usage(totals, _usage_of(task, _message_of(cut_off.completion), 0.0))
+            last_text = cut_off.completion.choices[0].message.content or ""
         try:
             value = parse_reply(last_text, schema)
             return value, _finish(totals, task, started, repairs=repairs)

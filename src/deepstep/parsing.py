@@ -113,8 +113,9 @@ def _loads_lenient(candidate: str) -> Any:
         return json.loads(without_trailing_commas)
     except json.JSONDecodeError:
         pass
-    # A reply cut off by max_tokens: close the open string and brackets.
-    if candidate.lstrip().startswith("{"):
+    # A reply cut off by max_tokens: close the open string and brackets. A cut-off number is
+    # ambiguous (4 may have been 40), so such a reply is not completed.
+    if candidate.lstrip().startswith("{") and not re.search(r"[\d.+-]$", candidate.rstrip()):
         for suffix in ('"}', "}", '"]}', "]}", '"}]}', "}]}"):
             try:
                 return json.loads(without_trailing_commas + suffix)
@@ -177,6 +178,8 @@ def parse_score(text: str) -> Score:
                     raise ReplyParseError(f"score {data[key]!r} is not an integer from -100 to 100") from None
     if isinstance(data, (int, float)) and not isinstance(data, bool):
         return _score_in_range(round(data))
+    if data is None and text.strip().startswith("{"):
+        raise ReplyParseError('the JSON reply is incomplete: answer with {"score": n}')
     match = re.search(r"(?i)(?:score|reward|rating)\s*[:=]?\s*([-+]?\d+(?:\.\d+)?)", text) or _NUMBER.search(text)
     if match is None:
         raise ReplyParseError("the reply has no score: answer with an integer from -100 to 100")

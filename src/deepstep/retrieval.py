@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -87,7 +88,7 @@ def _title(text: str, fallback: str) -> str:
     if match := _MD_TITLE.search(text):
         return match.group(1).strip()
     lines = text.splitlines()
-    for line, below in zip(lines, lines[1:]):
+    for line, below in itertools.pairwise(lines):
         heading = line.strip()
         underlined = _RST_ADORNMENT.match(below) and len(below.strip()) >= len(heading)
         if heading and underlined and not _RST_ADORNMENT.match(heading):

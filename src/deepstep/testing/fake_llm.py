@@ -16,14 +16,23 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TASKS = ("outline", "steps", "question", "answer", "critique", "refine", "evaluate")
 JSON_TASKS = ("steps", "refine", "evaluate")
 FAULT_KINDS = (
-    "http500", "http429", "timeout", "malformed_json", "truncated_json", "empty", "refusal", "bad_score", "drop_connection",
+    "http500",
+    "http429",
+    "timeout",
+    "malformed_json",
+    "truncated_json",
+    "empty",
+    "refusal",
+    "bad_score",
+    "drop_connection",
+    "length",
 )
 
 
@@ -119,7 +128,14 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
     topic = _topic(user)
     if task == "outline":
         return "\n".join(
-            [f"# {topic}", "- Definition and purpose", "- Common forms and formulas", "- How it is used in training", "- How to choose one", "- Pitfalls"]
+            [
+                f"# {topic}",
+                "- Definition and purpose",
+                "- Common forms and formulas",
+                "- How it is used in training",
+                "- How to choose one",
+                "- Pitfalls",
+            ]
         )
     if task == "steps":
         limit = _line_value(user, "Maximum steps")
@@ -163,6 +179,8 @@ def _faulty_content(kind: str, task: str, seq: int) -> str:
         return ""
     if kind == "refusal":
         return "I'm sorry, but I can't help with that."
+    if kind == "length":  # cut off by max_tokens: a valid JSON prefix, finish_reason "length"
+        return '{"thought": "Tightened the definition.", "answer": "A loss function scores a prediction against the target [1]' if task != "evaluate" else '{"score": 4'
     if kind == "bad_score":
         return "Score: excellent" if seq % 2 == 0 else '{"score": 250}'
     raise AssertionError(kind)
@@ -371,7 +389,9 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 server._update(entry, status=0)  # the client gave up (e.g. its timeout) before the reply
 
-        def _respond_error(self, entry: dict, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        def _respond_error(
+            self, entry: dict, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+        ) -> None:
             self._respond(entry, status, {"error": {"message": message, "type": kind, "code": None}}, headers)
 
         def _answer(self, body: dict, messages: list, response_format: dict, task: str, user: str, entry: dict) -> None:
@@ -413,7 +433,13 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "fake"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "length" if fault and fault.kind == "length" else "stop",
+                        }
+                    ],
                     "usage": {
                         "prompt_tokens": entry["prompt_tokens"],
                         "completion_tokens": entry["completion_tokens"],
