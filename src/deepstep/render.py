@@ -64,7 +64,7 @@ def markdown_report(tree: nx.DiGraph) -> str:
         blocks.append("**Failed steps:** " + ", ".join(f"{s['name']} [task_id:{s['level']}] ({s['error']})" for s in failed))
     references = cited_passages(tree)
     if references:
-        lines = [f"- `{c['ref_id']}` {c['title']} ({c['source']})" for c in references]
+        lines = [f"- `{c['chunk_id']}` {c['title']} ({c['source']})" for c in references]
         blocks.append("## References\n\n" + "\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
