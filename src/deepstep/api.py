@@ -31,8 +31,8 @@ from deepstep.errors import (
     UnknownThreadError,
 )
 from deepstep.graph import build_graph
-from deepstep.models import describe_error
 from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
+from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
 
 MAX_QUESTION_CHARS = 4000
@@ -65,14 +65,6 @@ class RunResult:
     def table(self) -> pd.DataFrame:
         """The storyboard table (seed format)."""
         return render.storyboard_table(self.tree)
-
-    @property
-    def usage_totals(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for fields in self.usage.values():
-            for name, value in fields.items():
-                totals[name] = totals.get(name, 0) + value
-        return totals
 
 
 def clean_question(question: str) -> str:

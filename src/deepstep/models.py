@@ -82,15 +82,14 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
     )
 
 
-def _usage_of(task: str, reply: AIMessage | None, seconds: float, **counters: int) -> Usage:
-    metadata = (reply.usage_metadata or {}) if reply is not None else {}
+def _usage_of(task: str, reply: AIMessage, seconds: float) -> Usage:
+    metadata = reply.usage_metadata or {}
     fields = {name: 0 for name in USAGE_FIELDS}
     fields.update(
-        calls=1 if reply is not None else 0,
+        calls=1,
         prompt_tokens=metadata.get("input_tokens", 0),
         completion_tokens=metadata.get("output_tokens", 0),
         seconds=round(seconds, 4),
-        **counters,
     )
     return {TASK_ROLES[task]: fields}
 

@@ -180,7 +180,9 @@ def _faulty_content(kind: str, task: str, seq: int) -> str:
     if kind == "refusal":
         return "I'm sorry, but I can't help with that."
     if kind == "length":  # cut off by max_tokens: a valid JSON prefix, finish_reason "length"
-        return '{"thought": "Tightened the definition.", "answer": "A loss function scores a prediction against the target [1]' if task != "evaluate" else '{"score": 4'
+        if task == "evaluate":
+            return '{"score": 4'
+        return '{"thought": "Tightened the definition.", "answer": "A loss function scores a prediction against the target [1]'
     if kind == "bad_score":
         return "Score: excellent" if seq % 2 == 0 else '{"score": 250}'
     raise AssertionError(kind)
