@@ -252,12 +252,13 @@ class FakeLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeLLMServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        # A short poll interval makes stop() take milliseconds instead of up to half a second.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fake-llm", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+        self._httpd.serve_forever(poll_interval=0.02)
 
     def stop(self) -> None:
         self._httpd.shutdown()
