@@ -179,6 +179,17 @@ def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
     )
 
 
+def _execute(
+    graph: CompiledStateGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None
+) -> RunResult:
+    """Run the graph on the thread with a model server up for the whole run."""
+    with _model_server(settings) as served:
+        _check_models(served)
+        config = _run_config(thread_id, served)
+        _stream(graph, graph_input, config, on_progress)
+        return _result(graph, config)
+
+
 def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: BaseRetriever | None) -> Settings:
     settings = settings or Settings.build()
     if corpus is not None:
@@ -204,11 +215,7 @@ def run(
     with _open_graph(settings, retriever) as graph:
         if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
             raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
-        with _model_server(settings) as served:
-            _check_models(served)
-            config = _run_config(thread_id, served)
-            _stream(graph, {"question": text}, config, on_progress)
-            return _result(graph, config)
+        return _execute(graph, {"question": text}, thread_id, settings, on_progress)
 
 
 def resume(
@@ -242,11 +249,7 @@ def resume(
             return _result(graph, config)
         if retriever is None:
             corpus_retriever(merged)
-        with _model_server(merged) as served:
-            _check_models(served)
-            config = _run_config(thread_id, served)
-            _stream(graph, graph_input, config, on_progress)
-            return _result(graph, config)
+        return _execute(graph, graph_input, thread_id, merged, on_progress)
 
 
 def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
