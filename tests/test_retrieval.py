@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deepstep import retrieval
+from deepstep.corpus import UNIT
 from deepstep.errors import CorpusError
 from deepstep.retrieval import (
     BM25Retriever,
@@ -24,7 +25,7 @@ METADATA_KEYS = {"ref_id", "chunk_id", "title", "source", "score"}
 
 
 def words(text: str) -> list[str]:
-    return retrieval._UNIT.findall(text)
+    return UNIT.findall(text)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_nested_files_use_posix_sources_and_hidden_files_are_ignored(tmp_path):
 def test_chunks_respect_size_and_paragraphs(tmp_path):
     paragraphs = [" ".join(f"p{i}w{j}" for j in range(40)) for i in range(10)]
     (tmp_path / "doc.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
-    passages, _ = load_passages(tmp_path, chunk_words=100, overlap_words=20)
+    passages, _ = load_passages(tmp_path, chunk_tokens=100, chunk_overlap=20)
     assert len(passages) > 1
     assert [p.chunk_id for p in passages] == [f"{passages[0].ref_id}:{i}" for i in range(len(passages))]
     for passage in passages:
@@ -107,7 +108,7 @@ def test_chunks_respect_size_and_paragraphs(tmp_path):
 
 def test_long_paragraph_is_split_by_words_with_exact_overlap(tmp_path):
     (tmp_path / "long.txt").write_text(" ".join(f"w{i}" for i in range(500)), encoding="utf-8")
-    passages, _ = load_passages(tmp_path, chunk_words=100, overlap_words=20)
+    passages, _ = load_passages(tmp_path, chunk_tokens=100, chunk_overlap=20)
     chunks = [words(p.text) for p in passages]
     assert [len(c) for c in chunks[:-1]] == [100] * (len(chunks) - 1)
     for previous, current in itertools.pairwise(chunks):
@@ -118,21 +119,21 @@ def test_long_paragraph_is_split_by_words_with_exact_overlap(tmp_path):
 def test_long_list_is_split_at_line_ends(tmp_path):
     items = "\n".join(f"- item{i} " + " ".join(f"i{i}w{j}" for j in range(9)) for i in range(30))
     (tmp_path / "list.md").write_text(items, encoding="utf-8")
-    passages, _ = load_passages(tmp_path, chunk_words=100, overlap_words=20)
+    passages, _ = load_passages(tmp_path, chunk_tokens=100, chunk_overlap=20)
     assert len(passages) > 1
     assert all(words(p.text)[-1].endswith("w8") for p in passages)
 
 
 def test_cjk_characters_count_as_words(tmp_path):
     (tmp_path / "zh.md").write_text("损失函数" * 100, encoding="utf-8")
-    passages, _ = load_passages(tmp_path, chunk_words=50, overlap_words=10)
+    passages, _ = load_passages(tmp_path, chunk_tokens=50, chunk_overlap=10)
     assert all(len(p.text) <= 50 for p in passages)
     assert len(passages) == 10  # 400 characters, step 40
 
 
 def test_invalid_chunk_settings():
-    with pytest.raises(ValueError):
-        load_passages(TEST_CORPUS, chunk_words=10, overlap_words=10)
+    with pytest.raises(CorpusError, match="chunk_overlap < chunk_tokens"):
+        load_passages(TEST_CORPUS, chunk_tokens=10, chunk_overlap=10)
 
 
 def test_missing_folder_says_what_to_do(tmp_path):
@@ -145,7 +146,7 @@ def test_missing_folder_says_what_to_do(tmp_path):
 def test_folder_without_readable_files_says_what_to_do(tmp_path):
     (tmp_path / "empty.md").write_bytes(b"")
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01")
-    with pytest.raises(CorpusError, match=r"no readable \.md/\.txt/\.rst files.*--corpus"):
+    with pytest.raises(CorpusError, match=r"no readable \.md/\.txt/\.rst/\.html files.*--corpus"):
         load_passages(tmp_path)
 
 
@@ -229,9 +230,25 @@ def test_cache_is_reused_and_rebuilt_when_the_corpus_changes(corpus_copy, tmp_pa
     assert changed.invoke("moon tides")[0].metadata["source"] == "tides.md"
 
 
+def test_an_index_of_an_earlier_content_is_dropped(corpus_copy, tmp_path, build_count):
+    cache = tmp_path / "cache"
+    other = Path(shutil.copytree(corpus_copy, tmp_path / "other"))
+    BM25Retriever.from_directory(corpus_copy, cache_dir=cache)
+    BM25Retriever.from_directory(other, cache_dir=cache)  # same content elsewhere: one shared entry
+    BM25Retriever.from_directory(corpus_copy, cache_dir=cache, chunk_tokens=40, chunk_overlap=5)
+    entries = lambda: sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))  # noqa: E731
+    assert len(entries()) == 2 and build_count == [2]
+    (corpus_copy / "volcanoes.rst").write_text("Volcanoes\n=========\n\nMagma rises.", encoding="utf-8")
+    before = entries()
+    BM25Retriever.from_directory(corpus_copy, cache_dir=cache)
+    # The old default-chunking entry (built for this folder) is replaced; the other chunking's stays.
+    after = entries()
+    assert len(after) == 2 and len(set(before) & set(after)) == 1 and build_count == [3]
+
+
 def test_chunk_settings_are_part_of_the_cache_key(corpus_copy, tmp_path, build_count):
     BM25Retriever.from_directory(corpus_copy, cache_dir=tmp_path / "cache")
-    BM25Retriever.from_directory(corpus_copy, cache_dir=tmp_path / "cache", chunk_words=20, overlap_words=5)
+    BM25Retriever.from_directory(corpus_copy, cache_dir=tmp_path / "cache", chunk_tokens=20, chunk_overlap=5)
     assert build_count == [2]
 
 
@@ -265,3 +282,64 @@ def test_demo_corpus_is_bundled():
     assert 10 <= len(files) <= 14
     assert "损失函数概述.md" in files
     assert all(p.read_text(encoding="utf-8").startswith("# ") for p in demo_corpus_dir().glob("*.md"))
+
+
+# --- citations of retrieved contexts ---
+
+
+def test_grouped_citations_keep_their_valid_numbers():
+    from deepstep.citations import cited_numbers, remove_invalid_citations
+
+    text, removed = remove_invalid_citations("Both [1, 5] agree [3,4] and [6, 7].", 3)
+    assert (text, removed) == ("Both [1] agree [3] and.", 4)
+    assert cited_numbers("a [2, 1] b [3][1]") == [2, 1, 3]
+
+
+def test_code_is_never_mistaken_for_a_citation():
+    from deepstep.citations import cited_numbers, remove_invalid_citations
+
+    answer = "Read `reg.coef_[0]` [1] and\n```python\nX[:, 0]\nscores[9]\n```\nthen [9]."
+    text, removed = remove_invalid_citations(answer, 2)
+    assert text == "Read `reg.coef_[0]` [1] and\n```python\nX[:, 0]\nscores[9]\n```\nthen." and removed == 1
+    assert cited_numbers(answer) == [1, 9]
+
+
+def test_references_list_the_title_and_source_of_each_cited_passage(demo):
+    from deepstep import render
+    from deepstep import tree as step_tree
+
+    contexts = contexts_from_documents(demo.invoke("hinge loss margin"))
+    tree = step_tree.new_tree("q")
+    step = {"name": "Hinge", "level": "0", "status": "done", "contexts": contexts, "answer": "Hinge loss [2] penalizes margins [1][2] [9]."}
+    tree.add_node("s1", **{**step_tree.STEP_DEFAULTS, **step})
+    tree.add_edge(step_tree.ROOT_ID, "s1")
+    references = render.cited_passages(tree)
+    assert [(c["chunk_id"], c["number"]) for c in references] == [(contexts[1]["chunk_id"], 2), (contexts[0]["chunk_id"], 1)]
+    report = render.markdown_report(tree)
+    for context in references:
+        assert f"{context['title']} ({context['source']})" in report and context["chunk_id"] in report
+
+
+# --- the retrieval benchmark ---
+
+
+def test_retrieval_benchmark_scores_labelled_questions(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    questions = {
+        "questions": [
+            {"question": "What is the margin in hinge loss?", "expected": [{"source": "hinge-loss.md", "phrase": "is  called the MARGIN"}]},
+            {"question": "What is the margin in hinge loss, again?", "expected": [{"source": "hinge-loss.md", "phrase": "not in the text"}]},
+        ]
+    }
+    (tmp_path / "questions.json").write_text(json.dumps(questions), encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks.retrieval", "--corpus", str(demo_corpus_dir()), "--questions", str(tmp_path / "questions.json"),
+               "--repeat", "2", "--json"]
+    done = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120, check=True)
+    figures = json.loads(done.stdout)
+    assert figures["questions"] == 2 and figures["queries"] == 4
+    assert figures["recall"] == {"4": 0.5, "10": 0.5} and figures["document_recall"] == {"4": 1.0, "10": 1.0}
+    assert figures["misses"] == ["What is the margin in hinge loss, again?"]
+    assert figures["build"]["passages"] > 0 and 0 < figures["p50_ms"] <= figures["p95_ms"]

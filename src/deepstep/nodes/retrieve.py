@@ -11,21 +11,38 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 
 from deepstep import prompts
+from deepstep.checkpoint import postgres_module
 from deepstep.configuration import Settings
-from deepstep.retrieval import BM25Retriever, contexts_from_documents, demo_corpus_dir
+from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir
+from deepstep.retrieval import BM25Retriever, contexts_from_documents
 from deepstep.state import StepState
 
 
 @functools.lru_cache(maxsize=8)
-def _corpus_retriever(corpus: Path, cache_dir: Path) -> BM25Retriever:
+def _corpus_retriever(corpus: Path, cache_dir: Path, chunk_tokens: int, chunk_overlap: int) -> BM25Retriever:
     # Indexing is the slow part; one index per corpus per process serves every step.
-    return BM25Retriever.from_directory(corpus, cache_dir=cache_dir)
+    return BM25Retriever.from_directory(corpus, cache_dir=cache_dir, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+
+
+@functools.lru_cache(maxsize=8)
+def _postgres_retriever(database_url: str, corpus: Path, chunk_tokens: int, chunk_overlap: int, embedding: Any) -> BaseRetriever:
+    # Loads the corpus (and its embeddings) into the database once per content (a no-op when another worker did).
+    return postgres_module().PostgresRetriever.from_directory(
+        database_url, corpus, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedding=embedding
+    )
 
 
 def corpus_retriever(settings: Settings) -> BaseRetriever:
-    """The BM25 retriever over the configured corpus (the bundled demo corpus by default)."""
-    corpus = (settings.corpus or demo_corpus_dir()).resolve()
-    return _corpus_retriever(corpus, settings.index_dir.resolve())
+    """The retriever over the configured corpus (default: the fetched scikit-learn user guide, else the
+    bundled demo corpus): BM25, or Postgres full-text search when ``settings.retriever`` resolves to postgres."""
+    corpus = (settings.corpus or default_corpus_dir(settings.home)).resolve()
+    if corpus == demo_corpus_dir().resolve():
+        announce_demo_corpus()
+    if settings.uses_postgres_retriever and settings.database_url is not None:
+        embedding = postgres_module().embedding_model_for(settings)
+        retriever = _postgres_retriever(settings.database_url.get_secret_value(), corpus, settings.chunk_tokens, settings.chunk_overlap, embedding)
+        return retriever.model_copy(update={"k": settings.top_k})
+    return _corpus_retriever(corpus, settings.index_dir.resolve(), settings.chunk_tokens, settings.chunk_overlap)
 
 
 def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, RunnableConfig], dict[str, Any]]:

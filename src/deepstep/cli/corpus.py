@@ -1,0 +1,108 @@
+"""``deepstep corpus index|search|fetch``: build a corpus' search index, query it, fetch the demo corpus."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
+from deepstep.corpus import DEMO_CORPUS_NOTICE, corpus_root, default_corpus_dir, demo_corpus_dir, fetch_sklearn
+from deepstep.nodes.retrieve import corpus_retriever
+from deepstep.retrieval import BM25Retriever, contexts_from_documents
+
+corpus_app = typer.Typer(no_args_is_help=True, help="Index and search a corpus folder; fetch the scikit-learn user guide.")
+app.add_typer(corpus_app, name="corpus")
+
+FETCHABLE = ("sklearn",)
+
+
+def _index(corpus: Path, chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> tuple[BM25Retriever, float]:
+    settings = load_settings(chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+    started = time.perf_counter()
+    retriever = BM25Retriever.from_directory(
+        corpus, cache_dir=settings.index_dir, chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap
+    )
+    return retriever, time.perf_counter() - started
+
+
+def _describe(corpus: Path, retriever: BM25Retriever, seconds: float) -> str:
+    documents = len({p.ref_id for p in retriever.passages})
+    how = "reused the cached index" if retriever.from_cache else "built the index"
+    return (
+        f"{corpus}: {len(retriever.passages)} passages from {documents} documents, "
+        f"{retriever.skipped_files} files skipped (empty, binary or undecodable); {how} in {seconds:.2f} s"
+    )
+
+
+@corpus_app.command("index")
+def index(
+    path: Annotated[Path, typer.Argument(help="Folder of Markdown, text, reStructuredText or HTML files.")],
+    chunk_tokens: Annotated[int | None, typer.Option(help="Passage size in words (default: DEEPSTEP_CHUNK_TOKENS or 180).")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Words shared by consecutive passages (default 30).")] = None,
+) -> None:
+    """Split PATH into passages and build its BM25 index (reused until a file changes)."""
+    with user_errors():
+        retriever, seconds = _index(corpus_root(path), chunk_tokens, chunk_overlap)
+        stdout.print(_describe(path, retriever, seconds), highlight=False, soft_wrap=True)
+
+
+def _hit_lines(rank: int, hit: dict[str, Any]) -> str:
+    header = f"[bold]{rank}. {escape(hit['title'])}[/] ({escape(hit['source'])})  score {hit['score']:.3f}"
+    ids = f"   ref_id {hit['ref_id']}  chunk_id {hit['chunk_id']}"
+    text = "\n".join(f"   {escape(line)}" for line in hit["text"].splitlines())
+    return f"{header}\n{ids}\n{text}\n"
+
+
+@corpus_app.command("search")
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for (any language; Chinese works too).")],
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus folder (default: the fetched scikit-learn user guide, else the demo corpus).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of passages to show (1-50).")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as a JSON list.")] = False,
+) -> None:
+    """Print the passages that best match QUERY, best first."""
+    with user_errors():
+        settings = load_settings(corpus=corpus, top_k=k)
+        if settings.corpus is None:
+            settings = load_settings(corpus=default_corpus_dir(settings.home), top_k=k)
+            if settings.corpus == demo_corpus_dir():
+                stderr.print(DEMO_CORPUS_NOTICE, highlight=False, soft_wrap=True)
+        corpus_root(settings.corpus)  # type: ignore[arg-type]  # set just above
+        retriever = corpus_retriever(settings)
+        if isinstance(retriever, BM25Retriever):
+            retriever = retriever.model_copy(update={"k": k})
+        hits = [{"rank": rank, **hit} for rank, hit in enumerate(contexts_from_documents(retriever.invoke(query)), 1)]
+        if as_json:
+            sys.stdout.write(json.dumps(hits, ensure_ascii=False, indent=2) + "\n")
+            return
+        if not hits:
+            stderr.print(f"no passage matches {query!r} in {settings.corpus}", highlight=False)
+            return
+        for hit in hits:
+            stdout.print(_hit_lines(hit["rank"], hit), highlight=False, soft_wrap=True)
+
+
+@corpus_app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="The corpus to fetch: sklearn (the scikit-learn user guide, BSD-3-Clause).")],
+    force: Annotated[bool, typer.Option("--force", help="Download again even when already fetched.")] = False,
+) -> None:
+    """Download a demo corpus into DEEPSTEP_HOME/corpora/NAME (no root needed) and index it."""
+    with user_errors():
+        if name not in FETCHABLE:
+            fail(f"unknown corpus {name!r}: the one available is sklearn")
+        settings = load_settings()
+        result = fetch_sklearn(settings.home, force=force, on_status=lambda message: stderr.print(message, highlight=False))
+        what = "already fetched" if result.reused else f"fetched in {result.seconds:.1f} s"
+        stderr.print(f"scikit-learn user guide {result.version}: {result.pages} pages, {what}", highlight=False)
+        retriever, seconds = _index(result.corpus_dir)
+        stdout.print(_describe(result.corpus_dir, retriever, seconds), highlight=False, soft_wrap=True)
+        stderr.print("`deepstep run` now uses this corpus by default (pass --corpus DIR for another)", highlight=False)

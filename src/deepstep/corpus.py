@@ -1,0 +1,467 @@
+"""Corpus ingestion: a folder of Markdown, text, reStructuredText and HTML files becomes passages.
+
+Also the demo corpus: the scikit-learn user guide from Debian's ``python-sklearn-doc`` package
+(BSD-3-Clause), fetched without root privileges and converted to Markdown-like text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
+
+from deepstep.errors import CorpusError
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst"})
+HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
+CORPUS_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES
+DEFAULT_CHUNK_TOKENS = 180
+DEFAULT_CHUNK_OVERLAP = 30
+
+# Scripts written without spaces between words; their characters count as one token each.
+CJK_CHARACTERS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+# One chunking unit: a CJK character or a run of other non-space characters (roughly one token).
+UNIT = re.compile(rf"[{CJK_CHARACTERS}]|[^\s{CJK_CHARACTERS}]+")
+_MD_TITLE = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_RST_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
+_HTML_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([\w-]+)""", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One chunk of one document. ``ref_id`` names the document, ``chunk_id`` the passage; ``source`` is
+    the document's path relative to the corpus root (POSIX separators), so all three survive a move."""
+
+    ref_id: str
+    chunk_id: str
+    title: str
+    source: str
+    text: str
+
+
+# --- HTML to text ---
+
+# Page furniture, never content.
+_DROPPED_TAGS = ("head", "script", "style", "noscript", "template", "nav", "header", "footer", "form", "button", "input",
+                 "select", "textarea", "svg", "canvas", "iframe", "object", "embed", "img", "picture", "video", "audio")
+_DROPPED_SELECTORS = (
+    '[role="navigation"]', '[role="search"]', '[role="banner"]', '[role="contentinfo"]', '[aria-hidden="true"]',
+    ".headerlink", ".section-number", ".sphinxsidebar", ".related", ".breadcrumb", ".breadcrumbs", ".skip-link",
+    ".sk-sidebar-toc-wrapper", ".rellinks", ".cookie-banner", ".sphx-glr-download-link-note", ".sphx-glr-footer",
+)
+# The element holding a page's own text, most specific first; the whole body otherwise.
+_MAIN_SELECTORS = ("main", '[role="main"]', "article", "div.body", "#main-content", "#content")
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_BLOCKS = frozenset({"p", "div", "section", "article", "main", "blockquote", "ul", "ol", "dl", "dt", "dd", "li", "table",
+                     "thead", "tbody", "figure", "figcaption", "details", "summary", "aside", "hr", "address"})
+_PRE_MARK = "\x00PRE{}\x00"
+_PRE_MARK_PATTERN = re.compile("\x00PRE(\\d+)\x00")
+
+
+def html_to_text(html: str | bytes) -> tuple[str, str | None]:
+    """Readable text of an HTML page with navigation and boilerplate dropped, headings as ``#`` lines,
+    one blank line between blocks and preformatted text kept verbatim. Returns ``(text, title)``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        soup = BeautifulSoup(html, "html.parser")
+    page_title = soup.title.get_text(" ", strip=True) if soup.title else None
+    if soup.find("meta", attrs={"http-equiv": re.compile("^refresh$", re.IGNORECASE)}):
+        return "", page_title  # a redirect stub: its text only says where the content moved
+    # Sphinx renders topics and notes as <aside>; other asides are sidebars.
+    sidebars = [aside for aside in soup.find_all("aside") if not {"topic", "admonition", "note"} & set(aside.get("class") or ())]
+    for element in [*soup.find_all(_DROPPED_TAGS), *soup.select(", ".join(_DROPPED_SELECTORS)), *sidebars]:
+        if not element.decomposed:  # a dropped element may sit inside another
+            element.decompose()
+    root = next((found for selector in _MAIN_SELECTORS if (found := soup.select_one(selector))), None) or soup.body or soup
+    heading = root.find("h1")
+    title = heading.get_text(" ", strip=True) if isinstance(heading, Tag) else page_title
+    text = _flatten(root)
+    return text, (title or None)
+
+
+def _flatten(root: Tag) -> str:
+    preformatted: list[str] = []
+    for pre in root.find_all("pre"):
+        preformatted.append(pre.get_text().strip("\n"))
+        pre.replace_with(NavigableString(f"\n\n{_PRE_MARK.format(len(preformatted) - 1)}\n\n"))
+    for string in root.find_all(string=True):
+        if "\x00PRE" not in string:
+            string.replace_with(re.sub(r"\s+", " ", string))
+    for name, level in _HEADINGS.items():
+        for heading in root.find_all(name):
+            heading.replace_with(NavigableString(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n"))
+    for br in root.find_all("br"):
+        br.replace_with(NavigableString("\n"))
+    for item in root.find_all("li"):
+        item.insert(0, NavigableString("- "))
+    # A table row becomes one line: "cell | cell |".
+    for cell in root.find_all(("td", "th")):
+        cell.replace_with(NavigableString(cell.get_text(" ", strip=True) + " | "))
+    for row in root.find_all("tr"):
+        row.insert(0, NavigableString("\n"))
+        row.unwrap()
+    for block in root.find_all(_BLOCKS):
+        block.insert(0, NavigableString("\n\n"))
+        block.append(NavigableString("\n\n"))
+    lines = [line.strip() for line in root.get_text().split("\n")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    # A list item's own paragraphs start on its bullet line; items stay one per line, not a paragraph each.
+    text = re.sub(r"^- *\n+", "- ", text, flags=re.MULTILINE)
+    text = re.sub(r"\n\n(?=- )", "\n", text)
+    return _PRE_MARK_PATTERN.sub(lambda match: preformatted[int(match.group(1))], text)
+
+
+# --- reading files ---
+
+
+def _title(text: str, fallback: str) -> str:
+    if match := _MD_TITLE.search(text):
+        return match.group(1).strip()
+    for line, below in itertools.pairwise(text.splitlines()):
+        heading = line.strip()
+        underlined = _RST_ADORNMENT.match(below) and len(below.strip()) >= len(heading)
+        if heading and underlined and not _RST_ADORNMENT.match(heading):
+            return heading
+    return fallback
+
+
+def _decode(data: bytes, html: bool) -> str | None:
+    if b"\x00" in data:
+        return None  # binary
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    # HTML may declare its own encoding; plain text must be UTF-8.
+    declared = _HTML_CHARSET.search(data[:4096]) if html else None
+    if declared:
+        try:
+            return data.decode(declared.group(1).decode("ascii"))
+        except (LookupError, UnicodeDecodeError):
+            return None
+    return None
+
+
+def read_document(path: Path) -> tuple[str, str] | None:
+    """``(title, text)`` of one corpus file, or ``None`` when it is empty, binary or undecodable."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    is_html = path.suffix.lower() in HTML_SUFFIXES
+    text = _decode(data, is_html)
+    if text is None:
+        return None
+    title: str | None = None
+    if is_html:
+        text, title = html_to_text(text)
+    if not text.strip():
+        return None
+    return title or _title(text, path.stem), text
+
+
+def corpus_root(corpus_dir: str | Path) -> Path:
+    root = Path(corpus_dir).expanduser()
+    if not root.is_dir():
+        raise CorpusError(f"corpus folder {root} does not exist: pass --corpus DIR with Markdown, text, reStructuredText or HTML files")
+    return root
+
+
+def corpus_files(root: Path) -> list[tuple[str, Path]]:
+    """Candidate files as (relative POSIX path, path), sorted; hidden files and folders are ignored."""
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if path.suffix.lower() in CORPUS_SUFFIXES and not hidden and path.is_file():
+            found.append((relative.as_posix(), path))
+    return sorted(found)
+
+
+# --- chunking ---
+
+
+def chunk_text(text: str, chunk_tokens: int, chunk_overlap: int) -> list[str]:
+    """Split into chunks of at most ``chunk_tokens`` units, consecutive chunks sharing up to ``chunk_overlap``
+    units; chunks end at a paragraph break where one fits, else at a line break, else mid-line."""
+    units = list(UNIT.finditer(text))
+    # A chunk may end after units[:b] for b in these lists without cutting a paragraph (or a line).
+    newlines = [text.count("\n", units[i - 1].end(), units[i].start()) for i in range(1, len(units))]
+    paragraphs = [i for i, count in enumerate(newlines, 1) if count >= 2] + [len(units)]
+    lines = [i for i, count in enumerate(newlines, 1) if count >= 1] + [len(units)]
+    chunks: list[str] = []
+    start = end = 0
+    while end < len(units):
+        limit = start + chunk_tokens
+        following = paragraphs[bisect.bisect_right(paragraphs, end)]
+        if best := _good_end(paragraphs, start, end, limit):
+            new_end = best
+        elif following > limit and following - end <= chunk_tokens:
+            # The next paragraph fits whole if the overlap is shortened (to a line start where there is one).
+            new_end, earliest = following, following - chunk_tokens
+            line_start = lines[bisect.bisect_left(lines, earliest)]
+            start = line_start if line_start <= end else earliest
+        else:
+            new_end = _good_end(lines, start, end, limit) or limit
+        chunks.append(text[units[start].start() : units[new_end - 1].end()])
+        end, start = new_end, _overlap_start(lines, new_end, chunk_overlap)
+    return chunks
+
+
+def _overlap_start(lines: list[int], end: int, chunk_overlap: int) -> int:
+    """Where the chunk after ``end`` starts: ``chunk_overlap`` units back, or a little further back at the
+    start of that line, so a chunk does not open mid-line (e.g. in the middle of a heading)."""
+    start = max(end - chunk_overlap, 0)
+    line_start = lines[bisect.bisect_right(lines, start) - 1] if lines and lines[0] <= start else 0
+    return line_start if start - line_start <= chunk_overlap // 2 else start
+
+
+def _good_end(bounds: list[int], start: int, end: int, limit: int) -> int | None:
+    """The last bound in (end, limit], unless it would leave a tiny chunk (e.g. a lone heading) mid-text."""
+    index = bisect.bisect_right(bounds, limit) - 1
+    if index < 0 or bounds[index] <= end:
+        return None
+    best = bounds[index]
+    return best if best - start >= (limit - start) // 2 or best == bounds[-1] else None
+
+
+def ref_id_for(source: str) -> str:
+    """The stable document id: a hash of the path relative to the corpus root."""
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()[:16]
+
+
+def load_passages(
+    corpus_dir: str | Path, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+) -> tuple[list[Passage], int]:
+    """Read and chunk every corpus file under ``corpus_dir``.
+
+    Returns the passages (files in path order, chunks in text order) and how many files were skipped as
+    empty, binary or undecodable. Raises ``CorpusError`` when the folder is missing or nothing is readable.
+    """
+    if not 0 <= chunk_overlap < chunk_tokens:
+        raise CorpusError(f"need 0 <= chunk_overlap < chunk_tokens, got {chunk_overlap} and {chunk_tokens}")
+    root = corpus_root(corpus_dir)
+    passages: list[Passage] = []
+    skipped = 0
+    for source, path in corpus_files(root):
+        document = read_document(path)
+        chunks = chunk_text(document[1], chunk_tokens, chunk_overlap) if document else []
+        if not document or not chunks:
+            skipped += 1
+            continue
+        ref_id = ref_id_for(source)
+        passages += [Passage(ref_id, f"{ref_id}:{index}", document[0], source, chunk) for index, chunk in enumerate(chunks)]
+    if not passages:
+        raise CorpusError(
+            f"corpus folder {root} has no readable .md/.txt/.rst/.html files (skipped {skipped} empty, binary or "
+            "undecodable files): add UTF-8 text or HTML files, or pass --corpus DIR pointing at another folder"
+        )
+    return passages, skipped
+
+
+# --- which corpus ---
+
+
+def demo_corpus_dir() -> Path:
+    """The small machine-learning corpus bundled with the package."""
+    return Path(str(resources.files("deepstep") / "demo_corpus"))
+
+
+def sklearn_corpus_dir(home: Path) -> Path:
+    return home / "corpora" / "sklearn"
+
+
+_FETCH_RECORD = ".fetched.json"
+
+
+def is_fetched(corpus_dir: Path) -> bool:
+    return (corpus_dir / _FETCH_RECORD).is_file()
+
+
+DEMO_CORPUS_NOTICE = "corpus: the bundled demo corpus (run `deepstep corpus fetch sklearn` for the scikit-learn user guide)"
+
+
+def default_corpus_dir(home: Path) -> Path:
+    """The scikit-learn user guide when it has been fetched into ``home``, else the bundled demo corpus
+    (see ``DEMO_CORPUS_NOTICE``)."""
+    sklearn = sklearn_corpus_dir(home)
+    return sklearn if is_fetched(sklearn) else demo_corpus_dir()
+
+
+@functools.cache
+def announce_demo_corpus() -> None:
+    """Log the demo corpus notice, once per process (every retrieve step resolves the default corpus)."""
+    logger.warning(DEMO_CORPUS_NOTICE)
+
+
+# --- the scikit-learn user guide from Debian ---
+
+SKLEARN_PACKAGE = "python-sklearn-doc"
+_DOC_ROOT = PurePosixPath("usr/share/doc/python-sklearn-doc")
+_HTML_ROOT = _DOC_ROOT / "html"
+# The user guide's chapters; the rest of the site is API reference, examples, navigation and project pages.
+_USER_GUIDE_FOLDERS = ("modules", "datasets", "computing")
+_USER_GUIDE_PAGES = frozenset({"common_pitfalls.html", "model_persistence.html", "visualizations.html", "dispatching.html",
+                               "glossary.html"})
+_NOT_USER_GUIDE = frozenset({"modules/classes.html"})  # the API reference index
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    corpus_dir: Path
+    version: str
+    pages: int
+    seconds: float
+    reused: bool
+
+
+def user_guide_page(member: str) -> str | None:
+    """The page's path relative to the HTML root when ``member`` (a path in the package) is a user guide page."""
+    path = PurePosixPath(member.removeprefix("./"))
+    if path.suffix != ".html" or not path.is_relative_to(_HTML_ROOT):
+        return None
+    relative = path.relative_to(_HTML_ROOT)
+    name = relative.as_posix()
+    in_folder = len(relative.parts) == 2 and relative.parts[0] in _USER_GUIDE_FOLDERS
+    if (in_folder or (len(relative.parts) == 1 and name in _USER_GUIDE_PAGES)) and name not in _NOT_USER_GUIDE:
+        return name
+    return None
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    except FileNotFoundError:
+        raise CorpusError(
+            f"{command[0]} not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; use the bundled demo "
+            "corpus or pass --corpus DIR"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise CorpusError(f"`{' '.join(command)}` timed out: check the network, or use --corpus DIR") from None
+
+
+def _last_line(process: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in (process.stderr + process.stdout).splitlines() if line.strip() and not line.startswith("W:")]
+    return lines[-1].strip() if lines else f"exit code {process.returncode}"
+
+
+def download_deb(package: str, work: Path, apt_state: Path) -> Path:
+    """Download ``package``'s .deb into ``work`` with apt-get, as any user.
+
+    First with the system's package lists; when they are missing or stale (a non-root user cannot
+    refresh them) apt-get runs again on lists and a cache of its own under ``apt_state``.
+    """
+    attempt = _run(["apt-get", "download", package], work)
+    if attempt.returncode != 0:
+        logger.info("apt-get download with the system lists failed (%s); updating private package lists", _last_line(attempt))
+        lists, cache = apt_state / "lists", apt_state / "cache"
+        (lists / "partial").mkdir(parents=True, exist_ok=True)
+        (cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        options = ["-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}", "-o", "Debug::NoLocking=1"]
+        update = _run(["apt-get", "-q", *options, "update"], work)
+        if update.returncode != 0:
+            raise CorpusError(f"cannot update apt package lists: {_last_line(update)}; use the bundled demo corpus or --corpus DIR")
+        attempt = _run(["apt-get", *options, "download", package], work)
+        if attempt.returncode != 0:
+            raise CorpusError(f"cannot download {package}: {_last_line(attempt)}; use the bundled demo corpus or --corpus DIR")
+    debs = sorted(work.glob(f"{package}_*.deb"))
+    if not debs:
+        raise CorpusError(f"apt-get reported success but no {package} .deb appeared in {work}")
+    return debs[-1]
+
+
+def extract_user_guide(deb: Path, target: Path) -> int:
+    """Convert the user guide pages in ``deb`` to ``.md`` files under ``target``; return how many were written."""
+    unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert unpack.stdout is not None
+    pages = 0
+    try:
+        with tarfile.open(fileobj=unpack.stdout, mode="r|*") as archive:
+            for member in archive:
+                name = member.name.removeprefix("./")
+                if member.isfile() and name == f"{_DOC_ROOT}/copyright":
+                    (target / ".copyright").write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
+                    continue
+                page = user_guide_page(name)
+                if page is None or not member.isfile():
+                    continue
+                data = archive.extractfile(member).read()  # type: ignore[union-attr]
+                text, title = html_to_text(data)
+                if not _has_prose(text):
+                    continue  # redirects and tables of contents
+                # The page keeps its own title even where the text opens with another heading level.
+                if title and not text.startswith("# "):
+                    text = f"# {title}\n\n{text}"
+                destination = target / PurePosixPath(page).with_suffix(".md")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_text(text + "\n", encoding="utf-8")
+                pages += 1
+    except tarfile.TarError as error:
+        raise CorpusError(f"cannot read {deb.name}: {error}; delete it and fetch again") from None
+    finally:
+        unpack.stdout.close()
+        stderr = unpack.stderr.read().decode(errors="replace") if unpack.stderr else ""
+        if unpack.wait() != 0 and pages == 0:
+            raise CorpusError(f"dpkg-deb cannot unpack {deb.name}: {stderr.strip() or 'unknown error'}")
+    return pages
+
+
+def _has_prose(text: str) -> bool:
+    """Some line other than a heading or list item has a sentence's worth of words."""
+    return any(len(line.split()) >= 8 for line in text.splitlines() if not line.startswith(("#", "- ")))
+
+
+def _deb_version(deb: Path) -> str:
+    # Debian file names are PACKAGE_VERSION_ARCH.deb with ':' in epochs escaped as %3a.
+    return deb.name.split("_")[1].replace("%3a", ":") if deb.name.count("_") >= 2 else "unknown"
+
+
+def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str], None] | None = None) -> FetchResult:
+    """Fetch the scikit-learn user guide into ``HOME/corpora/sklearn`` (reused when present unless ``force``)."""
+    started = time.perf_counter()
+    target = sklearn_corpus_dir(home)
+    if is_fetched(target) and not force:
+        record = json.loads((target / _FETCH_RECORD).read_text(encoding="utf-8"))
+        return FetchResult(target, record.get("version", "unknown"), record.get("pages", 0), time.perf_counter() - started, True)
+    report = on_status or (lambda message: None)
+    if shutil.which("dpkg-deb") is None:
+        raise CorpusError("dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; "
+                          "use the bundled demo corpus or pass --corpus DIR")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:
+        work = Path(scratch)
+        report(f"downloading {SKLEARN_PACKAGE} with apt-get")
+        deb = download_deb(SKLEARN_PACKAGE, work, home / "apt")
+        report(f"converting the user guide pages of {deb.name}")
+        staging = work / "sklearn"
+        staging.mkdir()
+        pages = extract_user_guide(deb, staging)
+        if pages == 0:
+            raise CorpusError(f"{deb.name} holds no user guide pages under /{_HTML_ROOT}: the package layout changed")
+        version = _deb_version(deb)
+        record = {"package": SKLEARN_PACKAGE, "version": version, "pages": pages, "license": "BSD-3-Clause (see .copyright)",
+                  "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staging / _FETCH_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return FetchResult(target, version, pages, time.perf_counter() - started, False)
