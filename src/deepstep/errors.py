@@ -1,7 +1,7 @@
 """Typed errors of the public API.
 
 Every error a user can cause (bad input, bad settings, missing corpus, unreachable
-model server, unknown thread) is a ``DeepstepError`` whose message says what to do.
+model server, unknown thread, thread already running) is a ``DeepstepError`` whose message says what to do.
 The CLI prints the message on one line and exits with code 2; Python callers can
 catch the specific subclass.
 """
@@ -38,3 +38,7 @@ class StructuredOutputError(Exception):
 
     Not a ``DeepstepError``: it is a model fault, retried by the graph's retry policy.
     """
+
+
+class ThreadBusyError(DeepstepError):
+    """Another process is running the same thread right now."""
