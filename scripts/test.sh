@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_dreamsboard.sh  # dreamsboard 0.4.0 in its own venv, for the store round-trip tests
 .venv/bin/python -m pytest -q "$@"

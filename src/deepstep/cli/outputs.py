@@ -1,0 +1,144 @@
+"""``deepstep export``, ``import`` and ``graph``: move threads in and out, draw the workflow."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from langchain_core.runnables.graph import Graph
+
+from deepstep import api, render, store
+from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, user_errors
+from deepstep.cli.run import _finish as finish_run
+
+GRAPH_FORMATS = ("mermaid", "ascii", "png")
+
+
+def _write_text(path: Path, text: str) -> None:
+    store.write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def _write_parquet(path: Path, result: api.RunResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        render.write_parquet(result.table(), temp_name)
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+@app.command("export")
+def export(
+    thread_id: Annotated[str, typer.Argument(help="The thread to export.")],
+    dreamsboard: Annotated[Path | None, typer.Option("--dreamsboard", help="Directory for a dreamsboard task_step_store.json.")] = None,
+    parquet: Annotated[Path | None, typer.Option("--parquet", help="Storyboard table as Parquet (needs pyarrow).")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Storyboard table as CSV.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
+) -> None:
+    """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or Markdown."""
+    with user_errors():
+        if not any((dreamsboard, parquet, csv, markdown)):
+            fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE and/or --md FILE")
+        result = api.load(thread_id, settings=load_settings())
+        try:
+            if dreamsboard is not None:
+                stderr.print(f"wrote {store.export_store(result.tree, dreamsboard)}", highlight=False)
+            if parquet is not None:
+                _write_parquet(parquet, result)
+                stderr.print(f"wrote {parquet}", highlight=False)
+            if csv is not None:
+                _write_text(csv, result.table().to_csv(index=False))
+                stderr.print(f"wrote {csv}", highlight=False)
+            if markdown is not None:
+                _write_text(markdown, result.markdown)
+                stderr.print(f"wrote {markdown}", highlight=False)
+        except OSError as error:
+            fail(f"cannot write {error.filename or 'the export'}: {error.strerror or error}; pick a writable path")
+
+
+@app.command("import")
+def import_(
+    directory: Annotated[Path, typer.Argument(help="Directory holding a dreamsboard task_step_store.json.")],
+    thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new random id).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of Markdown/text files for the steps still to answer.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: DEEPSTEP_HOME/runs/ID).")] = None,
+) -> None:
+    """Load a dreamsboard store into a new thread and answer only its unanswered steps."""
+    with user_errors(thread_id):
+        settings = load_settings(corpus=corpus)
+        with progress_display() as on_progress:
+            result = store.import_store(directory, thread_id, settings, on_progress=on_progress)
+        finish_run(result, out, settings)
+
+
+def _draw_png(drawable: Graph, path: Path) -> None:
+    """The graph drawn offline with networkx and matplotlib (langchain's PNG drawing calls a web API)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        fail("PNG needs matplotlib: pip install 'deepstep[notebooks]', or use --format mermaid and render it in any Mermaid viewer")
+    import networkx as nx
+
+    picture = nx.DiGraph()
+    picture.add_nodes_from(drawable.nodes)
+    picture.add_edges_from((edge.source, edge.target, {"conditional": edge.conditional}) for edge in drawable.edges)
+    # Rows by distance from the start: works with the refine loop's cycles, unlike a topological order.
+    start = next((n for n in picture if n == "__start__"), next(iter(picture)))
+    distance = nx.single_source_shortest_path_length(picture, start)
+    deepest = max(distance.values(), default=0)
+    for name in picture:
+        picture.nodes[name]["layer"] = distance.get(name, deepest + 1)
+    positions = nx.multipartite_layout(picture, subset_key="layer", align="horizontal", scale=-1)
+    figure, axes = plt.subplots(figsize=(7, max(4, 0.9 * len(picture))))
+    solid = [(u, v) for u, v, d in picture.edges(data=True) if not d["conditional"]]
+    dashed = [(u, v) for u, v, d in picture.edges(data=True) if d["conditional"]]
+    nx.draw_networkx_nodes(picture, positions, ax=axes, node_color="#dde8f7", node_size=2600, edgecolors="#4a6fa5")
+    nx.draw_networkx_labels(picture, positions, ax=axes, font_size=8)
+    nx.draw_networkx_edges(picture, positions, edgelist=solid, ax=axes, arrows=True, node_size=2600)
+    nx.draw_networkx_edges(picture, positions, edgelist=dashed, ax=axes, arrows=True, style="dashed", node_size=2600)
+    axes.set_axis_off()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+@app.command("graph")
+def graph_picture(
+    format: Annotated[str, typer.Option("--format", "-f", help="mermaid, ascii or png.")] = "mermaid",  # noqa: A002
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file (required for png).")] = None,
+    xray: Annotated[bool, typer.Option("--xray", help="Show the per-step subgraph's nodes too.")] = False,
+) -> None:
+    """Draw the workflow graph."""
+    with user_errors():
+        if format not in GRAPH_FORMATS:
+            fail(f"unknown format {format!r}: use mermaid, ascii or png")
+        from deepstep.graph import graph
+
+        drawable = graph.get_graph(xray=xray)
+        if format == "png":
+            if out is None:
+                fail("--format png needs --out FILE.png")
+            _draw_png(drawable, out)
+            stderr.print(f"wrote {out}", highlight=False)
+            return
+        if format == "ascii":
+            try:
+                text = drawable.draw_ascii()
+            except ImportError:
+                fail("ascii drawing needs grandalf: pip install grandalf (it is in deepstep[notebooks]), or use --format mermaid")
+        else:
+            text = drawable.draw_mermaid()
+        if out is None:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        else:
+            _write_text(out, text)
+            stderr.print(f"wrote {out}", highlight=False)

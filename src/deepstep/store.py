@@ -1,0 +1,253 @@
+"""dreamsboard task-step stores (``task_step_store.json``, see STORE_FORMAT.md): export and import.
+
+Export writes a thread's step tree so dreamsboard's ``SimpleTaskStepStore.from_persist_dir``
+loads it; import reads such a store (also one written by dreamsboard, where some steps have
+no answer yet) into a new thread and completes only the unanswered steps.
+Fields deepstep does not know are kept on the step (``dreamsboard_fields``) and written
+back unchanged on re-export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from langchain_core.retrievers import BaseRetriever
+
+from deepstep import api, mcts
+from deepstep import tree as step_tree
+from deepstep.configuration import Settings
+from deepstep.errors import InputError
+
+STORE_FILE = "task_step_store.json"
+NAMESPACE = "task_step_store"
+DATA_COLLECTION = f"{NAMESPACE}/data"
+METADATA_COLLECTION = f"{NAMESPACE}/metadata"
+REF_COLLECTION = f"{NAMESPACE}/ref_task_step_info"
+NODE_TYPE = "task_step_node"
+EXTRA_FIELDS = "dreamsboard_fields"  # step attribute holding the store fields deepstep does not map
+
+# dreamsboard fields deepstep maps to and from its own step fields.
+_MAPPED = {
+    "id_",
+    "start_task_context",
+    "aemo_representation_context",
+    "task_step_name",
+    "task_step_description",
+    "task_step_level",
+    "task_step_question",
+    "task_step_question_context",
+    "task_step_question_answer",
+}
+
+
+def _context_to_store(context: dict[str, Any]) -> dict[str, Any]:
+    item = {
+        "ref_id": str(context.get("ref_id", "")),
+        "paper_title": str(context.get("title") or context.get("paper_title") or ""),
+        "chunk_id": str(context.get("chunk_id", "")),
+        "score": float(context.get("score") or 0.0),
+        "text": str(context.get("text", "")),
+    }
+    if context.get("source"):
+        item["source"] = str(context["source"])  # dreamsboard ignores it; deepstep's references use it on re-import
+    return item
+
+
+def _context_from_store(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: each task_step_question_context item must be an object with ref_id, chunk_id, text")
+    try:
+        score = float(item.get("score") or 0.0)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: context score {item.get('score')!r} is not a number") from None
+    return {
+        "ref_id": str(item.get("ref_id", "")),
+        "chunk_id": str(item.get("chunk_id", "")),
+        "title": str(item.get("paper_title") or ""),
+        "source": str(item.get("source") or ""),
+        "score": score,
+        "text": str(item.get("text", "")),
+    }
+
+
+def _search_trace(step: dict[str, Any]) -> dict[str, Any] | None:
+    search = step.get("mcts") or {}
+    if not search.get("nodes"):
+        return None
+    return mcts.trace_summary(search)
+
+
+def step_record(step: dict[str, Any], question: str, outline: str) -> dict[str, Any]:
+    """One step as a dreamsboard ``task_step_node`` ``__data__`` object."""
+    extra = dict(step.get(EXTRA_FIELDS) or {})
+    answered = step.get("status") == "done"
+    record: dict[str, Any] = {"metadata": {}, "relationships": {}, "hash": "", "ref_task_step_id": "", **extra}
+    record.update(
+        id_=step["id"],
+        start_task_context=question,
+        aemo_representation_context=outline,
+        task_step_name=step.get("name", ""),
+        task_step_description=step.get("description", ""),
+        task_step_level=step["level"],
+        # A failed step is written as not answered yet, so an import runs it again.
+        task_step_question=step.get("question", "") if answered else "",
+        task_step_question_context=[_context_to_store(c) for c in step.get("contexts") or []] if answered else [],
+        task_step_question_answer=step.get("answer", "") if answered else "",
+    )
+    trace = _search_trace(step) if answered else None
+    if trace is not None:
+        record.update(
+            task_step_critiques=trace["critiques"], task_step_refinements=trace["refinements"], task_step_rewards=trace["rewards"]
+        )
+    for key in ("task_step_critiques", "task_step_refinements", "task_step_rewards"):
+        record.setdefault(key, [])
+    return record
+
+
+def store_document(tree: nx.DiGraph) -> dict[str, Any]:
+    """The whole ``task_step_store.json`` object, steps in tree order."""
+    question, outline = step_tree.question_of(tree), step_tree.outline_of(tree)
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for step in step_tree.steps(tree):
+        record = step_record(step, question, outline)
+        data[step["id"]] = {"__type__": NODE_TYPE, "__data__": record}
+        metadata[step["id"]] = {"task_step_hash": record.get("hash", "")}
+    graph_extra = tree.graph.get(EXTRA_FIELDS) or {}
+    return {
+        DATA_COLLECTION: data,
+        METADATA_COLLECTION: {**graph_extra.get("metadata", {}), **metadata},
+        REF_COLLECTION: dict(graph_extra.get("ref_task_step_info", {})),
+    }
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write a file so readers see the old content or the new, never half of it: a temp file
+    in the same directory, flushed to disk, renamed over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def write_json_atomically(path: Path, document: Any) -> None:
+    write_bytes_atomically(path, json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"))
+
+
+def export_store(tree: nx.DiGraph, directory: str | Path) -> Path:
+    """Write ``DIR/task_step_store.json`` (atomically) and return its path."""
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file: pass a directory for the dreamsboard store")
+    path = folder / STORE_FILE
+    write_json_atomically(path, store_document(tree))
+    return path
+
+
+def _load_document(directory: Path) -> dict[str, Any]:
+    path = directory / STORE_FILE if directory.is_dir() else directory
+    if not path.is_file():
+        raise InputError(f"no {STORE_FILE} in {directory}: pass the directory a dreamsboard store was persisted to")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}); is it a dreamsboard task_step_store.json?") from None
+    if not isinstance(document, dict) or not isinstance(document.get(DATA_COLLECTION), dict):
+        raise InputError(f"{path} has no {DATA_COLLECTION!r} object: it is not a dreamsboard task-step store")
+    return document
+
+
+def read_store(directory: str | Path) -> nx.DiGraph:
+    """The step tree of a dreamsboard store: answered steps are ``done``, the others ``pending``."""
+    folder = Path(directory)
+    document = _load_document(folder)
+    entries = document[DATA_COLLECTION]
+    if not entries:
+        raise InputError(f"the store in {folder} has no steps")
+    records: list[dict[str, Any]] = []
+    for key, entry in entries.items():
+        data = entry.get("__data__") if isinstance(entry, dict) else None
+        if not isinstance(data, dict) or entry.get("__type__", NODE_TYPE) != NODE_TYPE:
+            raise InputError(f"store entry {key!r} is not a {NODE_TYPE} with a __data__ object")
+        records.append({**data, "id_": str(data.get("id_") or key)})
+
+    first = records[0]
+    tree = step_tree.new_tree(str(first.get("start_task_context") or ""), str(first.get("aemo_representation_context") or ""))
+    if not step_tree.question_of(tree).strip():
+        raise InputError(f"the store in {folder} has no start_task_context (the question)")
+    tree.graph[EXTRA_FIELDS] = {"metadata": document.get(METADATA_COLLECTION) or {}, "ref_task_step_info": document.get(REF_COLLECTION) or {}}
+
+    by_level: dict[str, str] = {}
+    for record in records:
+        where = f"step {record['id_']} ({record.get('task_step_name', '')!r})"
+        level = step_tree.normalize_level(record.get("task_step_level", ""))
+        if level is None:
+            raise InputError(f"{where}: task_step_level {record.get('task_step_level')!r} is not like 0, 0>1, 0>1>2")
+        if level in by_level:
+            raise InputError(f"{where}: level {level} is used twice in the store")
+        if record["id_"] in tree or record["id_"] == step_tree.ROOT_ID:
+            raise InputError(f"{where}: the id is used twice in the store")
+        contexts = record.get("task_step_question_context") or []
+        if not isinstance(contexts, list):
+            raise InputError(f"{where}: task_step_question_context must be a list")
+        answer = str(record.get("task_step_question_answer") or "")
+        tree.add_node(
+            record["id_"],
+            **{
+                **step_tree.STEP_DEFAULTS,
+                "name": str(record.get("task_step_name") or ""),
+                "description": str(record.get("task_step_description") or ""),
+                "level": level,
+                "question": str(record.get("task_step_question") or ""),
+                "contexts": [_context_from_store(item, where) for item in contexts],
+                "answer": answer,
+                "status": "done" if answer.strip() else "pending",
+                EXTRA_FIELDS: {k: v for k, v in record.items() if k not in _MAPPED},
+            },
+        )
+        by_level[level] = record["id_"]
+
+    for level, step_id in by_level.items():
+        # The parent is the step one level up; a missing one (dreamsboard allows gaps) means the nearest ancestor.
+        parent = step_tree.parent_level(level)
+        while parent is not None and parent not in by_level:
+            parent = step_tree.parent_level(parent)
+        tree.add_edge(by_level[parent] if parent is not None else step_tree.ROOT_ID, step_id)
+    return tree
+
+
+def import_store(
+    directory: str | Path,
+    thread_id: str | None = None,
+    settings: Settings | None = None,
+    *,
+    retriever: BaseRetriever | None = None,
+    on_progress: api.ProgressCallback | None = None,
+) -> api.RunResult:
+    """Load a dreamsboard store into a new thread and complete its unanswered steps.
+
+    Answered steps are kept as they are (no model call is made for them). Returns the
+    thread's ``RunResult``.
+    """
+    tree = read_store(directory)
+    return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
+
+
+__all__ = ["STORE_FILE", "export_store", "import_store", "read_store", "store_document", "write_bytes_atomically", "write_json_atomically"]
