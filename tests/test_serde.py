@@ -23,9 +23,18 @@ def sample_tree():
     )
 
 
-def test_default_serializer_cannot_store_a_digraph():
+def test_default_serializer_cannot_store_a_plain_digraph():
     with pytest.raises(TypeError):
-        JsonPlusSerializer(pickle_fallback=False).dumps_typed({"tree": sample_tree()})
+        JsonPlusSerializer(pickle_fallback=False).dumps_typed({"tree": nx.DiGraph(sample_tree())})
+
+
+def test_default_serializer_stores_a_step_tree_as_node_link_msgpack():
+    # What the `langgraph dev` runtime relies on: no pickle, and the tree comes back whole.
+    serde, tree = JsonPlusSerializer(pickle_fallback=False), sample_tree()
+    kind, payload = serde.dumps_typed({"tree": tree})
+    assert kind == "msgpack"
+    loaded = serde.loads_typed((kind, payload))["tree"]
+    assert type(loaded) is step_tree.StepTree and step_tree.trees_equal(loaded, tree)
 
 
 def test_roundtrip_is_msgpack_not_pickle():
@@ -38,7 +47,7 @@ def test_roundtrip_is_msgpack_not_pickle():
     assert isinstance(loaded["tree"], nx.DiGraph)
     tree = sample_tree()
     again = serde.loads_typed(serde.dumps_typed(tree))
-    assert type(again) is nx.DiGraph and step_tree.trees_equal(tree, again)
+    assert type(again) is step_tree.StepTree and step_tree.trees_equal(tree, again)
 
 
 def test_roundtrip_through_sqlite_checkpointer(tmp_path):
@@ -59,6 +68,6 @@ def test_roundtrip_through_sqlite_checkpointer(tmp_path):
         builder.compile(checkpointer=saver).invoke({"tree": tree}, config)
     with sqlite_checkpointer(tmp_path / "c.sqlite") as saver:
         loaded = builder.compile(checkpointer=saver).get_state(config).values["tree"]
-    assert type(loaded) is nx.DiGraph
+    assert type(loaded) is step_tree.StepTree
     assert step_tree.trees_equal(loaded, tree)
     assert list(loaded.nodes) == list(tree.nodes)

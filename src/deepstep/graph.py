@@ -12,6 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
+from deepstep.configuration import RunContext
 from deepstep.models import is_transient
 from deepstep.nodes.answer import answer
 from deepstep.nodes.collect import collect, report
@@ -62,7 +63,7 @@ def build_graph(
     checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None
 ) -> CompiledStateGraph:
     """The deepstep graph; ``retriever`` defaults to BM25 over the configured corpus."""
-    builder = StateGraph(RunState, input_schema=RunInput, output_schema=RunOutput)
+    builder = StateGraph(RunState, context_schema=RunContext, input_schema=RunInput, output_schema=RunOutput)
     plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)
     builder.add_node("outline", count_retries(outline, "decompose"), retry_policy=plan_retry)
     builder.add_node("decompose", count_retries(decompose, "decompose"), retry_policy=plan_retry)
@@ -80,5 +81,5 @@ def build_graph(
     return builder.compile(checkpointer=checkpointer, name="deepstep")
 
 
-# For langgraph.json: the server supplies its own checkpointer.
+# For langgraph.json (`langgraph dev`, Studio): the server supplies its own checkpointer.
 graph = build_graph()

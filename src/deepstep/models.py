@@ -79,6 +79,9 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
         timeout=resolved.timeout,
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
+        # LangGraph Studio always streams "messages", which would switch every call to a
+        # streamed request (no token usage, unparsed JSON chunks); whole replies keep usage exact.
+        disable_streaming=True,
     )
 
 

@@ -1,8 +1,13 @@
 """Checkpoint serializer that stores ``networkx.DiGraph`` values without pickle.
 
-LangGraph's ``JsonPlusSerializer`` cannot encode a DiGraph, and its pickle fallback would
-execute code on load. This serializer swaps every DiGraph for a tagged node-link dict
-before encoding and swaps it back after decoding, so a checkpoint holds only msgpack data.
+LangGraph's ``JsonPlusSerializer`` cannot encode a plain DiGraph, and its pickle fallback
+would execute code on load. This serializer swaps every DiGraph for a tagged node-link dict
+before encoding and swaps it back after decoding, so a checkpoint holds only msgpack data
+and loading it imports no class named by the data.
+
+Checkpointers we do not configure (the ``langgraph dev`` runtime behind Studio) use their
+own serializer: there the tree relies on ``tree.StepTree``, which such serializers store as
+node-link msgpack and the LangGraph API shows as JSON nodes and edges.
 """
 
 from __future__ import annotations

@@ -8,11 +8,19 @@ Reducers build new values and never change their inputs.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import networkx as nx
+from langgraph.channels import LastValue
 
+# typing_extensions' TypedDict: pydantic builds Studio's JSON schemas from these on Python 3.11.
+from typing_extensions import TypedDict
+
+from deepstep import tree as step_tree
+from deepstep.errors import InputError
 from deepstep.mcts import Search
+from deepstep.tree import StepTree
 
 USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "retries", "repairs", "fallbacks", "seconds")
 
@@ -33,6 +41,31 @@ def merge_by_step_id(left: dict[str, dict] | None, right: dict[str, dict] | None
     return {**(left or {}), **(right or {})}
 
 
+def as_step_tree(value: Any) -> StepTree:
+    """A step tree from a graph or from node-link data (a state edit sent as JSON by Studio)."""
+    if isinstance(value, StepTree):
+        return value
+    if isinstance(value, nx.DiGraph):
+        return StepTree(value)
+    if isinstance(value, Mapping) and {"nodes", "edges"} <= value.keys():
+        return step_tree.from_data(value)
+    raise InputError(f"the tree must be a networkx DiGraph or node-link data with nodes and edges, got {type(value).__name__}")
+
+
+class TreeChannel(LastValue):
+    """The ``tree`` channel: the last tree written, always a ``StepTree``, also when it arrives as
+    node-link data (a Studio state edit, or a checkpoint read by a serializer that does not rebuild it)."""
+
+    def update(self, values: Sequence[Any]) -> bool:
+        return super().update([as_step_tree(value) for value in values])
+
+    def from_checkpoint(self, checkpoint: Any) -> TreeChannel:
+        channel = super().from_checkpoint(checkpoint)
+        if channel.is_available():
+            channel.value = as_step_tree(channel.value)
+        return channel
+
+
 class RunInput(TypedDict):
     """What a run needs: the question (Studio shows just this field)."""
 
@@ -40,8 +73,10 @@ class RunInput(TypedDict):
 
 
 class RunOutput(TypedDict, total=False):
+    """What a run returns (Studio's output view): the report, the step tree and model usage."""
+
     report: str
-    tree: nx.DiGraph
+    tree: StepTree
     usage: dict[str, dict[str, float]]
     failed_steps: list[dict[str, Any]]
     warnings: list[str]
@@ -50,7 +85,7 @@ class RunOutput(TypedDict, total=False):
 class RunState(TypedDict, total=False):
     question: str
     outline: str
-    tree: nx.DiGraph  # replaced as a whole; tree.py functions return new graphs
+    tree: Annotated[StepTree, TreeChannel(StepTree)]  # replaced as a whole; tree.py functions return new graphs
     warnings: Annotated[list[str], operator.add]
     step_results: Annotated[dict[str, dict[str, Any]], merge_by_step_id]
     usage: Annotated[dict[str, dict[str, float]], add_usage]

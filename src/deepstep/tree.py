@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
+from typing_extensions import TypedDict
 
 ROOT_ID = "root"
 LEVEL_PATTERN = re.compile(r"^\d+(>\d+)*$")
@@ -33,6 +36,48 @@ STEP_DEFAULTS: dict[str, Any] = {
     "error": "",
     "mcts": {},
 }
+
+
+class NodeLinkData(TypedDict):
+    """A tree as networkx node-link data: what checkpoints store and Studio shows."""
+
+    directed: bool
+    multigraph: bool
+    graph: dict[str, Any]
+    nodes: list[dict[str, Any]]  # {"id": ..., **step fields}
+    edges: list[dict[str, Any]]  # {"source": parent id, "target": child id}
+
+
+_NODE_LINK_KEYS = frozenset(NodeLinkData.__annotations__)
+
+
+class StepTree(nx.DiGraph):
+    """The class of every step tree: a ``DiGraph`` that serializes itself as node-link data.
+
+    LangGraph's serializers treat an object with ``model_dump`` like a pydantic model, so the
+    ``langgraph dev`` runtime checkpoints the tree as msgpack node-link data (never pickle)
+    and rebuilds it with ``StepTree(**data)``, and the LangGraph API sends it to Studio as
+    JSON nodes and edges instead of an opaque value.
+    """
+
+    def __init__(self, incoming_graph_data: Any = None, **attr: Any) -> None:
+        if incoming_graph_data is None and attr and attr.keys() == _NODE_LINK_KEYS:
+            incoming_graph_data, attr = nx.node_link_graph(attr, directed=True, multigraph=False, edges="edges"), {}
+        super().__init__(incoming_graph_data, **attr)
+
+    def model_dump(self, **_: Any) -> dict[str, Any]:
+        return to_data(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # JSON schemas (Studio's input/output/state views) describe the node-link form.
+        from_node_link = core_schema.no_info_after_validator_function(from_data, handler.generate_schema(NodeLinkData))
+        from_graph = core_schema.no_info_after_validator_function(cls, core_schema.is_instance_schema(nx.DiGraph))
+        return core_schema.json_or_python_schema(
+            json_schema=from_node_link,
+            python_schema=core_schema.union_schema([from_graph, from_node_link]),
+            serialization=core_schema.plain_serializer_function_ser_schema(to_data),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,8 +119,8 @@ def normalize_level(raw: Any) -> str | None:
     return ">".join(str(int(part)) for part in text.split(">"))
 
 
-def new_tree(question: str, outline: str = "") -> nx.DiGraph:
-    tree = nx.DiGraph()
+def new_tree(question: str, outline: str = "") -> StepTree:
+    tree = StepTree()
     tree.add_node(ROOT_ID, kind="question", question=question, outline=outline)
     return tree
 
@@ -233,12 +278,12 @@ def outline_of(tree: nx.DiGraph) -> str:
     return tree.nodes[ROOT_ID].get("outline", "") if ROOT_ID in tree else ""
 
 
-def with_step_updates(tree: nx.DiGraph, updates: Iterable[Mapping[str, Any]]) -> nx.DiGraph:
+def with_step_updates(tree: nx.DiGraph, updates: Iterable[Mapping[str, Any]]) -> StepTree:
     """A copy of ``tree`` with each ``{"id": ..., **fields}`` merged into its step node.
 
     Updates for ids that are not in the tree are ignored: they come from an older plan.
     """
-    updated = tree.copy()
+    updated = StepTree(tree)
     for update in updates:
         step_id = update["id"]
         if step_id in updated:
@@ -251,9 +296,9 @@ def to_data(tree: nx.DiGraph) -> dict[str, Any]:
     return nx.node_link_data(tree, edges="edges")
 
 
-def from_data(data: Mapping[str, Any]) -> nx.DiGraph:
+def from_data(data: Mapping[str, Any]) -> StepTree:
     graph = nx.node_link_graph(dict(data), directed=True, multigraph=False, edges="edges")
-    return nx.DiGraph(graph)
+    return StepTree(graph)
 
 
 def trees_equal(left: nx.DiGraph, right: nx.DiGraph) -> bool:

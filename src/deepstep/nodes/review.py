@@ -21,7 +21,9 @@ from deepstep.state import RunState
 def review(state: RunState, config: RunnableConfig) -> dict[str, Any]:
     settings = Settings.from_config(config)
     tree = state["tree"]
-    if not settings.review or all(tree.nodes[n]["status"] != "pending" for n in step_tree.step_ids(tree)):
+    # The run that started the thread decides: a resume (e.g. from Studio) need not repeat the setting.
+    wanted = settings.review or bool(state.get("settings", {}).get("review"))
+    if not wanted or all(tree.nodes[n]["status"] != "pending" for n in step_tree.step_ids(tree)):
         return {}
     proposed = [{k: s[k] for k in ("name", "description", "level")} for s in step_tree.steps(tree)]
     decision = interrupt({"question": state["question"], "steps": proposed, "warnings": state.get("warnings", [])})

@@ -1,0 +1,205 @@
+"""``deepstep studio``: the graph in LangGraph Studio, served offline by ``langgraph dev`` on 127.0.0.1.
+
+``langgraph dev`` (the in-memory LangGraph API server) loads the graph named in
+``langgraph.json``; Studio is a web page that talks to that server from the browser. With
+no model server configured, the embedded model is started (or reused) first and handed to
+the server through ``OPENAI_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
+from deepstep.configuration import Settings
+from deepstep.errors import ConfigError
+
+HOST = "127.0.0.1"
+STUDIO_ORIGIN = "https://smith.langchain.com"
+GRAPH_SPEC = "deepstep.graph:graph"
+# No tracing, analytics or version checks: the server must work without a network.
+OFFLINE_ENV = {
+    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+    "LANGGRAPH_NO_VERSION_CHECK": "true",
+    "LANGSMITH_TRACING": "false",
+    "LANGCHAIN_TRACING_V2": "false",
+}
+INSTALL_HINT = "install the studio extra: pip install -e '.[studio]'"
+
+
+def studio_url(api_url: str) -> str:
+    return f"{STUDIO_ORIGIN}/studio/?baseUrl={api_url}"
+
+
+def find_config(config: Path | None, home: Path) -> Path:
+    """The ``langgraph.json`` to serve: the given one, else ``./langgraph.json``, else one written under HOME
+    (so ``deepstep studio`` also works outside a checkout, with the installed package)."""
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"no LangGraph config at {config}: pass the path of a langgraph.json")
+        return config.resolve()
+    local = Path("langgraph.json")
+    if local.is_file():
+        return local.resolve()
+    generated = home / "studio" / "langgraph.json"
+    try:
+        generated.parent.mkdir(parents=True, exist_ok=True)
+        generated.write_text(json.dumps({"graphs": {"deepstep": GRAPH_SPEC}, "env": ".env"}, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot write {generated}: {error}; set DEEPSTEP_HOME to a writable folder") from None
+    return generated.resolve()
+
+
+def dotenv_values_of(config: Path) -> dict[str, str]:
+    """The variables of the config's ``env`` (a .env file or a mapping): ``langgraph dev`` applies them too."""
+    try:
+        env = json.loads(config.read_text(encoding="utf-8")).get("env")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConfigError(f"cannot read {config}: {error}") from None
+    if isinstance(env, Mapping):
+        return {str(k): str(v) for k, v in env.items()}
+    if isinstance(env, str) and (config.parent / env).is_file():
+        from dotenv import dotenv_values
+
+        return {k: v for k, v in dotenv_values(config.parent / env).items() if v is not None}
+    return {}
+
+
+def model_server_configured(settings: Settings, dotenv: Mapping[str, str]) -> bool:
+    return not settings.needs_embedded_model or any(dotenv.get(name) for name in ("OPENAI_BASE_URL", "DEEPSTEP_BASE_URL"))
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise ConfigError(f"port {port} on {HOST} is in use: pass another one with --port") from None
+
+
+def server_command(config: Path, port: int, *, reload: bool) -> list[str]:
+    command = [sys.executable, "-m", "langgraph_cli", "dev", "--config", str(config), "--host", HOST, "--port", str(port), "--no-browser"]
+    return command if reload else [*command, "--no-reload"]
+
+
+def server_environment(settings: Settings, model_env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        **OFFLINE_ENV,
+        **model_env,
+        # The server runs in the config's folder: keep HOME (indexes, embedded model state) where this command sees it.
+        "DEEPSTEP_HOME": str(settings.home.resolve()),
+        # The server logs every request at INFO; warnings and run errors are what a Studio user needs.
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@contextlib.contextmanager
+def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """Variables that point the server at a model: none when one is configured, else the embedded model's."""
+    if model_server_configured(settings, dotenv):
+        yield {}
+        return
+    from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
+
+    stderr.print("no model server configured: starting the embedded model (SmolLM2-135M via llama.cpp)")
+    with embedded_server(settings.home) as server:
+        stderr.print(f"embedded model ready at {server.base_url}")
+        yield {
+            "OPENAI_BASE_URL": server.base_url,
+            "DEEPSTEP_MODEL": MODEL_ALIAS,
+            "DEEPSTEP_LLAMA_CPP": "true",
+            "DEEPSTEP_MAX_TOKENS": str(min(settings.max_tokens, EMBEDDED_MAX_TOKENS)),
+        }
+
+
+def wait_until_ready(process: subprocess.Popen[Any], api_url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise ConfigError(f"langgraph dev exited with code {process.returncode} before it was ready; see its output above")
+        try:
+            if httpx.get(f"{api_url}/ok", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ConfigError(f"langgraph dev did not answer at {api_url} within {timeout:.0f} s; see its output above or raise --ready-timeout")
+        time.sleep(0.2)
+
+
+def die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the server if deepstep dies without cleaning up.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def interrupt_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill` stops the server and the embedded model as Ctrl-C does
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@app.command()
+def studio(
+    port: Annotated[int, typer.Option(min=1, max=65535, help=f"Port of the LangGraph API server on {HOST}.")] = 2024,
+    config: Annotated[Path | None, typer.Option(help="langgraph.json to serve (default: ./langgraph.json, else one under HOME).")] = None,
+    reload: Annotated[bool, typer.Option("--reload", help="Restart the server when source files change.")] = False,
+    ready_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the server to answer.")] = 180,
+) -> None:
+    """Serve the graph to LangGraph Studio with `langgraph dev` (offline, 127.0.0.1) until Ctrl-C."""
+    with user_errors():
+        if importlib.util.find_spec("langgraph_cli") is None or importlib.util.find_spec("langgraph_api") is None:
+            fail(f"langgraph-cli[inmem] is not installed: {INSTALL_HINT}")
+        settings = load_settings()
+        config_path = find_config(config, settings.home)
+        check_port_free(port)
+        signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+        api_url = f"http://{HOST}:{port}"
+        started = time.monotonic()
+        with model_environment(settings, dotenv_values_of(config_path)) as model_env:
+            # The config's folder is the server's working directory: .env and the server's
+            # own .langgraph_api store are found there.
+            process = subprocess.Popen(
+                server_command(config_path, port, reload=reload),
+                cwd=config_path.parent,
+                env=server_environment(settings, model_env),
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            )
+            try:
+                wait_until_ready(process, api_url, ready_timeout)
+                stderr.print(f"langgraph dev ready in {time.monotonic() - started:.1f} s (config {config_path})")
+                stdout.print(f"API: {api_url}", highlight=False, soft_wrap=True)
+                stdout.print(f"Studio: {studio_url(api_url)}", highlight=False, soft_wrap=True)
+                stderr.print("open the Studio URL in a browser; stop with Ctrl-C")
+                code = process.wait()
+                if code != 0:
+                    fail(f"langgraph dev stopped with exit code {code}; see its output above")
+            except KeyboardInterrupt:
+                stderr.print("studio stopped")
+            finally:
+                stop(process)
