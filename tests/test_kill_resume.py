@@ -7,12 +7,7 @@ A call may be repeated after a resume only if it was in flight when the process 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,9 @@ import pytest
 import deepstep
 from deepstep import tree as step_tree
 from deepstep.configuration import Settings
-from deepstep.testing import FakeLLMServer
+from deepstep.testing import FakeLLMServer, crash
+from deepstep.testing.crash import cli_command as deepstep_cli
+from deepstep.testing.crash import repeated_calls
 
 pytestmark = pytest.mark.slow
 
@@ -33,25 +30,7 @@ KILL_AFTER_CALLS = [1, 5, 17, 33, 44]
 
 
 def cli_env(base_url: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSTEP_", "OPENAI_"))}
-    env.update(
-        OPENAI_BASE_URL=base_url,
-        DEEPSTEP_HOME=str(home),
-        DEEPSTEP_CORPUS=str(CORPUS),
-        DEEPSTEP_ROLLOUTS="2",
-        DEEPSTEP_MAX_CONCURRENCY=str(CONCURRENCY),
-        DEEPSTEP_MAX_RETRIES="0",
-    )
-    return env
-
-
-def deepstep_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deepstep.cli", *args]
-
-
-def repeated_calls(log: list[dict]) -> int:
-    counts = Counter(entry["hash"] for entry in log if entry["status"] == 200)
-    return sum(count - 1 for count in counts.values())
+    return crash.cli_env(base_url, home, corpus=CORPUS, rollouts=2, max_concurrency=CONCURRENCY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +57,8 @@ def test_kill_and_resume_repeats_only_in_flight_calls(server, baseline, tmp_path
     thread = f"kill{kill_after}"
     server.reset_log()
 
-    process = subprocess.Popen(deepstep_cli("run", QUESTION, "--thread-id", thread), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while sum(1 for e in server.log() if e["status"] == 200) < kill_after:
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the run never reached the kill point"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
-    calls_before_kill = len(server.log())
+    killed = crash.run_and_kill(deepstep_cli("run", QUESTION, "--thread-id", thread), env, server, crash.KillPoint(calls=kill_after), timeout=60)
+    calls_before_kill = killed.calls_before_kill
 
     resumed = subprocess.run(deepstep_cli("resume", thread), env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr

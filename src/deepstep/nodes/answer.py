@@ -9,8 +9,8 @@ from langchain_core.runnables import RunnableConfig
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
-from deepstep.errors import StructuredOutputError
 from deepstep.models import call_text
+from deepstep.nodes.failures import require_usable_text
 from deepstep.state import StepState
 
 
@@ -27,7 +27,6 @@ def answer(state: StepState, config: RunnableConfig) -> dict[str, Any]:
             language_rule=prompts.language_rule(settings.language),
         ),
     )
-    if not text:
-        raise StructuredOutputError("answer: the model returned an empty reply")
+    text = require_usable_text("answer", text)
     draft, removed = remove_invalid_citations(text, len(state["contexts"]))
     return {"draft": draft, "search": mcts.new_search(draft), "removed_citations": removed, "usage": usage}

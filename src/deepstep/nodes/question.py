@@ -8,8 +8,8 @@ from langchain_core.runnables import RunnableConfig
 
 from deepstep import prompts
 from deepstep.configuration import Settings
-from deepstep.errors import StructuredOutputError
 from deepstep.models import call_text
+from deepstep.nodes.failures import require_usable_text
 from deepstep.state import StepState
 
 
@@ -28,6 +28,5 @@ def question(state: StepState, config: RunnableConfig) -> dict[str, Any]:
             language_rule=prompts.language_rule(settings.language),
         ),
     )
-    if not text:
-        raise StructuredOutputError("question: the model returned an empty reply")
+    text = require_usable_text("question", text)
     return {"research_question": text, "usage": usage}

@@ -7,6 +7,7 @@ state, so a run killed between critique and refine resumes on the same answer.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
@@ -14,8 +15,8 @@ from langchain_core.runnables import RunnableConfig
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
-from deepstep.errors import StructuredOutputError
 from deepstep.models import call_structured, call_text
+from deepstep.nodes.failures import looks_like_refusal, require_usable_text
 from deepstep.parsing import RefineResponse, Score
 from deepstep.state import StepState
 
@@ -65,8 +66,7 @@ def critique(state: StepState, config: RunnableConfig) -> dict[str, Any]:
             language_rule=prompts.language_rule(settings.language),
         ),
     )
-    if not text:
-        raise StructuredOutputError("critique: the model returned an empty reply")
+    text = require_usable_text("critique", text)
     return {"pending_expansion": {"parent": parent_id, "critique": text}, "usage": usage}
 
 
@@ -87,12 +87,22 @@ def refine(state: StepState, config: RunnableConfig) -> dict[str, Any]:
             language_rule=prompts.language_rule(settings.language),
         ),
         RefineResponse,
-        # A reply that never parses still carries the model's rewrite as plain text.
-        fallback=lambda reply: RefineResponse(thought="(unparsed reply)", answer=reply.strip() or parent_answer),
+        fallback=lambda reply: _unparsed_refinement(reply, parent_answer),
     )
     new_answer, removed = remove_invalid_citations(refined.answer, len(state["contexts"]))
     search, _ = mcts.expand(search, pending["parent"], critique=pending["critique"], thought=refined.thought, answer=new_answer)
     return {"search": search, "pending_expansion": None, "removed_citations": removed, "usage": usage}
+
+
+_BROKEN_JSON = re.compile(r"\{\s*[\"']?(?:thought|answer)\b")
+
+
+def _unparsed_refinement(reply: str, parent_answer: str) -> RefineResponse:
+    # A reply that never parses may still carry the model's rewrite as prose; broken JSON,
+    # an empty reply or a refusal carries none, so the answer stays as it was.
+    text = reply.strip()
+    unusable = not text or text.startswith(("{", "[", "```")) or _BROKEN_JSON.search(text) or looks_like_refusal(text)
+    return RefineResponse(thought="(unparsed reply)", answer=parent_answer if unusable else text)
 
 
 def after_evaluate(state: StepState, config: RunnableConfig) -> Literal["evaluate", "critique", "finish"]:

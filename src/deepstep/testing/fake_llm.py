@@ -33,6 +33,7 @@ FAULT_KINDS = (
     "bad_score",
     "drop_connection",
     "length",
+    "http401",  # rejects the key and echoes it in the error message, as some servers do
 )
 
 
@@ -410,6 +411,10 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             entry["fault"] = fault.kind if fault else None
             if fault and fault.kind == "http500":
                 self._respond_error(entry, 500, "injected server error", "server_error")
+                return
+            if fault and fault.kind == "http401":
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                self._respond_error(entry, 401, f"Incorrect API key provided: {key}", "invalid_request_error")
                 return
             if fault and fault.kind == "http429":
                 self._respond_error(entry, 429, "injected rate limit", "rate_limit_error", {"Retry-After": f"{fault.retry_after:g}"})
