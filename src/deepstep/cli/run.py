@@ -1,79 +1,33 @@
-"""The ``deepstep`` command line.
-
-Exit codes: 0 success, 1 the run finished with failed steps, 2 bad input or settings
-(one line on stderr, no traceback), 130 interrupted (the thread can be resumed).
-"""
+"""``deepstep run``, ``resume`` and ``show``: research a question, continue a thread, print a stored one."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from deepstep import api
+from deepstep import api, store
 from deepstep import tree as step_tree
+from deepstep.cli.common import app, fail, progress_display, load_settings, stderr, stdout, user_errors
 from deepstep.configuration import Settings
-from deepstep.errors import DeepstepError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Step-by-step research: decompose, retrieve, answer, refine (MCTSr).")
-stderr = Console(stderr=True, soft_wrap=True)
-stdout = Console()
-
-
-def _fail(message: str, code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _user_errors(thread_id: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except DeepstepError as error:
-        _fail(str(error))
-    except KeyboardInterrupt:
-        hint = f": continue with `deepstep resume {thread_id}`" if thread_id else ""
-        _fail(f"interrupted{hint}", code=130)
-
-
-@contextmanager
-def _progress_display() -> Iterator[Callable[[api.Progress], None]]:
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task("steps", total=None, phase="decompose")
-
-        def update(event: api.Progress) -> None:
-            bar.update(task, completed=event.steps_done, total=event.steps_total or None, phase=event.phase)
-
-        yield update
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings.build(**overrides)
 
 
 def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
     folder = out or settings.home / "runs" / result.thread_id
-    folder.mkdir(parents=True, exist_ok=True)
     report = folder / "report.md"
-    report.write_text(result.markdown, encoding="utf-8")
-    result.table().to_csv(folder / "table.csv", index=False)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Atomic writes: a run killed while exporting never leaves a truncated report or table.
+        store.write_bytes_atomically(report, result.markdown.encode("utf-8"))
+        store.write_bytes_atomically(folder / "table.csv", result.table().to_csv(index=False).encode("utf-8"))
+    except OSError as error:
+        fail(f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
+             f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`")
     return report
 
 
@@ -118,7 +72,7 @@ def _finish(result: api.RunResult, out: Path | None, settings: Settings) -> None
 def run(
     question: Annotated[str, typer.Argument(help="The question to research.")],
     thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new random id).")] = None,
-    corpus: Annotated[Path | None, typer.Option(help="Folder of Markdown/text files (default: the demo corpus).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of Markdown, text, reST or HTML files (default: the fetched scikit-learn guide, else the bundled demo corpus).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: HOME/runs/THREAD).")] = None,
     review: Annotated[bool, typer.Option("--review", help="Pause after planning to approve or edit the steps.")] = False,
     rollouts: Annotated[int | None, typer.Option(help="MCTSr rollouts per step.")] = None,
@@ -129,14 +83,14 @@ def run(
 ) -> None:
     """Research QUESTION step by step and write the report."""
     thread_id = thread_id or uuid.uuid4().hex[:12]
-    with _user_errors(thread_id):
-        settings = _settings(
+    with user_errors(thread_id):
+        settings = load_settings(
             corpus=corpus, review=review or None, rollouts=rollouts, max_steps=max_steps,
             max_concurrency=max_concurrency, base_url=base_url, model=model,
         )
         api.check_thread_id(thread_id)
-        stderr.print(f"thread {thread_id} (resume with `deepstep resume {thread_id}`)")
-        with _progress_display() as on_progress:
+        stderr.print(f"thread {thread_id}")
+        with progress_display() as on_progress:
             result = api.run(question, thread_id=thread_id, settings=settings, on_progress=on_progress)
         _finish(result, out, settings)
 
@@ -148,17 +102,17 @@ def resume(
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
 ) -> None:
     """Continue a thread after a crash or a review pause, or retry its failed steps."""
-    with _user_errors(thread_id):
+    with user_errors(thread_id):
         review: Any = None
         if steps is not None:
             try:
                 review = {"steps": json.loads(steps.read_text(encoding="utf-8"))}
             except (OSError, json.JSONDecodeError) as error:
-                _fail(f"cannot read the step list {steps}: {error}; it must be a JSON list of {{name, description, level}}")
+                fail(f"cannot read the step list {steps}: {error}; it must be a JSON list of {{name, description, level}}")
             if isinstance(review["steps"], dict):
                 review = review["steps"]
-        settings = _settings()
-        with _progress_display() as on_progress:
+        settings = load_settings()
+        with progress_display() as on_progress:
             result = api.resume(thread_id, review=review, on_progress=on_progress)
         _finish(result, out, settings)
 
@@ -169,9 +123,9 @@ def show(
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
 ) -> None:
     """Print a stored thread as Markdown, JSON or CSV."""
-    with _user_errors():
+    with user_errors():
         if format not in ("md", "json", "csv"):
-            _fail(f"unknown format {format!r}: use md, json or csv")
+            fail(f"unknown format {format!r}: use md, json or csv")
         result = api.load(thread_id)
         if format == "md":
             sys.stdout.write(result.markdown)
@@ -188,32 +142,3 @@ def show(
                 "report": result.markdown,
             }
             sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
-
-
-llm_app = typer.Typer(no_args_is_help=True, help="The embedded local model (SmolLM2-135M-Instruct via llama.cpp).")
-app.add_typer(llm_app, name="llm")
-
-
-@llm_app.command("serve")
-def llm_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None) -> None:
-    """Serve the embedded model in the foreground until Ctrl-C; deepstep runs reuse it."""
-    from deepstep.llm_server import embedded_server
-
-    with _user_errors():
-        settings = _settings()
-        try:
-            with embedded_server(settings.home, foreground=True, port=port) as server:
-                stderr.print(f"embedded model ready at {server.base_url} (model {server.model_path})")
-                stderr.print(f"use it from other tools with: export OPENAI_BASE_URL={server.base_url} DEEPSTEP_LLAMA_CPP=1")
-                while True:
-                    time.sleep(3600)
-        except KeyboardInterrupt:
-            stderr.print("embedded model stopped")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

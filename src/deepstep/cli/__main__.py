@@ -1,0 +1,3 @@
+from deepstep.cli import main
+
+main()

@@ -1,0 +1,30 @@
+"""``deepstep llm serve``: the embedded local model in the foreground, for other tools to share."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from deepstep.cli.common import app, load_settings, stderr, user_errors
+
+llm_app = typer.Typer(no_args_is_help=True, help="The embedded local model (SmolLM2-135M-Instruct via llama.cpp).")
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None) -> None:
+    """Serve the embedded model in the foreground until Ctrl-C; deepstep runs reuse it."""
+    from deepstep.llm_server import embedded_server
+
+    with user_errors():
+        settings = load_settings()
+        try:
+            with embedded_server(settings.home, foreground=True, port=port) as server:
+                stderr.print(f"embedded model ready at {server.base_url} (model {server.model_path})")
+                stderr.print(f"use it from other tools with: export OPENAI_BASE_URL={server.base_url} DEEPSTEP_LLAMA_CPP=1")
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            stderr.print("embedded model stopped")
