@@ -10,8 +10,6 @@ back unchanged on re-export.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from langchain_core.retrievers import BaseRetriever
 
 from deepstep import api, mcts
 from deepstep import tree as step_tree
+from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 
@@ -126,29 +125,8 @@ def store_document(tree: nx.DiGraph) -> dict[str, Any]:
     }
 
 
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old content or the new, never half of it: a temp file
-    in the same directory, flushed to disk, renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
-
 def write_json_atomically(path: Path, document: Any) -> None:
-    write_bytes_atomically(path, json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"))
+    write_text_atomically(path, json.dumps(document, ensure_ascii=False, indent=2))
 
 
 def export_store(tree: nx.DiGraph, directory: str | Path) -> Path:
@@ -250,4 +228,4 @@ def import_store(
     return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
 
 
-__all__ = ["STORE_FILE", "export_store", "import_store", "read_store", "store_document", "write_bytes_atomically", "write_json_atomically"]
+__all__ = ["STORE_FILE", "export_store", "import_store", "read_store", "store_document", "write_json_atomically"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,25 +10,16 @@ import typer
 from langchain_core.runnables.graph import Graph
 
 from deepstep import api, render, store
+from deepstep.atomic_files import atomic_path, write_text_atomically
 from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, user_errors
-from deepstep.cli.run import _finish as finish_run
+from deepstep.cli.run import finish as finish_run
 
 GRAPH_FORMATS = ("mermaid", "ascii", "png")
 
 
-def _write_text(path: Path, text: str) -> None:
-    store.write_bytes_atomically(path, text.encode("utf-8"))
-
-
 def _write_parquet(path: Path, result: api.RunResult) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        render.write_parquet(result.table(), temp_name)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
+    with atomic_path(path) as temp:
+        render.write_parquet(result.table(), str(temp))
 
 
 @app.command("export")
@@ -53,10 +42,10 @@ def export(
                 _write_parquet(parquet, result)
                 stderr.print(f"wrote {parquet}", highlight=False)
             if csv is not None:
-                _write_text(csv, result.table().to_csv(index=False))
+                write_text_atomically(csv, result.table().to_csv(index=False))
                 stderr.print(f"wrote {csv}", highlight=False)
             if markdown is not None:
-                _write_text(markdown, result.markdown)
+                write_text_atomically(markdown, result.markdown)
                 stderr.print(f"wrote {markdown}", highlight=False)
         except OSError as error:
             fail(f"cannot write {error.filename or 'the export'}: {error.strerror or error}; pick a writable path")
@@ -140,5 +129,5 @@ def graph_picture(
         if out is None:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
-            _write_text(out, text)
+            write_text_atomically(out, text)
             stderr.print(f"wrote {out}", highlight=False)

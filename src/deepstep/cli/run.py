@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from deepstep import api, store
+from deepstep import api
 from deepstep import tree as step_tree
-from deepstep.cli.common import app, fail, progress_display, load_settings, stderr, stdout, user_errors
+from deepstep.atomic_files import write_text_atomically
+from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, stdout, user_errors
 from deepstep.configuration import Settings
 
 
@@ -23,8 +24,8 @@ def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Atomic writes: a run killed while exporting never leaves a truncated report or table.
-        store.write_bytes_atomically(report, result.markdown.encode("utf-8"))
-        store.write_bytes_atomically(folder / "table.csv", result.table().to_csv(index=False).encode("utf-8"))
+        write_text_atomically(report, result.markdown)
+        write_text_atomically(folder / "table.csv", result.table().to_csv(index=False))
     except OSError as error:
         fail(f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
              f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`")
@@ -54,7 +55,7 @@ def _print_summary(result: api.RunResult, report: Path | None, settings: Setting
         stderr.print(f"report: {report}")
 
 
-def _finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
+def finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
     if result.status == "awaiting_review":
         stdout.print_json(json.dumps(result.review_request, ensure_ascii=False))
         stderr.print(
@@ -72,7 +73,7 @@ def _finish(result: api.RunResult, out: Path | None, settings: Settings) -> None
 def run(
     question: Annotated[str, typer.Argument(help="The question to research.")],
     thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new random id).")] = None,
-    corpus: Annotated[Path | None, typer.Option(help="Folder of Markdown, text, reST or HTML files (default: the fetched scikit-learn guide, else the bundled demo corpus).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of md/txt/rst/html files (default: fetched sklearn guide, else demo corpus).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: HOME/runs/THREAD).")] = None,
     review: Annotated[bool, typer.Option("--review", help="Pause after planning to approve or edit the steps.")] = False,
     rollouts: Annotated[int | None, typer.Option(help="MCTSr rollouts per step.")] = None,
@@ -92,7 +93,7 @@ def run(
         stderr.print(f"thread {thread_id}")
         with progress_display() as on_progress:
             result = api.run(question, thread_id=thread_id, settings=settings, on_progress=on_progress)
-        _finish(result, out, settings)
+        finish(result, out, settings)
 
 
 @app.command()
@@ -114,7 +115,7 @@ def resume(
         settings = load_settings()
         with progress_display() as on_progress:
             result = api.resume(thread_id, review=review, on_progress=on_progress)
-        _finish(result, out, settings)
+        finish(result, out, settings)
 
 
 @app.command()
