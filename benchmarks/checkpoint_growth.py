@@ -1,61 +1,28 @@
-"""Checkpoint storage and calls per step for runs of N steps against the fake server.
+"""Checkpoint storage and calls per step for runs of N steps, alone (the full suite, ``benchmarks.run``,
+reports the same figures in its section 5).
 
 Run: .venv/bin/python -m benchmarks.checkpoint_growth [N ...]   (default: 5 50)
-Prints, per N, the SQLite size after the run (database + WAL, checkpointed), the number of
-checkpoint and write rows, bytes per step, and LLM calls per step from the server's log.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import deepstep
-from deepstep.configuration import Settings
-from deepstep.testing import FakeLLMServer
+from benchmarks.harness import DECOMPOSE_CALLS, Workload, calls_per_step, run_workload
 
 ROLLOUTS = 2
 
 
-def measure(steps: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as home, FakeLLMServer(steps=steps) as server:
-        settings = Settings.build(
-            base_url=server.base_url, home=Path(home), max_steps=steps, rollouts=ROLLOUTS, max_concurrency=8, max_retries=0
-        )
-        started = time.perf_counter()
-        deepstep.run("What is a loss function?", thread_id="bench", settings=settings)
-        seconds = time.perf_counter() - started
-        database = settings.checkpoint_file
-        with sqlite3.connect(database) as connection:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            checkpoints = connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-            writes = connection.execute("SELECT count(*) FROM writes").fetchone()[0]
-        size = database.stat().st_size
-        calls = len(server.log())
-    return {
-        "steps": steps,
-        "db_bytes": size,
-        "bytes_per_step": size / steps,
-        "checkpoint_rows": checkpoints,
-        "write_rows": writes,
-        "llm_calls_per_step": (calls - 2) / steps,
-        "seconds": seconds,
-    }
-
-
 def main(argv: list[str]) -> None:
     sizes = [int(a) for a in argv] or [5, 50]
-    print(f"rollouts={ROLLOUTS}, fake server latency 0 ms, expected calls per step = 3 + 3R = {3 + 3 * ROLLOUTS}")
-    print("| steps | SQLite bytes | bytes/step | checkpoint rows | write rows | LLM calls/step | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"rollouts={ROLLOUTS}, fake server latency 0 ms, expected calls per step = 3 + 3R = {calls_per_step(ROLLOUTS)}")
+    print("| steps | SQLite bytes | bytes/step | checkpoint rows | write rows | bytes/super-step | LLM calls/step | peak RSS MiB | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in sizes:
-        r = measure(n)
+        r = run_workload(Workload(steps=n, rollouts=ROLLOUTS))
         print(
-            f"| {r['steps']} | {r['db_bytes']:,} | {r['bytes_per_step']:,.0f} | {r['checkpoint_rows']} | {r['write_rows']} "
-            f"| {r['llm_calls_per_step']:.2f} | {r['seconds']:.1f} |"
+            f"| {n} | {r['db_bytes']:,} | {r['db_bytes'] / n:,.0f} | {r['checkpoint_rows']} | {r['write_rows']} "
+            f"| {r['bytes_per_superstep_mean']:,.0f} | {(r['calls'] - DECOMPOSE_CALLS) / n:.2f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |"
         )
 
 

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark suite: its N = 5 version runs end to end and produces every figure.
+
+It checks that figures exist and are sane numbers, not that targets are met: ratios depend on
+the machine's load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=800
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    markdown = (tmp_path / "results.md").read_text()
+
+    assert results["critical_path"], "no critical-path runs"
+    for row in results["critical_path"]:
+        assert positive(row["ratio"]) and positive(row["ideal_s"]) and positive(row["calls"])
+    for row in results["overhead"]:
+        assert positive(row["client_ms_per_call"]) and positive(row["client_ms_per_step"])
+        assert positive(row["db_bytes"]) and positive(row["checkpoint_rows"]) and positive(row["bytes_per_superstep_mean"])
+        assert positive(row["peak_rss_mib"])
+    assert positive(results["malformed"]["calls"]) and results["malformed"]["faults_injected"] > 0
+    assert results["resume"]["kills"], "no kill/resume figures"
+    for kill in results["resume"]["kills"]:
+        assert isinstance(kill["repeated"], int) and isinstance(kill["tree_identical"], bool)
+    profile = results["profile"]
+    assert "skipped" in profile or positive(profile["samples"])
+    for heading in (
+        "Critical-path ratio",
+        "Framework overhead",
+        "Calls per step",
+        "Resume cost",
+        "Checkpoint growth",
+        "Memory",
+        "Embedded-model demo",
+    ):
+        assert heading in markdown
