@@ -8,6 +8,8 @@ never settings: a role names the environment variable that holds its key
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +66,8 @@ class Price(BaseModel):
 
 class ResolvedModel(BaseModel):
     """What one role's ``ChatOpenAI`` is built from."""
+
+    model_config = ConfigDict(frozen=True)  # hashable: equal settings share one cached client
 
     role: Role
     base_url: str
@@ -257,7 +261,25 @@ class Settings(BaseSettings):
     def from_config(cls, config: RunnableConfig | None) -> Settings:
         """Settings for a graph run: environment, overridden by known ``configurable`` keys."""
         configurable = (config or {}).get("configurable", {})
-        return cls.build(**{k: v for k, v in configurable.items() if k in cls.model_fields})
+        known = {k: v for k, v in configurable.items() if k in cls.model_fields}
+        # Every node asks for its settings; validating them anew each time was a measurable share
+        # of the per-call overhead, so identical inputs (configurable + environment) share one result.
+        key = json.dumps(known, sort_keys=True, default=_plain_value)
+        environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+        return _settings_for(key, environment).model_copy()
+
+
+_ENV_PREFIXES = ("DEEPSTEP_", "OPENAI_")
+
+
+def _plain_value(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_for(configurable_json: str, environment: tuple[tuple[str, str], ...]) -> Settings:
+    del environment  # part of the cache key only: Settings reads the environment itself
+    return Settings.build(**json.loads(configurable_json))
 
 
 def _run_context_schema() -> type[BaseModel]:

@@ -7,6 +7,7 @@ the tasks apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, SecretStr
 
-from deepstep.configuration import Role, Settings
+from deepstep.configuration import ResolvedModel, Role, Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
 from deepstep.state import USAGE_FIELDS, add_usage
@@ -68,10 +69,16 @@ _DOWNGRADE = {"json_schema": "json_object", "json_object": "prompt"}
 
 def chat_model(settings: Settings, task: str) -> ChatOpenAI:
     resolved = settings.resolve_model(TASK_ROLES[task])
+    return _chat_model(resolved, os.environ.get(resolved.api_key_env) or "not-needed", task)
+
+
+# Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.
+@functools.lru_cache(maxsize=64)
+def _chat_model(resolved: ResolvedModel, api_key: str, task: str) -> ChatOpenAI:
     return ChatOpenAI(
         base_url=resolved.base_url,
         model=resolved.model,
-        api_key=SecretStr(os.environ.get(resolved.api_key_env) or "not-needed"),
+        api_key=SecretStr(api_key),
         temperature=resolved.temperature,
         # llama.cpp ignores max_completion_tokens, which is what ChatOpenAI sends for max_tokens.
         max_tokens=None if resolved.llama_cpp else resolved.max_tokens,
@@ -83,6 +90,11 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
         # streamed request (no token usage, unparsed JSON chunks); whole replies keep usage exact.
         disable_streaming=True,
     )
+
+
+@functools.cache
+def _json_schema(schema: type[BaseModel]) -> dict:
+    return schema.model_json_schema()
 
 
 def _usage_of(task: str, reply: AIMessage, seconds: float) -> Usage:
@@ -125,11 +137,11 @@ def _response_format(method: str, schema: type[BaseModel], *, llama_cpp: bool) -
     if method == "json_schema":
         return {
             "type": "json_schema",
-            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False},
+            "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False},
         }
     if method == "json_object":
         # llama.cpp turns a schema given with json_object into a grammar that forces valid output.
-        return {"type": "json_object", "schema": schema.model_json_schema()} if llama_cpp else {"type": "json_object"}
+        return {"type": "json_object", "schema": _json_schema(schema)} if llama_cpp else {"type": "json_object"}
     return None
 
 

@@ -9,6 +9,7 @@ message that can be sent back to the model as a repair request.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from typing import Any, TypeVar
@@ -192,6 +193,7 @@ def _score_in_range(value: int) -> Score:
     return Score(score=value)
 
 
+@functools.cache  # generating a pydantic JSON schema costs more than the rest of a call's preparation
 def schema_instructions(schema: type[BaseModel]) -> str:
     """The JSON schema as text, for prompts when the server cannot enforce it."""
     return (
