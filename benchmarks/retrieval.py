@@ -61,10 +61,7 @@ class BenchmarkResult:
 
 def load_questions(path: Path = QUESTIONS_FILE) -> list[Question]:
     data = json.loads(path.read_text(encoding="utf-8"))
-    return [
-        Question(item["question"], tuple(Label(label["source"], label["phrase"]) for label in item["expected"]))
-        for item in data["questions"]
-    ]
+    return [Question(item["question"], tuple(Label(label["source"], label["phrase"]) for label in item["expected"])) for item in data["questions"]]
 
 
 def _normalized(text: str) -> str:
@@ -180,9 +177,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backend", choices=("bm25", "postgres"), default="bm25")
     parser.add_argument("--corpus", type=Path, help="corpus folder (default: DEEPSTEP_HOME/corpora/sklearn, fetched if missing)")
     parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE)
-    parser.add_argument(
-        "--database-url", help="Postgres URL for --backend postgres (default: $DEEPSTEP_DATABASE_URL, else a temporary local server)"
-    )
+    parser.add_argument("--database-url", help="Postgres URL for --backend postgres (default: $DEEPSTEP_DATABASE_URL, else a temporary local server)")
     parser.add_argument("--k", type=int, nargs="+", default=[4, 10])
     parser.add_argument("--repeat", type=int, default=5, help="queries per question, for stable latency figures")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

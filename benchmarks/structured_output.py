@@ -40,8 +40,14 @@ from deepstep.tree import steps_from_outline
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "smollm2_replies.json"
 QUESTIONS = [
-    "What is a loss function?", "How does gradient descent work?", "What is cross-entropy?", "Why regularize a model?",
-    "What is overfitting?", "什么是损失函数？", "What is the Huber loss?", "How is a learning rate chosen?",
+    "What is a loss function?",
+    "How does gradient descent work?",
+    "What is cross-entropy?",
+    "Why regularize a model?",
+    "What is overfitting?",
+    "什么是损失函数？",
+    "What is the Huber loss?",
+    "How is a learning rate chosen?",
 ]
 CONTEXTS = [
     {"title": "Loss functions", "text": "A loss function measures how far a prediction is from the target; training minimises its average."},
@@ -57,13 +63,20 @@ def messages_for(task: str, index: int) -> list:
     answer = f"A loss function for '{question}' scores predictions [1]; lower is better (draft {index})."
     if task == "steps":
         return prompts.STEPS.format_messages(
-            question=question, outline=OUTLINE, max_steps=5, max_depth=3,
+            question=question,
+            outline=OUTLINE,
+            max_steps=5,
+            max_depth=3,
             language_rule=prompts.language_rule(None),
         )
     if task == "refine":
         return prompts.REFINE.format_messages(
-            name="Definition", research_question=question, contexts=contexts, answer=answer,
-            critique="It gives no formula and does not cite the MSE passage.", language_rule=prompts.language_rule(None),
+            name="Definition",
+            research_question=question,
+            contexts=contexts,
+            answer=answer,
+            critique="It gives no formula and does not cite the MSE passage.",
+            language_rule=prompts.language_rule(None),
         )
     return prompts.EVALUATE.format_messages(research_question=question, contexts=contexts, answer=answer)
 
@@ -72,8 +85,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {"steps": StepList, "refine": RefineRespon
 FALLBACKS = {
     # As the decompose node does: a plan from the outline's bullets.
     "steps": lambda reply: StepList(
-        steps=[StepItem(name=s.name, description=s.description, level=s.level)
-               for s in steps_from_outline("Q", OUTLINE, max_steps=5, max_depth=3)]
+        steps=[StepItem(name=s.name, description=s.description, level=s.level) for s in steps_from_outline("Q", OUTLINE, max_steps=5, max_depth=3)]
     ),
     "refine": lambda reply: RefineResponse(thought="(unparsed reply)", answer=reply.strip() or "(empty)"),
     "evaluate": lambda reply: Score(score=0),
@@ -133,8 +145,10 @@ def main() -> None:
                     f"| {task} | {share['first try']} | {share['after repair']} | {share['fallback']} | {share['failed']} "
                     f"| {calls} | {time.perf_counter() - started:.0f} |"
                 )
-    print(f"\nreplies a strict JSON parser rejects: {len(fixtures)} "
-          f"(deepstep's tolerant parser recovers {sum(f['tolerant'] == 'parsed' for f in fixtures)})")
+    print(
+        f"\nreplies a strict JSON parser rejects: {len(fixtures)} "
+        f"(deepstep's tolerant parser recovers {sum(f['tolerant'] == 'parsed' for f in fixtures)})"
+    )
     if args.save_fixtures:
         FIXTURES.write_text(json.dumps(fixtures, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         print(f"saved {FIXTURES}")

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup_dreamsboard.sh  # dreamsboard 0.4.0 in its own venv, for the store round-trip tests
+.venv/bin/ruff check --quiet src tests benchmarks
+.venv/bin/ruff format --check --quiet src tests benchmarks
 .venv/bin/python -m pytest -q "$@"

@@ -32,8 +32,13 @@ def fake_llm():
 @pytest.fixture
 def settings(fake_llm, tmp_path) -> Settings:
     return Settings.build(
-        base_url=fake_llm.base_url, home=tmp_path / "home", corpus=TEST_CORPUS, rollouts=2, max_concurrency=4,
-        step_attempts=2, max_retries=0,
+        base_url=fake_llm.base_url,
+        home=tmp_path / "home",
+        corpus=TEST_CORPUS,
+        rollouts=2,
+        max_concurrency=4,
+        step_attempts=2,
+        max_retries=0,
     )
 
 
@@ -62,4 +67,3 @@ def postgres_url(postgres_server, request) -> str:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://postgres:{POSTGRES_TEST_PASSWORD}@127.0.0.1:{postgres_server.port}/{name}"
-

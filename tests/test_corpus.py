@@ -207,8 +207,16 @@ def test_user_guide_pages_are_selected_from_the_package():
     assert user_guide_page(root + "modules/linear_model.html") == "modules/linear_model.html"
     assert user_guide_page(root + "datasets/toy_dataset.html") == "datasets/toy_dataset.html"
     assert user_guide_page(root + "glossary.html") == "glossary.html"
-    for other in ("modules/classes.html", "modules/generated/sklearn.linear_model.Ridge.html", "auto_examples/plot_ols.html",
-                  "_downloads/x/plot.html", "index.html", "search.html", "modules/linear_model.rst.txt", "whats_new.html"):
+    for other in (
+        "modules/classes.html",
+        "modules/generated/sklearn.linear_model.Ridge.html",
+        "auto_examples/plot_ols.html",
+        "_downloads/x/plot.html",
+        "index.html",
+        "search.html",
+        "modules/linear_model.rst.txt",
+        "whats_new.html",
+    ):
         assert user_guide_page(root + other) is None, other
     assert user_guide_page("usr/share/doc/other/html/modules/linear_model.html") is None
 

@@ -34,9 +34,7 @@ def test_notebook_runs_on_the_fake_server(name: str, tmp_path: Path, monkeypatch
     monkeypatch.setenv("DEEPSTEP_NOTEBOOK_FAKE", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures become outputs
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(
-        notebook, timeout=BUDGET_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
+    client = nbclient.NotebookClient(notebook, timeout=BUDGET_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     started = time.monotonic()
     client.execute()
     elapsed = time.monotonic() - started

@@ -362,9 +362,7 @@ def test_two_workers_on_different_threads_share_one_database(postgres_url, tmp_p
             stored = deepstep.load(thread, settings=Settings.build(home=tmp_path / "any", database_url=postgres_url))
             assert stored.status == "done" and not stored.failed_steps
             assert stored.tree.nodes[step_tree.ROOT_ID]["question"] == question
-            lone = deepstep.run(
-                question, thread_id=f"lone-{thread}", settings=pg_settings(servers[thread].base_url, tmp_path / "lone", postgres_url)
-            )
+            lone = deepstep.run(question, thread_id=f"lone-{thread}", settings=pg_settings(servers[thread].base_url, tmp_path / "lone", postgres_url))
             assert step_tree.signature(stored.tree) == step_tree.signature(lone.tree)
     assert count(postgres_url, "SELECT count(*) FROM deepstep_corpora") == 1  # loaded once, shared
 

@@ -335,8 +335,18 @@ def test_retrieval_benchmark_scores_labelled_questions(tmp_path):
         ]
     }
     (tmp_path / "questions.json").write_text(json.dumps(questions), encoding="utf-8")
-    command = [sys.executable, "-m", "benchmarks.retrieval", "--corpus", str(demo_corpus_dir()), "--questions", str(tmp_path / "questions.json"),
-               "--repeat", "2", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.retrieval",
+        "--corpus",
+        str(demo_corpus_dir()),
+        "--questions",
+        str(tmp_path / "questions.json"),
+        "--repeat",
+        "2",
+        "--json",
+    ]
     done = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120, check=True)
     figures = json.loads(done.stdout)
     assert figures["questions"] == 2 and figures["queries"] == 4

@@ -13,13 +13,18 @@ from deepstep.tree import StepSpec
 
 
 def sample_tree():
-    built = step_tree.build_tree(
-        "什么是损失函数？", "- outline", [StepSpec("定义", "d", "0"), StepSpec("MSE", "m", "0>1")], max_steps=5, max_depth=3
-    )
+    built = step_tree.build_tree("什么是损失函数？", "- outline", [StepSpec("定义", "d", "0"), StepSpec("MSE", "m", "0>1")], max_steps=5, max_depth=3)
     first = step_tree.step_ids(built.tree)[0]
     return step_tree.with_step_updates(
-        built.tree, [{"id": first, "answer": "A [1]", "contexts": [{"ref_id": "r", "chunk_id": "r:0", "score": 1.5, "text": "t"}],
-                      "mcts": {"nodes": [{"id": 0, "q": 12.5}], "best": 0}}]
+        built.tree,
+        [
+            {
+                "id": first,
+                "answer": "A [1]",
+                "contexts": [{"ref_id": "r", "chunk_id": "r:0", "score": 1.5, "text": "t"}],
+                "mcts": {"nodes": [{"id": 0, "q": 12.5}], "best": 0},
+            }
+        ],
     )
 
 

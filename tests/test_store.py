@@ -84,8 +84,17 @@ def test_export_trace_and_failed_steps() -> None:
     search = {
         "nodes": [
             {"id": 0, "parent": None, "children": [1], "answer": "draft", "thought": "", "critique": "", "rewards": [40.0], "q": 50.0, "visits": 1},
-            {"id": 1, "parent": 0, "children": [], "answer": "better", "thought": "fixed", "critique": "too short",
-             "rewards": [60.0], "q": 60.0, "visits": 0},
+            {
+                "id": 1,
+                "parent": 0,
+                "children": [],
+                "answer": "better",
+                "thought": "fixed",
+                "critique": "too short",
+                "rewards": [60.0],
+                "q": 60.0,
+                "visits": 0,
+            },
         ],
         "rollouts_done": 1,
         "selections": [0],
@@ -94,8 +103,14 @@ def test_export_trace_and_failed_steps() -> None:
     tree = step_tree.with_step_updates(
         tree,
         [
-            {"id": ids["0>2"], "status": "done", "answer": "better", "question": "q?", "mcts": search,
-             "contexts": [{"ref_id": "r", "chunk_id": "r:0", "title": "T", "source": "a.md", "score": 2, "text": "x"}]},
+            {
+                "id": ids["0>2"],
+                "status": "done",
+                "answer": "better",
+                "question": "q?",
+                "mcts": search,
+                "contexts": [{"ref_id": "r", "chunk_id": "r:0", "title": "T", "source": "a.md", "score": 2, "text": "x"}],
+            },
             {"id": ids["0>3"], "status": "failed", "error": "HTTP 500", "answer": "", "question": "half done"},
         ],
     )
@@ -151,14 +166,21 @@ def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         ("{not json", "not valid JSON"),
         ('{"other": {}}', "not a dreamsboard task-step store"),
         ('{"task_step_store/data": {}}', "has no steps"),
-        ('{"task_step_store/data": {"a": {"__type__": "task_step_node",'
-         ' "__data__": {"id_": "a", "start_task_context": "Q", "task_step_level": "x"}}}}',
-         "is not like 0, 0>1"),
-        ('{"task_step_store/data": {"a": {"__type__": "task_step_node", "__data__": {"id_": "a", "start_task_context": "Q", "task_step_level": "0"}},'
-         ' "b": {"__type__": "task_step_node", "__data__": {"id_": "b", "start_task_context": "Q", "task_step_level": "0"}}}}',
-         "used twice"),
-        ('{"task_step_store/data": {"a": {"__type__": "task_step_node", "__data__": {"id_": "a", "task_step_level": "0"}}}}',
-         "no start_task_context"),
+        (
+            '{"task_step_store/data": {"a": {"__type__": "task_step_node",'
+            ' "__data__": {"id_": "a", "start_task_context": "Q", "task_step_level": "x"}}}}',
+            "is not like 0, 0>1",
+        ),
+        (
+            '{"task_step_store/data": {"a": {"__type__": "task_step_node",'
+            ' "__data__": {"id_": "a", "start_task_context": "Q", "task_step_level": "0"}},'
+            ' "b": {"__type__": "task_step_node", "__data__": {"id_": "b", "start_task_context": "Q", "task_step_level": "0"}}}}',
+            "used twice",
+        ),
+        (
+            '{"task_step_store/data": {"a": {"__type__": "task_step_node", "__data__": {"id_": "a", "task_step_level": "0"}}}}',
+            "no start_task_context",
+        ),
     ],
 )
 def test_bad_stores_are_input_errors(tmp_path: Path, content: str | None, message: str) -> None:
@@ -218,8 +240,18 @@ def test_export_loads_in_real_dreamsboard(settings: deepstep.Settings, tmp_path:
     monkeypatch.setenv("DEEPSTEP_HOME", str(settings.home))
     cli = CliRunner().invoke(
         app,
-        ["export", "t-export", "--dreamsboard", str(tmp_path / "store"), "--csv", str(tmp_path / "t.csv"),
-         "--md", str(tmp_path / "r.md"), "--parquet", str(tmp_path / "t.parquet")],
+        [
+            "export",
+            "t-export",
+            "--dreamsboard",
+            str(tmp_path / "store"),
+            "--csv",
+            str(tmp_path / "t.csv"),
+            "--md",
+            str(tmp_path / "r.md"),
+            "--parquet",
+            str(tmp_path / "t.parquet"),
+        ],
     )
     assert cli.exit_code == 0, cli.output
     assert (tmp_path / "r.md").read_text(encoding="utf-8") == result.markdown
@@ -251,13 +283,30 @@ def test_export_loads_in_real_dreamsboard(settings: deepstep.Settings, tmp_path:
 @pytest.mark.slow
 def test_store_made_by_dreamsboard_imports(settings: deepstep.Settings, fake_llm, tmp_path: Path) -> None:
     spec = [
-        {"id": "11111111-1111-4111-8111-111111111111", "start_task_context": "什么是损失函数？", "aemo_representation_context": "outline",
-         "task_step_name": "定义", "task_step_description": "d", "task_step_level": "0", "task_step_question": "q",
-         "task_step_question_context": [{"ref_id": "r1", "paper_title": "P", "chunk_id": "c1", "score": 0.5, "text": "t"}],
-         "task_step_question_answer": "已经回答。", "ref_task_step_id": ""},
-        {"id": "22222222-2222-4222-8222-222222222222", "start_task_context": "什么是损失函数？", "aemo_representation_context": "outline",
-         "task_step_name": "常见形式", "task_step_description": "d2", "task_step_level": "0>1", "task_step_question": "",
-         "task_step_question_context": [], "task_step_question_answer": "", "ref_task_step_id": ""},
+        {
+            "id": "11111111-1111-4111-8111-111111111111",
+            "start_task_context": "什么是损失函数？",
+            "aemo_representation_context": "outline",
+            "task_step_name": "定义",
+            "task_step_description": "d",
+            "task_step_level": "0",
+            "task_step_question": "q",
+            "task_step_question_context": [{"ref_id": "r1", "paper_title": "P", "chunk_id": "c1", "score": 0.5, "text": "t"}],
+            "task_step_question_answer": "已经回答。",
+            "ref_task_step_id": "",
+        },
+        {
+            "id": "22222222-2222-4222-8222-222222222222",
+            "start_task_context": "什么是损失函数？",
+            "aemo_representation_context": "outline",
+            "task_step_name": "常见形式",
+            "task_step_description": "d2",
+            "task_step_level": "0>1",
+            "task_step_question": "",
+            "task_step_question_context": [],
+            "task_step_question_answer": "",
+            "ref_task_step_id": "",
+        },
     ]
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")

@@ -83,9 +83,7 @@ def clean_question(question: str) -> str:
 
 def check_thread_id(thread_id: str) -> str:
     if not THREAD_ID.match(thread_id):
-        raise InputError(
-            f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+        raise InputError(f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return thread_id
 
 
@@ -128,8 +126,7 @@ def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator
                 raise
             # Damage that the opening checks cannot see (a corrupt page) shows up on the first read.
             raise ConfigError(
-                f"the checkpoint database {settings.checkpoint_file} is damaged ({error}); "
-                "move it away or set DEEPSTEP_HOME to another folder"
+                f"the checkpoint database {settings.checkpoint_file} is damaged ({error}); move it away or set DEEPSTEP_HOME to another folder"
             ) from None
 
 
@@ -192,9 +189,7 @@ def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
     )
 
 
-def _execute(
-    graph: CompiledStateGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None
-) -> RunResult:
+def _execute(graph: CompiledStateGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None) -> RunResult:
     """Run the graph on the thread with a model server up for the whole run."""
     with _model_server(settings) as served:
         _check_models(served)
@@ -299,8 +294,7 @@ def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     settings = settings or Settings.build()
     if settings.database_url is None and not settings.checkpoint_file.exists():
         raise UnknownThreadError(
-            f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; "
-            "run a question first or set DEEPSTEP_HOME"
+            f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME"
         )
     with _open_graph(settings, None) as graph:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}

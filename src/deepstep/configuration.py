@@ -34,8 +34,23 @@ from deepstep.mcts import MCTSParams
 # Settings that shape a thread's result: a resumed thread keeps the values it started with.
 # Everything else (model server, home, timeouts) comes from the resuming environment.
 RUN_SHAPING_FIELDS = (
-    "corpus", "rollouts", "exploration_c", "max_children", "reward_samples", "early_stop_q",
-    "top_k", "context_tokens", "chunk_tokens", "chunk_overlap", "outline_tokens", "max_steps", "max_depth", "review", "language", "structured_output", "max_repairs",
+    "corpus",
+    "rollouts",
+    "exploration_c",
+    "max_children",
+    "reward_samples",
+    "early_stop_q",
+    "top_k",
+    "context_tokens",
+    "chunk_tokens",
+    "chunk_overlap",
+    "outline_tokens",
+    "max_steps",
+    "max_depth",
+    "review",
+    "language",
+    "structured_output",
+    "max_repairs",
 )
 ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
@@ -88,8 +103,11 @@ class Settings(BaseSettings):
     # Where things live.
     home: Path = Field(default=Path(".deepstep"), description="Folder for the checkpoint database and indexes.")
     checkpoint_path: Path | None = Field(default=None, description="SQLite checkpoint file (default: HOME/checkpoints.sqlite).")
-    corpus: Path | None = Field(default=None, description="Folder of Markdown/text/reST/HTML files to retrieve from (default: HOME/corpora/sklearn once "
-        "`deepstep corpus fetch sklearn` ran, else the bundled demo corpus).")
+    corpus: Path | None = Field(
+        default=None,
+        description="Folder of Markdown/text/reST/HTML files to retrieve from (default: HOME/corpora/sklearn once "
+        "`deepstep corpus fetch sklearn` ran, else the bundled demo corpus).",
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="Postgres URL (postgresql://user:password@host:5432/db) for scale-out: checkpoints go to Postgres instead of "
@@ -137,7 +155,9 @@ class Settings(BaseSettings):
     # Plan and retrieval.
     top_k: int = Field(default=4, ge=1, le=50, description="Passages retrieved per step.")
     context_tokens: int = Field(default=1200, ge=64, description="Token budget of the retrieved passages in one prompt.")
-    chunk_tokens: int = Field(default=180, ge=16, le=4096, description="Passage size when indexing a corpus, in words (a CJK character counts as one).")
+    chunk_tokens: int = Field(
+        default=180, ge=16, le=4096, description="Passage size when indexing a corpus, in words (a CJK character counts as one)."
+    )
     chunk_overlap: int = Field(default=30, ge=0, description="Words shared by consecutive passages of a document (less than chunk_tokens).")
     outline_tokens: int = Field(default=400, ge=32, description="Token budget of the outline kept for later prompts.")
     max_steps: int = Field(default=8, ge=1, le=500, description="At most this many steps in the plan.")

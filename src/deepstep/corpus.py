@@ -61,18 +61,78 @@ class Passage:
 # --- HTML to text ---
 
 # Page furniture, never content.
-_DROPPED_TAGS = ("head", "script", "style", "noscript", "template", "nav", "header", "footer", "form", "button", "input",
-                 "select", "textarea", "svg", "canvas", "iframe", "object", "embed", "img", "picture", "video", "audio")
+_DROPPED_TAGS = (
+    "head",
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "nav",
+    "header",
+    "footer",
+    "form",
+    "button",
+    "input",
+    "select",
+    "textarea",
+    "svg",
+    "canvas",
+    "iframe",
+    "object",
+    "embed",
+    "img",
+    "picture",
+    "video",
+    "audio",
+)
 _DROPPED_SELECTORS = (
-    '[role="navigation"]', '[role="search"]', '[role="banner"]', '[role="contentinfo"]', '[aria-hidden="true"]',
-    ".headerlink", ".section-number", ".sphinxsidebar", ".related", ".breadcrumb", ".breadcrumbs", ".skip-link",
-    ".sk-sidebar-toc-wrapper", ".rellinks", ".cookie-banner", ".sphx-glr-download-link-note", ".sphx-glr-footer",
+    '[role="navigation"]',
+    '[role="search"]',
+    '[role="banner"]',
+    '[role="contentinfo"]',
+    '[aria-hidden="true"]',
+    ".headerlink",
+    ".section-number",
+    ".sphinxsidebar",
+    ".related",
+    ".breadcrumb",
+    ".breadcrumbs",
+    ".skip-link",
+    ".sk-sidebar-toc-wrapper",
+    ".rellinks",
+    ".cookie-banner",
+    ".sphx-glr-download-link-note",
+    ".sphx-glr-footer",
 )
 # The element holding a page's own text, most specific first; the whole body otherwise.
 _MAIN_SELECTORS = ("main", '[role="main"]', "article", "div.body", "#main-content", "#content")
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}
-_BLOCKS = frozenset({"p", "div", "section", "article", "main", "blockquote", "ul", "ol", "dl", "dt", "dd", "li", "table",
-                     "thead", "tbody", "figure", "figcaption", "details", "summary", "aside", "hr", "address"})
+_BLOCKS = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "main",
+        "blockquote",
+        "ul",
+        "ol",
+        "dl",
+        "dt",
+        "dd",
+        "li",
+        "table",
+        "thead",
+        "tbody",
+        "figure",
+        "figcaption",
+        "details",
+        "summary",
+        "aside",
+        "hr",
+        "address",
+    }
+)
 _PRE_MARK = "\x00PRE{}\x00"
 _PRE_MARK_PATTERN = re.compile("\x00PRE(\\d+)\x00")
 
@@ -320,8 +380,7 @@ _DOC_ROOT = PurePosixPath("usr/share/doc/python-sklearn-doc")
 _HTML_ROOT = _DOC_ROOT / "html"
 # The user guide's chapters; the rest of the site is API reference, examples, navigation and project pages.
 _USER_GUIDE_FOLDERS = ("modules", "datasets", "computing")
-_USER_GUIDE_PAGES = frozenset({"common_pitfalls.html", "model_persistence.html", "visualizations.html", "dispatching.html",
-                               "glossary.html"})
+_USER_GUIDE_PAGES = frozenset({"common_pitfalls.html", "model_persistence.html", "visualizations.html", "dispatching.html", "glossary.html"})
 _NOT_USER_GUIDE = frozenset({"modules/classes.html"})  # the API reference index
 
 
@@ -444,8 +503,9 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
         return FetchResult(target, record.get("version", "unknown"), record.get("pages", 0), time.perf_counter() - started, True)
     report = on_status or (lambda message: None)
     if shutil.which("dpkg-deb") is None:
-        raise CorpusError("dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; "
-                          "use the bundled demo corpus or pass --corpus DIR")
+        raise CorpusError(
+            "dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; use the bundled demo corpus or pass --corpus DIR"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:
         work = Path(scratch)
@@ -458,8 +518,13 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
         if pages == 0:
             raise CorpusError(f"{deb.name} holds no user guide pages under /{_HTML_ROOT}: the package layout changed")
         version = _deb_version(deb)
-        record = {"package": SKLEARN_PACKAGE, "version": version, "pages": pages, "license": "BSD-3-Clause (see .copyright)",
-                  "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "package": SKLEARN_PACKAGE,
+            "version": version,
+            "pages": pages,
+            "license": "BSD-3-Clause (see .copyright)",
+            "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         (staging / _FETCH_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)

@@ -59,9 +59,7 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     return builder.compile(name="step")
 
 
-def build_graph(
-    checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None
-) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None) -> CompiledStateGraph:
     """The deepstep graph; ``retriever`` defaults to BM25 over the configured corpus."""
     builder = StateGraph(RunState, context_schema=RunContext, input_schema=RunInput, output_schema=RunOutput)
     plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)

@@ -208,6 +208,7 @@ def run_mctsr(draft: str, critique: Critic, refine: Refiner, evaluate: Evaluator
 
 def trace_summary(search: Search) -> dict[str, Any]:
     """Critiques in expansion order, refinements with their mean score, mean rewards in node order."""
+
     def score(node: SearchNode) -> float:
         return sum(node["rewards"]) / len(node["rewards"]) if node["rewards"] else 0.0
 

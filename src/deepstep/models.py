@@ -38,6 +38,7 @@ TASK_ROLES: dict[str, Role] = {
     "evaluate": "evaluate",
 }
 
+
 def is_transient(error: BaseException) -> bool:
     """Worth another attempt of a node: the server or network failed, or a reply stayed
     unparsable after its repairs. Client errors (bad request, auth, unknown model) and

@@ -196,7 +196,6 @@ def _score_in_range(value: int) -> Score:
 @functools.cache  # generating a pydantic JSON schema costs more than the rest of a call's preparation
 def schema_instructions(schema: type[BaseModel]) -> str:
     """The JSON schema as text, for prompts when the server cannot enforce it."""
-    return (
-        "Reply with one JSON object only, no prose and no code fences, matching this JSON schema:\n"
-        + json.dumps(schema.model_json_schema(), ensure_ascii=False)
+    return "Reply with one JSON object only, no prose and no code fences, matching this JSON schema:\n" + json.dumps(
+        schema.model_json_schema(), ensure_ascii=False
     )

@@ -71,10 +71,7 @@ def cited_passages(tree: nx.DiGraph) -> list[dict[str, Any]]:
 def _reference_line(passage: dict[str, Any]) -> str:
     title = passage.get("title") or passage.get("paper_title") or passage.get("source") or "untitled"
     source = f" ({passage['source']})" if passage.get("source") else ""
-    return (
-        f"- [{passage['level']}] [{passage['number']}] {title}{source}, "
-        f"ref_id:{passage.get('ref_id', '')}, chunk_id:{passage.get('chunk_id', '')}"
-    )
+    return f"- [{passage['level']}] [{passage['number']}] {title}{source}, ref_id:{passage.get('ref_id', '')}, chunk_id:{passage.get('chunk_id', '')}"
 
 
 def markdown_report(tree: nx.DiGraph) -> str:

@@ -47,8 +47,30 @@ _CJK_RUN = re.compile(f"[{CJK_CHARACTERS}]+")
 _TOKEN = re.compile(rf"[{CJK_CHARACTERS}]+|[^\W_{CJK_CHARACTERS}]+")
 
 _STOPWORDS = frozenset(STOPWORDS_EN) | {
-    "what", "which", "who", "whom", "why", "how", "when", "where", "does", "do", "did", "can",
-    "should", "would", "could", "i", "you", "we", "me", "my", "your", "our", "its", "about",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "why",
+    "how",
+    "when",
+    "where",
+    "does",
+    "do",
+    "did",
+    "can",
+    "should",
+    "would",
+    "could",
+    "i",
+    "you",
+    "we",
+    "me",
+    "my",
+    "your",
+    "our",
+    "its",
+    "about",
 }
 _CJK_STOPWORDS = frozenset("的了是在和与及或也就都而之吗呢么")
 
@@ -156,11 +178,7 @@ class BM25Retriever(BaseRetriever):
         scores = index.scores
         # bm25s appends the empty token past the end of the score matrix; every real token must fit in it.
         top_token = max((i for token, i in index.vocab_dict.items() if token), default=-1)
-        if (
-            scores["num_docs"] != len(passages)
-            or len(scores["data"]) != len(scores["indices"])
-            or top_token >= len(scores["indptr"]) - 1
-        ):
+        if scores["num_docs"] != len(passages) or len(scores["data"]) != len(scores["indices"]) or top_token >= len(scores["indptr"]) - 1:
             raise ValueError("index does not match the saved passages")
         return cls(passages=passages, bm25=index, k=k, skipped_files=saved["skipped_files"], from_cache=True)
 

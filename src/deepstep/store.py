@@ -100,9 +100,7 @@ def step_record(step: dict[str, Any], question: str, outline: str) -> dict[str, 
     )
     trace = _search_trace(step) if answered else None
     if trace is not None:
-        record.update(
-            task_step_critiques=trace["critiques"], task_step_refinements=trace["refinements"], task_step_rewards=trace["rewards"]
-        )
+        record.update(task_step_critiques=trace["critiques"], task_step_refinements=trace["refinements"], task_step_rewards=trace["rewards"])
     for key in ("task_step_critiques", "task_step_refinements", "task_step_rewards"):
         record.setdefault(key, [])
     return record

@@ -304,9 +304,7 @@ def from_data(data: Mapping[str, Any]) -> StepTree:
 def trees_equal(left: nx.DiGraph, right: nx.DiGraph) -> bool:
     """Same nodes, same attributes, same edges."""
     return (
-        dict(left.nodes(data=True)) == dict(right.nodes(data=True))
-        and set(left.edges) == set(right.edges)
-        and dict(left.graph) == dict(right.graph)
+        dict(left.nodes(data=True)) == dict(right.nodes(data=True)) and set(left.edges) == set(right.edges) and dict(left.graph) == dict(right.graph)
     )
 
 

@@ -15,8 +15,13 @@ QUESTION = "What is a loss function?"
 def settings_for(base_url: str, home: Path, **overrides: object) -> Settings:
     """A small, fast run: the test corpus, no HTTP-level retries, two attempts per node."""
     values: dict[str, object] = {
-        "base_url": base_url, "home": home, "corpus": CORPUS, "rollouts": 1, "max_concurrency": 4,
-        "step_attempts": 2, "max_retries": 0,
+        "base_url": base_url,
+        "home": home,
+        "corpus": CORPUS,
+        "rollouts": 1,
+        "max_concurrency": 4,
+        "step_attempts": 2,
+        "max_retries": 0,
     }
     values.update(overrides)
     return Settings.build(**values)

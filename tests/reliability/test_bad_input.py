@@ -108,7 +108,12 @@ CLI_CASES = [
 @pytest.mark.parametrize(("args", "env", "message"), CLI_CASES, ids=[f"{i:02d}-{c[2][:24]}" for i, c in enumerate(CLI_CASES)])
 def test_cli_bad_input_is_one_line_exit_2(home_with_a_thread, fake_llm, not_a_model_server, tmp_path, monkeypatch, args, env, message):
     (tmp_path / "empty").mkdir()
-    places = {"{empty}": str(tmp_path / "empty"), "{closed}": closed_port_url(), "{http}": not_a_model_server["http"], "{tcp}": not_a_model_server["tcp"]}
+    places = {
+        "{empty}": str(tmp_path / "empty"),
+        "{closed}": closed_port_url(),
+        "{http}": not_a_model_server["http"],
+        "{tcp}": not_a_model_server["tcp"],
+    }
     args = [places.get(arg, arg) for arg in args]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -137,8 +142,16 @@ API_CASES = [
     (lambda s: deepstep.Settings.build(exploration_c=-1), ConfigError, "exploration_c"),
     (lambda s: deepstep.Settings.build(roles={"writer": {}}), ConfigError, "unknown model role"),
     (lambda s: deepstep.Settings.build(roles={"answer": {"temperature": 9}}), ConfigError, "roles.answer.temperature"),
-    (lambda s: deepstep.run(QUESTION, settings=deepstep.Settings.build(**{**s.model_dump(), "base_url": "ftp://127.0.0.1/v1"})), ConfigError, "not an http(s) URL"),
-    (lambda s: deepstep.run(QUESTION, settings=deepstep.Settings.build(**{**s.model_dump(), "base_url": closed_port_url()})), ModelServerError, "cannot reach"),
+    (
+        lambda s: deepstep.run(QUESTION, settings=deepstep.Settings.build(**{**s.model_dump(), "base_url": "ftp://127.0.0.1/v1"})),
+        ConfigError,
+        "not an http(s) URL",
+    ),
+    (
+        lambda s: deepstep.run(QUESTION, settings=deepstep.Settings.build(**{**s.model_dump(), "base_url": closed_port_url()})),
+        ModelServerError,
+        "cannot reach",
+    ),
 ]
 
 
@@ -181,8 +194,11 @@ def test_a_damaged_checkpoint_database_is_reported_and_left_untouched(fake_llm, 
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     fake_llm.reset_log()
 
-    for attempt in (lambda: deepstep.load(KEPT, settings=settings), lambda: deepstep.resume(KEPT, settings=settings),
-                    lambda: deepstep.run(QUESTION, thread_id="other", settings=settings)):
+    for attempt in (
+        lambda: deepstep.load(KEPT, settings=settings),
+        lambda: deepstep.resume(KEPT, settings=settings),
+        lambda: deepstep.run(QUESTION, thread_id="other", settings=settings),
+    ):
         with pytest.raises(ConfigError, match="checkpoint database .* (unreadable|damaged)"):
             attempt()
     env = cli_env(fake_llm.base_url, settings.home, corpus=CORPUS)

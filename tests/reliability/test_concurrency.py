@@ -61,7 +61,9 @@ def test_eight_processes_at_once_on_one_database(slow_server, tmp_path):
     home = tmp_path / "home"
     env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=2, max_retries=0)
     processes = [
-        subprocess.Popen(cli_command("run", question(topic), "--thread-id", f"p{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            cli_command("run", question(topic), "--thread-id", f"p{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         for i, topic in enumerate(TOPICS)
     ]
     errors = [p.communicate(timeout=300)[1] for p in processes]
@@ -97,7 +99,9 @@ def test_the_same_thread_from_two_processes_is_refused_cleanly(slow_server, tmp_
     env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=1, max_retries=0)
     # One slow reply (not a timeout for the client) keeps the first run busy while the second starts.
     slow_server.set_faults([Fault("timeout", task="critique", times=1, seconds=10)])
-    first = subprocess.Popen(cli_command("run", question("loss functions"), "--thread-id", "shared"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        cli_command("run", question("loss functions"), "--thread-id", "shared"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         while not answered(slow_server.log()):

@@ -53,9 +53,7 @@ POINTS = kill_points()
 
 
 def env_for(server: FakeLLMServer, home, **extra: object) -> dict[str, str]:
-    return cli_env(
-        server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, **extra
-    )
+    return cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +156,9 @@ def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_
     with FakeLLMServer(steps=2) as fake:
         home, out = tmp_path / "home", tmp_path / "out"
         env = {**cli_env(fake.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0), "PYTHONDONTWRITEBYTECODE": "1"}
-        first = subprocess.run(cli_command("run", QUESTION, "--thread-id", "w", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120)
+        first = subprocess.run(
+            cli_command("run", QUESTION, "--thread-id", "w", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120
+        )
         assert first.returncode == 0, first.stderr
         before = {name: (out / name).read_bytes() for name in ("report.md", "table.csv")}
         # Make the stored report differ from the files on disk, so a rewrite is visible.
@@ -168,7 +168,10 @@ def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_
 
         killed = subprocess.run(
             [sys.executable, "-c", KILL_MID_WRITE, str(out), str(nth_open), "resume", "w", "--out", str(out)],
-            env=env, capture_output=True, text=True, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert killed.returncode == -signal.SIGXFSZ, killed.stderr
         for name in before:

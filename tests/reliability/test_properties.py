@@ -99,7 +99,9 @@ def filled_trees(draw):
             "id": step_id,
             "answer": draw(st.text(max_size=40)),
             "status": draw(st.sampled_from(["pending", "done", "failed"])),
-            "contexts": draw(st.lists(st.fixed_dictionaries({"ref_id": st.text(max_size=8), "score": st.floats(0, 50), "text": st.text(max_size=30)}), max_size=3)),
+            "contexts": draw(
+                st.lists(st.fixed_dictionaries({"ref_id": st.text(max_size=8), "score": st.floats(0, 50), "text": st.text(max_size=30)}), max_size=3)
+            ),
             "mcts": {"extra": draw(json_values)},
         }
         for step_id in step_tree.step_ids(built.tree)

@@ -39,15 +39,21 @@ def test_the_key_never_leaves_the_process_even_when_the_server_echoes_it(tmp_pat
     with FakeLLMServer(steps=3) as server:
         server.set_faults([Fault("http401", task="critique", match=DOOMED)])
         env = {**cli_env(server.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0, step_attempts=2), "OPENAI_API_KEY": key}
-        run = subprocess.run(cli_command("run", QUESTION, "--thread-id", "k", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            cli_command("run", QUESTION, "--thread-id", "k", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120
+        )
         assert any(e["status"] == 401 for e in server.log()), "the fault never fired"
         shown = subprocess.run(cli_command("show", "k", "--format", "json"), env=env, capture_output=True, text=True, timeout=60)
         resumed = subprocess.run(cli_command("resume", "k", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr  # the step failed ...
     assert "HTTP 401" in run.stderr and "Incorrect API key provided" in run.stderr  # ... with a readable reason
     assert shown.returncode == 0 and '"failed_steps"' in shown.stdout
-    for label, text in [("run stdout", run.stdout), ("run stderr", run.stderr), ("show --format json", shown.stdout),
-                        ("resume stderr", resumed.stderr + resumed.stdout)]:
+    for label, text in [
+        ("run stdout", run.stdout),
+        ("run stderr", run.stderr),
+        ("show --format json", shown.stdout),
+        ("resume stderr", resumed.stderr + resumed.stdout),
+    ]:
         assert key not in text, label
     stored = files_under(home) + files_under(out)
     assert any(p.name == "checkpoints.sqlite" for p in stored) and {"report.md", "table.csv"} <= {p.name for p in stored}

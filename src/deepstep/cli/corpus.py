@@ -62,9 +62,7 @@ def _hit_lines(rank: int, hit: dict[str, Any]) -> str:
 @corpus_app.command("search")
 def search(
     query: Annotated[str, typer.Argument(help="What to look for (any language; Chinese works too).")],
-    corpus: Annotated[
-        Path | None, typer.Option(help="Corpus folder (default: the fetched scikit-learn user guide, else the demo corpus).")
-    ] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (default: the fetched scikit-learn user guide, else the demo corpus).")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of passages to show (1-50).")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as a JSON list.")] = False,
 ) -> None:

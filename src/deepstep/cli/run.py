@@ -27,8 +27,10 @@ def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) 
         write_text_atomically(report, result.markdown)
         write_text_atomically(folder / "table.csv", result.table().to_csv(index=False))
     except OSError as error:
-        fail(f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
-             f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`")
+        fail(
+            f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
+            f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`"
+        )
     return report
 
 
@@ -86,8 +88,13 @@ def run(
     thread_id = thread_id or uuid.uuid4().hex[:12]
     with user_errors(thread_id):
         settings = load_settings(
-            corpus=corpus, review=review or None, rollouts=rollouts, max_steps=max_steps,
-            max_concurrency=max_concurrency, base_url=base_url, model=model,
+            corpus=corpus,
+            review=review or None,
+            rollouts=rollouts,
+            max_steps=max_steps,
+            max_concurrency=max_concurrency,
+            base_url=base_url,
+            model=model,
         )
         api.check_thread_id(thread_id)
         stderr.print(f"thread {thread_id}")

@@ -11,11 +11,7 @@ from deepstep.state import RunState
 
 def collect(state: RunState) -> dict[str, Any]:
     tree = step_tree.with_step_updates(state["tree"], (state.get("step_results") or {}).values())
-    failed = [
-        {"id": n["id"], "level": n["level"], "name": n["name"], "error": n["error"]}
-        for n in step_tree.steps(tree)
-        if n["status"] == "failed"
-    ]
+    failed = [{"id": n["id"], "level": n["level"], "name": n["name"], "error": n["error"]} for n in step_tree.steps(tree) if n["status"] == "failed"]
     return {"tree": tree, "failed_steps": failed}
 
 

@@ -50,7 +50,7 @@ def _edited_steps(decision: Any) -> list[step_tree.StepSpec] | None:
         return None
     raw = decision.get("steps") if isinstance(decision, dict) else decision
     if not isinstance(raw, list):
-        raise InputError("review answer must be true (approve) or {\"steps\": [{\"name\", \"description\", \"level\"}, ...]}")
+        raise InputError('review answer must be true (approve) or {"steps": [{"name", "description", "level"}, ...]}')
     specs = []
     for item in raw:
         if not isinstance(item, dict):
