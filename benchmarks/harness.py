@@ -37,7 +37,6 @@ class Workload:
     latency_ms: float = 0.0
     rollouts: int = 2
     malformed_every: int = 0  # every k-th refine/evaluate reply is malformed JSON (0 = never)
-    cache_builds: bool = False  # what-if: Settings, ChatOpenAI, JSON schema built once, not per call (child only)
     fsync_every_commit: bool = False  # before the fix: SQLite synchronous=FULL
 
     def args(self) -> list[str]:
@@ -47,7 +46,6 @@ class Workload:
             f"--latency-ms={self.latency_ms:g}",
             f"--rollouts={self.rollouts}",
             f"--malformed-every={self.malformed_every}",
-            *(["--cache-builds"] if self.cache_builds else []),
             *(["--fsync-every-commit"] if self.fsync_every_commit else []),
         ]
 

@@ -112,23 +112,6 @@ def critical_path(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def what_if_cached_builds(plan: Plan) -> dict[str, Any]:
-    """The largest critical-path run and an L = 0 run again, with Settings, ChatOpenAI and JSON schemas
-    cached in the child process: what the next fix would buy, measured in the same suite run."""
-    steps, concurrency = plan.critical_sizes[-1], plan.concurrencies[-1]
-    log(f"what-if (cached builds): critical path N={steps} C={concurrency}, and L=0 N={steps} C=1")
-    critical = run_workload(Workload(steps=steps, concurrency=concurrency, latency_ms=plan.latency_ms, rollouts=ROLLOUTS, cache_builds=True))
-    overhead = overhead_figures(Workload(steps=steps, concurrency=1, latency_ms=0, rollouts=ROLLOUTS, cache_builds=True))
-    ideal = (DECOMPOSE_CALLS + math.ceil(steps / concurrency) * calls_per_step(ROLLOUTS)) * plan.latency_ms / 1000
-    return {
-        "steps": steps,
-        "concurrency": concurrency,
-        "ratio": critical["wall_s"] / ideal,
-        "overhead": overhead,
-        "tree_sha256": critical["tree_sha256"],
-    }
-
-
 # 2, 5, 6. Overhead, checkpoint growth and memory from the same L = 0 runs -------------------
 
 
@@ -530,8 +513,7 @@ def render(results: dict[str, Any]) -> str:
                 "server ms / call",
             ],
             [overhead_row("", r) for r in runs]
-            + ([overhead_row("before the fix: fsync per commit", results["before_fix"])] if results.get("before_fix") else [])
-            + ([overhead_row("what-if: cached builds", results["what_if"]["overhead"])] if results.get("what_if") else []),
+            + ([overhead_row("before the fix: fsync per commit", results["before_fix"])] if results.get("before_fix") else []),
         ),
         "",
         "Client CPU = CPU time of all the client's threads during the run (the fake server runs in its own process), "
@@ -568,25 +550,12 @@ def render(results: dict[str, Any]) -> str:
         avoidable = builds_per_call * costs["from_config_ms"] + costs["chat_model_ms"]
         out += [
             "",
-            f"Rebuilt on every call, timed in isolation: `Settings.from_config` {costs['from_config_ms']:.2f} ms "
-            f"x {builds_per_call:.2f} per call (each node and route rebuilds it from the run config, environment included), "
-            f"and a new `ChatOpenAI` per call (`models.chat_model`) {costs['chat_model_ms']:.2f} ms: together {avoidable:.1f} ms "
-            f"of the {largest_run['client_ms_per_call']:.1f} ms client time per call at N = {largest_run['steps']}. Structured calls also "
-            "regenerate their schema's JSON schema (`models._response_format`, pydantic's `GenerateJsonSchema` in the profile). "
-            "Caching these three is the next fix (in `configuration.py` and `models.py`).",
+            f"Fixed: each node rebuilt its `Settings` from the run config and each call a new `ChatOpenAI` and its schema's JSON "
+            f"schema (about 3 ms of CPU per call, the largest share after checkpointing); `deepstep.configuration` and "
+            f"`deepstep.models` now build them once per distinct input. Timed in isolation now: `Settings.from_config` "
+            f"{costs['from_config_ms']:.2f} ms x {builds_per_call:.2f} per call, `models.chat_model` {costs['chat_model_ms']:.2f} ms: "
+            f"together {avoidable:.2f} ms of the {largest_run['client_ms_per_call']:.1f} ms client time per call at N = {largest_run['steps']}.",
         ]
-    what_if = results.get("what_if")
-    if what_if:
-        largest_cp = results["critical_path"][-1]
-        out += [
-            "",
-            f"What-if, with the three cached by patching them in the benchmark's child process only (not in deepstep): "
-            f"client CPU {what_if['overhead']['cpu_ms_per_call']:.1f} ms per call at N = {what_if['steps']}, L = 0 (row above); "
-            f"critical-path ratio {what_if['ratio']:.3f} at N = {what_if['steps']}, C = {what_if['concurrency']} "
-            f"(against {largest_cp['ratio']:.3f} in section 1); same final tree as without the caches: "
-            f"{what_if['tree_sha256'] == largest_cp.get('tree_sha256')}.",
-        ]
-
     malformed = results["malformed"]
     counts = [
         [r["steps"], r["concurrency"], r["latency_ms"], r["calls"], f"{(r['calls'] - DECOMPOSE_CALLS) / r['steps']:.2f}"]
@@ -763,7 +732,6 @@ def main(argv: list[str] | None = None) -> None:
     results["overhead"] = overhead_runs(plan)
     save()
     results["before_fix"] = before_fix(plan)
-    results["what_if"] = what_if_cached_builds(plan)
     save()
     sizes = [r["steps"] for r in results["overhead"]]
     per_step_bytes = [r["db_bytes_per_step"] for r in results["overhead"]]
