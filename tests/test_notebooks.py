@@ -32,6 +32,7 @@ def test_notebook_runs_on_the_fake_server(name: str, tmp_path: Path, monkeypatch
     nbformat = pytest.importorskip("nbformat", reason="nbformat is in the notebooks extra")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is in the notebooks extra")
     monkeypatch.setenv("DEEPSTEP_NOTEBOOK_FAKE", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' throwaway DEEPSTEP_HOME folders land here
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures become outputs
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=BUDGET_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
