@@ -390,7 +390,9 @@ def test_config_outside_a_checkout_is_written_under_home(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = find_config(None, tmp_path / "home")
     assert config == (tmp_path / "home" / "studio" / "langgraph.json").resolve()
-    assert json.loads(config.read_text())["graphs"] == {"deepstep": "deepstep.graph:graph"}
+    generated = json.loads(config.read_text())
+    assert generated["graphs"] == {"deepstep": "deepstep.graph:graph"}
+    assert generated["checkpointer"]["serde"]["pickle_fallback"] is False
     shutil.copy(REPO / "langgraph.json", tmp_path / "langgraph.json")
     assert find_config(None, tmp_path / "home") == (tmp_path / "langgraph.json").resolve()
 

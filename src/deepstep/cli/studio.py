@@ -39,6 +39,8 @@ OFFLINE_ENV = {
     "LANGSMITH_TRACING": "false",
     "LANGCHAIN_TRACING_V2": "false",
 }
+# Like the repository's langgraph.json: the server never falls back to pickle for state it cannot encode.
+GENERATED_CONFIG = {"graphs": {"deepstep": GRAPH_SPEC}, "env": ".env", "checkpointer": {"serde": {"pickle_fallback": False}}}
 INSTALL_HINT = "install the studio extra: pip install -e '.[studio]'"
 
 
@@ -59,7 +61,7 @@ def find_config(config: Path | None, home: Path) -> Path:
     generated = home / "studio" / "langgraph.json"
     try:
         generated.parent.mkdir(parents=True, exist_ok=True)
-        generated.write_text(json.dumps({"graphs": {"deepstep": GRAPH_SPEC}, "env": ".env"}, indent=2) + "\n", encoding="utf-8")
+        generated.write_text(json.dumps(GENERATED_CONFIG, indent=2) + "\n", encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot write {generated}: {error}; set DEEPSTEP_HOME to a writable folder") from None
     return generated.resolve()
