@@ -31,7 +31,7 @@ from deepstep.corpus import load_passages
 from deepstep.errors import ConfigError, ThreadBusyError, UnknownThreadError
 from deepstep.locks import thread_lock
 from deepstep.nodes.retrieve import corpus_retriever
-from deepstep.postgres import PostgresRetriever, load_corpus, redact_url
+from deepstep.postgres import PostgresRetriever, connect, load_corpus, redact_url, schema_lock
 from deepstep.retrieval import BM25Retriever, tokenize
 from deepstep.testing import FakeLLMServer
 
@@ -420,3 +420,27 @@ def test_losing_the_database_mid_run_is_a_clear_error_and_the_thread_resumes(pos
         assert resumed.returncode == 0, resumed.stderr
     result = deepstep.load("cut", settings=Settings.build(home=tmp_path, database_url=postgres_url))
     assert result.status == "done" and not result.failed_steps
+
+
+def test_a_worker_waiting_for_the_schema_lock_does_not_deadlock_create_index_concurrently(postgres_url):
+    # The checkpointer's migrations run CREATE INDEX CONCURRENTLY under the schema lock, and that
+    # waits for every open snapshot: a second worker waiting for the lock must not hold one.
+    with connect(postgres_url) as holder, connect(postgres_url) as waiter:
+        holder.execute("CREATE TABLE schema_lock_probe (x integer)")
+        acquired, errors = threading.Event(), []
+
+        def second_worker() -> None:
+            try:
+                with schema_lock(waiter):
+                    acquired.set()
+            except Exception as error:  # reported by the assertion below
+                errors.append(error)
+
+        with schema_lock(holder):
+            worker = threading.Thread(target=second_worker)
+            worker.start()
+            time.sleep(0.5)  # the second worker is now waiting for the lock
+            assert not acquired.is_set()
+            holder.execute("CREATE INDEX CONCURRENTLY schema_lock_probe_x ON schema_lock_probe (x)")
+        worker.join(timeout=30)
+        assert acquired.is_set() and not errors

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ import psycopg
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +47,7 @@ TERMS_TABLE = "deepstep_terms"  # document frequency of each term, for the IDF w
 _LOAD_FORMAT = 1
 # Session advisory-lock key that serializes schema creation and checkpointer migrations between workers.
 SCHEMA_LOCK_KEY = 0x64656570_73746570  # "deepstep"
+SCHEMA_LOCK_WAIT_SECONDS = 120
 _TERM = re.compile(r"^\w+$")
 
 _SCHEMA = f"""
@@ -112,8 +115,22 @@ def connect(url: str, *, application_name: str = "deepstep", **kwargs: Any) -> p
 
 @contextmanager
 def schema_lock(connection: psycopg.Connection[Any]) -> Iterator[None]:
-    """Serialize ``CREATE ... IF NOT EXISTS`` between workers: concurrent DDL on one name can fail."""
-    connection.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+    """Serialize ``CREATE ... IF NOT EXISTS`` between workers: concurrent DDL on one name can fail.
+
+    Polls ``pg_try_advisory_lock`` rather than blocking in ``pg_advisory_lock``: a session blocked
+    inside a statement keeps a snapshot open, and the checkpointer's ``CREATE INDEX CONCURRENTLY``
+    (run under this lock) waits for every open snapshot, so holder and waiter would deadlock."""
+    deadline = time.monotonic() + SCHEMA_LOCK_WAIT_SECONDS
+    while True:
+        with connection.cursor(row_factory=tuple_row) as cursor:
+            if cursor.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,)).fetchone()[0]:
+                break
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"another deepstep worker has held the Postgres schema lock for {SCHEMA_LOCK_WAIT_SECONDS} s "
+                "while creating tables; check for a stuck worker (pg_stat_activity) and try again"
+            )
+        time.sleep(0.05)
     try:
         yield
     finally:
@@ -153,10 +170,10 @@ def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0) ->
     """
     corpus_hash = content_hash(passages)
     with connect(url) as connection:
-        ensure_schema(connection)
-        if _is_loaded(connection, corpus_hash):
-            return corpus_hash, False
         try:
+            ensure_schema(connection)
+            if _is_loaded(connection, corpus_hash):
+                return corpus_hash, False
             with connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (corpus_hash,))
                 if _is_loaded(connection, corpus_hash):
