@@ -10,11 +10,9 @@ run leaves no orphan.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from deepstep.child_processes import start_server, stop
 from deepstep.errors import ConfigError, ModelServerError
 
 MODEL_ALIAS = "smollm2-135m-instruct"
@@ -82,12 +81,6 @@ def running_server(home: Path) -> ServerInfo | None:
     return info if is_ready(info.base_url) else None
 
 
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the server when its parent dies.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 def server_command(port: int, model: Path, threads: int) -> list[str]:
     return [
         sys.executable, "-m", "llama_cpp.server",
@@ -116,11 +109,10 @@ def embedded_server(home: Path, *, foreground: bool = False, port: int | None = 
     log_path = home / "llm-server.log"
     home.mkdir(parents=True, exist_ok=True)
     log = None if foreground else open(log_path, "ab")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(
+    process = start_server(
         server_command(port, model, threads=max(1, os.cpu_count() or 1)),
         stdout=log,
         stderr=subprocess.STDOUT if log else None,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
     )
     info = ServerInfo(base_url=f"http://127.0.0.1:{port}/v1", pid=process.pid, model_path=str(model))
     state = home / STATE_FILE
@@ -137,11 +129,6 @@ def embedded_server(home: Path, *, foreground: bool = False, port: int | None = 
     finally:
         with contextlib.suppress(OSError):
             state.unlink()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_seconds=10)
         if log:
             log.close()

@@ -9,7 +9,6 @@ the server through ``OPENAI_BASE_URL``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from deepstep.child_processes import start_server, stop
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
@@ -146,24 +146,8 @@ def wait_until_ready(process: subprocess.Popen[Any], api_url: str, timeout: floa
         time.sleep(0.2)
 
 
-def die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the server if deepstep dies without cleaning up.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 def interrupt_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # `kill` stops the server and the embedded model as Ctrl-C does
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @app.command()
@@ -186,11 +170,10 @@ def studio(
         with model_environment(settings, dotenv_values_of(config_path)) as model_env:
             # The config's folder is the server's working directory: .env and the server's
             # own .langgraph_api store are found there.
-            process = subprocess.Popen(
+            process = start_server(
                 server_command(config_path, port, reload=reload),
                 cwd=config_path.parent,
                 env=server_environment(settings, model_env),
-                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
             try:
                 wait_until_ready(process, api_url, ready_timeout)
@@ -204,4 +187,4 @@ def studio(
             except KeyboardInterrupt:
                 stderr.print("studio stopped")
             finally:
-                stop(process)
+                stop(process, grace_seconds=15)
