@@ -62,7 +62,7 @@ class StepTree(nx.DiGraph):
 
     def __init__(self, incoming_graph_data: Any = None, **attr: Any) -> None:
         if incoming_graph_data is None and attr and attr.keys() == _NODE_LINK_KEYS:
-            incoming_graph_data, attr = nx.node_link_graph(attr, directed=True, multigraph=False, edges="edges"), {}
+            incoming_graph_data, attr = _node_link_graph(attr), {}
         super().__init__(incoming_graph_data, **attr)
 
     def model_dump(self, **_: Any) -> dict[str, Any]:
@@ -296,9 +296,12 @@ def to_data(tree: nx.DiGraph) -> dict[str, Any]:
     return nx.node_link_data(tree, edges="edges")
 
 
+def _node_link_graph(data: Mapping[str, Any]) -> nx.DiGraph:
+    return nx.node_link_graph(dict(data), directed=True, multigraph=False, edges="edges")
+
+
 def from_data(data: Mapping[str, Any]) -> StepTree:
-    graph = nx.node_link_graph(dict(data), directed=True, multigraph=False, edges="edges")
-    return StepTree(graph)
+    return StepTree(_node_link_graph(data))
 
 
 def trees_equal(left: nx.DiGraph, right: nx.DiGraph) -> bool:
