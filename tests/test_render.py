@@ -20,6 +20,7 @@ import pytest
 
 from deepstep import render
 from deepstep import tree as step_tree
+from deepstep.cli.outputs import write_parquet
 from deepstep.errors import ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -159,7 +160,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow", reason="pyarrow is in the notebooks extra; install it to test Parquet")
     table = render.storyboard_table(mixed_tree())
     path = tmp_path / "table.parquet"
-    render.write_parquet(table, str(path))
+    write_parquet(table, path)
     back = pd.read_parquet(path)
     assert list(back.columns) == render.TABLE_COLUMNS
     assert list(back["task_step_level"]) == ["0", "0>1", "0>1>1", "0>2"]
@@ -169,7 +170,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
 def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail
     with pytest.raises(ConfigError, match="pip install pyarrow"):
-        render.write_parquet(render.storyboard_table(mixed_tree()), str(tmp_path / "t.parquet"))
+        write_parquet(render.storyboard_table(mixed_tree()), tmp_path / "t.parquet")
     assert not (tmp_path / "t.parquet").exists()
 
 

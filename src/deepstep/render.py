@@ -18,7 +18,6 @@ import pandas as pd
 
 from deepstep import tree as step_tree
 from deepstep.citations import cited_numbers
-from deepstep.errors import ConfigError
 
 TABLE_COLUMNS = [
     "task_step_id",
@@ -144,12 +143,3 @@ def tree_layout(graph: nx.DiGraph, root: Hashable, *, order: Callable[[Hashable]
 
     place(root, 0)
     return positions
-
-
-def write_parquet(table: pd.DataFrame, path: str) -> None:
-    """Write the storyboard table as Parquet (needs pyarrow; contexts become a list of structs)."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or use --format csv)") from None
-    table.to_parquet(path, index=False, engine="pyarrow")

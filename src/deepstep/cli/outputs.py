@@ -6,20 +6,27 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from langchain_core.runnables.graph import Graph
 
-from deepstep import api, render, store
+from deepstep import api, store
 from deepstep.atomic_files import atomic_path, write_text_atomically
 from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, user_errors
 from deepstep.cli.run import finish as finish_run
+from deepstep.errors import ConfigError
 
 GRAPH_FORMATS = ("mermaid", "ascii", "png")
 
 
-def _write_parquet(path: Path, result: api.RunResult) -> None:
+def write_parquet(table: pd.DataFrame, path: Path) -> None:
+    """Write the storyboard table as Parquet, atomically (needs pyarrow; contexts become a list of structs)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or use --format csv)") from None
     with atomic_path(path) as temp:
-        render.write_parquet(result.table(), str(temp))
+        table.to_parquet(temp, index=False, engine="pyarrow")
 
 
 @app.command("export")
@@ -39,7 +46,7 @@ def export(
             if dreamsboard is not None:
                 stderr.print(f"wrote {store.export_store(result.tree, dreamsboard)}", highlight=False)
             if parquet is not None:
-                _write_parquet(parquet, result)
+                write_parquet(result.table(), parquet)
                 stderr.print(f"wrote {parquet}", highlight=False)
             if csv is not None:
                 write_text_atomically(csv, result.table().to_csv(index=False))
