@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from deepstep.configuration import Settings
 from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, load_passages
 from deepstep.errors import ConfigError, ModelServerError
-from deepstep.retrieval import tokenize
+from deepstep.retrieval import passage_document, tokenize
 
 PASSAGES_TABLE = "deepstep_passages"
 CORPORA_TABLE = "deepstep_corpora"
@@ -411,13 +411,8 @@ class PostgresRetriever(BaseRetriever):
                 rows = connection.execute(sql, parameters).fetchall()
         except psycopg.Error as error:
             raise connection_error(self.database_url, error) from None
-        return [
-            Document(
-                page_content=text,
-                metadata={"ref_id": ref_id, "chunk_id": chunk_id, "title": title, "source": source, "score": float(score)},
-            )
-            for ref_id, chunk_id, title, source, text, score in rows
-        ]
+        # The queries select ref_id, chunk_id, title, source, text (Passage's fields, in order), then the score.
+        return [passage_document(Passage(*fields), float(score)) for *fields, score in rows]
 
 
 __all__ = [

@@ -217,15 +217,7 @@ class BM25Retriever(BaseRetriever):
         for i in np.argsort(-scores, kind="stable")[: self.k]:  # stable: ties keep corpus order
             if scores[i] <= 0:
                 break
-            passage = self.passages[i]
-            metadata: dict[str, Any] = {
-                "ref_id": passage.ref_id,
-                "chunk_id": passage.chunk_id,
-                "title": passage.title,
-                "source": passage.source,
-                "score": float(scores[i]),
-            }
-            documents.append(Document(page_content=passage.text, metadata=metadata))
+            documents.append(passage_document(self.passages[i], float(scores[i])))
         return documents
 
 
@@ -247,6 +239,13 @@ def _drop_superseded(target: Path, origin: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def passage_document(passage: Passage, score: float) -> Document:
+    """A retrieved passage as every deepstep retriever returns it: the text, with ref_id, chunk_id,
+    title, source and score in the metadata."""
+    metadata = {"ref_id": passage.ref_id, "chunk_id": passage.chunk_id, "title": passage.title, "source": passage.source, "score": score}
+    return Document(page_content=passage.text, metadata=metadata)
+
+
 def contexts_from_documents(docs: list[Document]) -> list[dict[str, Any]]:
     """Plain dicts for the graph state, one per retrieved document."""
     return [
@@ -262,4 +261,4 @@ def contexts_from_documents(docs: list[Document]) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["BM25Retriever", "Passage", "contexts_from_documents", "demo_corpus_dir", "load_passages", "tokenize"]
+__all__ = ["BM25Retriever", "Passage", "contexts_from_documents", "passage_document", "demo_corpus_dir", "load_passages", "tokenize"]
