@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -119,15 +118,7 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
 @contextmanager
 def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
     with open_checkpointer(settings) as saver:
-        try:
-            yield build_graph(saver, retriever=retriever)
-        except sqlite3.DatabaseError as error:
-            if isinstance(error, sqlite3.OperationalError):  # locked, read-only, I/O: not damage
-                raise
-            # Damage that the opening checks cannot see (a corrupt page) shows up on the first read.
-            raise ConfigError(
-                f"the checkpoint database {settings.checkpoint_file} is damaged ({error}); move it away or set DEEPSTEP_HOME to another folder"
-            ) from None
+        yield build_graph(saver, retriever=retriever)
 
 
 def _check_models(settings: Settings) -> None:

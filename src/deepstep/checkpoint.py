@@ -37,7 +37,13 @@ def sqlite_checkpointer(path: Path) -> Iterator[SqliteSaver]:
         # setup() switched to WAL; NORMAL skips the fsync per commit (~7 ms, two per model call) and still
         # survives a killed process. Only a power cut may lose the last checkpoints, which resume redoes.
         connection.execute("PRAGMA synchronous=NORMAL")
-        yield saver
+        try:
+            yield saver
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):  # locked, read-only, I/O: not damage
+                raise
+            # Damage that the opening checks cannot see (a corrupt page) shows up on the first read.
+            raise ConfigError(f"the checkpoint database {path} is damaged ({error}); move it away or set DEEPSTEP_HOME to another folder") from None
     finally:
         connection.close()
 
