@@ -23,7 +23,7 @@ from deepstep import render
 from deepstep import tree as step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
-from deepstep.corpus import default_corpus_dir
+from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir
 from deepstep.errors import (
     ConfigError,
     InputError,
@@ -194,6 +194,8 @@ def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: Ba
     if corpus is None and settings.corpus is None and retriever is None:
         # Pin the default corpus in the thread's settings: a resume keeps it even if another is fetched meanwhile.
         corpus = default_corpus_dir(settings.home)
+        if corpus == demo_corpus_dir():
+            announce_demo_corpus()
     if corpus is not None:
         settings = Settings.build(**{**settings.model_dump(), "corpus": Path(corpus)})
     if retriever is None:

@@ -7,7 +7,6 @@ Also the demo corpus: the scikit-learn user guide from Debian's ``python-sklearn
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import itertools
 import json
@@ -367,9 +366,8 @@ def default_corpus_dir(home: Path) -> Path:
     return sklearn if is_fetched(sklearn) else demo_corpus_dir()
 
 
-@functools.cache
 def announce_demo_corpus() -> None:
-    """Log the demo corpus notice, once per process (every retrieve step resolves the default corpus)."""
+    """Log the demo corpus notice; said where a run pins its default corpus, once per run."""
     logger.warning(DEMO_CORPUS_NOTICE)
 
 

@@ -73,10 +73,7 @@ def search(
             settings = load_settings(corpus=default_corpus_dir(settings.home), top_k=k)
             if settings.corpus == demo_corpus_dir():
                 stderr.print(DEMO_CORPUS_NOTICE, highlight=False, soft_wrap=True)
-        corpus_root(settings.corpus)  # type: ignore[arg-type]  # set just above
-        retriever = corpus_retriever(settings)
-        if isinstance(retriever, BM25Retriever):
-            retriever = retriever.model_copy(update={"k": k})
+        retriever = corpus_retriever(settings)  # returns settings.top_k = k hits
         hits = [{"rank": rank, **hit} for rank, hit in enumerate(contexts_from_documents(retriever.invoke(query)), 1)]
         if as_json:
             sys.stdout.write(json.dumps(hits, ensure_ascii=False, indent=2) + "\n")

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from deepstep import prompts
 from deepstep.checkpoint import postgres_module
 from deepstep.configuration import Settings
-from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir
+from deepstep.corpus import default_corpus_dir
 from deepstep.retrieval import BM25Retriever, contexts_from_documents
 from deepstep.state import StepState
 
@@ -36,13 +36,13 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
     """The retriever over the configured corpus (default: the fetched scikit-learn user guide, else the
     bundled demo corpus): BM25, or Postgres full-text search when ``settings.retriever`` resolves to postgres."""
     corpus = (settings.corpus or default_corpus_dir(settings.home)).resolve()
-    if corpus == demo_corpus_dir().resolve():
-        announce_demo_corpus()
     if settings.uses_postgres_retriever and settings.database_url is not None:
         embedding = postgres_module().embedding_model_for(settings)
         retriever = _postgres_retriever(settings.database_url.get_secret_value(), corpus, settings.chunk_tokens, settings.chunk_overlap, embedding)
-        return retriever.model_copy(update={"k": settings.top_k})
-    return _corpus_retriever(corpus, settings.index_dir.resolve(), settings.chunk_tokens, settings.chunk_overlap)
+    else:
+        retriever = _corpus_retriever(corpus, settings.index_dir.resolve(), settings.chunk_tokens, settings.chunk_overlap)
+    # The cached retriever is shared; each caller gets a cheap copy with its own number of hits.
+    return retriever.model_copy(update={"k": settings.top_k})
 
 
 def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, RunnableConfig], dict[str, Any]]:
@@ -51,8 +51,8 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Runna
     def retrieve(state: StepState, config: RunnableConfig) -> dict[str, Any]:
         settings = Settings.from_config(config)
         source = retriever or corpus_retriever(settings)
-        if isinstance(source, BM25Retriever):
-            source = source.model_copy(update={"k": settings.top_k})
+        if isinstance(retriever, BM25Retriever):  # a caller's own BM25 index: corpus_retriever already applies top_k
+            source = retriever.model_copy(update={"k": settings.top_k})
         query = f"{state['step']['name']} {state['research_question']}"
         documents = source.invoke(query, config={"callbacks": config.get("callbacks")})
         contexts, truncated = prompts.fit_contexts(contexts_from_documents(documents[: settings.top_k]), settings.context_tokens)
