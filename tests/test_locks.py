@@ -17,6 +17,7 @@ from deepstep.configuration import Settings
 from deepstep.errors import ThreadBusyError, UnknownThreadError
 from deepstep.locks import advisory_key, lock_file, thread_lock
 from deepstep.testing import FakeLLMServer
+from deepstep.testing.crash import cli_command
 
 BUSY = r"thread {thread} is already running in another process \(pid {pid}\); wait for it or use another --thread-id"
 
@@ -99,7 +100,7 @@ def test_cli_refuses_a_second_run_of_the_same_thread(tmp_path):
     # A slow model keeps the first run busy until the second one has been refused.
     with FakeLLMServer(latency_ms=2000) as server:
         env = cli_env(tmp_path / "home", server.base_url)
-        command = [sys.executable, "-m", "deepstep.cli", "run", "What is a loss function?", "--thread-id", "same"]
+        command = cli_command("run", "What is a loss function?", "--thread-id", "same")
         first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while not server.log():

@@ -34,6 +34,7 @@ from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.postgres import PostgresRetriever, connect, load_corpus, redact_url, schema_lock
 from deepstep.retrieval import BM25Retriever, tokenize
 from deepstep.testing import FakeLLMServer
+from deepstep.testing.crash import cli_command
 
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
 
@@ -323,8 +324,16 @@ def clean_env(home: Path, **values: str) -> dict[str, str]:
     return env
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deepstep.cli", *args]
+def start_worker(command: list[str], env: dict[str, str], server: FakeLLMServer, *, calls: int) -> subprocess.Popen[str]:
+    """A CLI worker process, returned once the model server has seen ``calls`` requests from it."""
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(server.log()) < calls:
+        assert worker.poll() is None and time.monotonic() < deadline, (
+            worker.stderr.read() if worker.poll() is not None else f"fewer than {calls} model calls"
+        )
+        time.sleep(0.02)
+    return worker
 
 
 def busy_span(server: FakeLLMServer) -> tuple[float, float]:
@@ -340,7 +349,7 @@ def test_two_workers_on_different_threads_share_one_database(postgres_url, tmp_p
         servers = {"worker-a": server_a, "worker-b": server_b}
         workers = {
             thread: subprocess.Popen(
-                cli("run", question, "--thread-id", thread),
+                cli_command("run", question, "--thread-id", thread),
                 env=clean_env(tmp_path / thread, OPENAI_BASE_URL=servers[thread].base_url, DEEPSTEP_DATABASE_URL=postgres_url),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -372,12 +381,8 @@ def test_second_worker_on_the_same_thread_is_refused(postgres_url, tmp_path):
     # A slow model keeps the first worker busy until the second one has been refused.
     with FakeLLMServer(latency_ms=2000) as server:
         env = clean_env(tmp_path / "home", OPENAI_BASE_URL=server.base_url, DEEPSTEP_DATABASE_URL=postgres_url)
-        command = cli("run", "What is a loss function?", "--thread-id", "shared")
-        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not server.log():  # the first worker holds the lock and is calling the model
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "no model call"
-            time.sleep(0.02)
+        command = cli_command("run", "What is a loss function?", "--thread-id", "shared")
+        first = start_worker(command, env, server, calls=1)  # holds the lock and is calling the model
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert first.poll() is None, "the first worker ended before the second was refused: raise the fake latency"
         assert second.returncode == 2
@@ -385,7 +390,7 @@ def test_second_worker_on_the_same_thread_is_refused(postgres_url, tmp_path):
         assert second.stderr.strip().splitlines()[-1] == (
             f"error: thread shared is already running in another process (pid {first.pid}); wait for it or use another --thread-id"
         )
-        resumed = subprocess.run(cli("resume", "shared"), env=env, capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run(cli_command("resume", "shared"), env=env, capture_output=True, text=True, timeout=120)
         assert first.poll() is None
         assert resumed.returncode == 2 and "already running" in resumed.stderr
         server.set_latency(0)
@@ -399,12 +404,8 @@ def test_second_worker_on_the_same_thread_is_refused(postgres_url, tmp_path):
 def test_losing_the_database_mid_run_is_a_clear_error_and_the_thread_resumes(postgres_url, tmp_path):
     with FakeLLMServer(latency_ms=300) as server:
         env = clean_env(tmp_path / "home", OPENAI_BASE_URL=server.base_url, DEEPSTEP_DATABASE_URL=postgres_url)
-        command = cli("run", "What is a loss function?", "--thread-id", "cut")
-        worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while len(server.log()) < 6:  # planned, and steps under way
-            assert worker.poll() is None and time.monotonic() < deadline, "the run ended before the cut"
-            time.sleep(0.02)
+        command = cli_command("run", "What is a loss function?", "--thread-id", "cut")
+        worker = start_worker(command, env, server, calls=6)  # planned, and steps under way
         with psycopg.connect(admin_url(postgres_url), autocommit=True) as admin:
             cut = admin.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -416,7 +417,7 @@ def test_losing_the_database_mid_run_is_a_clear_error_and_the_thread_resumes(pos
         assert stderr.strip().endswith("then continue the thread with `deepstep resume`")
         assert POSTGRES_TEST_PASSWORD not in stderr
         server.set_latency(0)
-        resumed = subprocess.run(cli("resume", "cut"), env=env, capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run(cli_command("resume", "cut"), env=env, capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 0, resumed.stderr
     result = deepstep.load("cut", settings=Settings.build(home=tmp_path, database_url=postgres_url))
     assert result.status == "done" and not result.failed_steps
