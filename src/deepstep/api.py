@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 import uuid
@@ -32,7 +33,8 @@ from deepstep.errors import (
     UnknownThreadError,
 )
 from deepstep.graph import build_graph
-from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
+from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
+from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
@@ -48,6 +50,8 @@ class Progress:
     phase: str
     steps_done: int = 0
     steps_total: int = 0
+    # Model calls the run lets be in flight at once (the embedded server serves one at a time).
+    calls_in_flight: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -103,7 +107,7 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
     if not settings.needs_embedded_model:
         yield settings
         return
-    with embedded_server(settings.home) as server:
+    with embedded_server(settings.home, module=settings.llama_server_module) as server:
         yield Settings.build(
             **{
                 **settings.model_dump(),
@@ -111,6 +115,9 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
                 "model": MODEL_ALIAS,
                 "llama_cpp": True,
                 "max_tokens": min(settings.max_tokens, EMBEDDED_MAX_TOKENS),
+                # The server computes one request at a time: more calls in flight would only queue
+                # there and run into the per-call timeout while they wait.
+                "max_concurrency": min(settings.max_concurrency, EMBEDDED_CAPACITY),
             }
         )
 
@@ -151,6 +158,8 @@ def _as_user_error(error: Exception, settings: Settings) -> Exception:
     if isinstance(error, openai.NotFoundError):
         return ConfigError(f"the model server at {base_url} does not know model {settings.model!r}: set DEEPSTEP_MODEL")
     if isinstance(error, openai.APIConnectionError):
+        if reason := gone_reason(base_url):
+            return ModelServerError(reason)
         return ModelServerError(f"cannot reach the model server at {base_url}: start it, or set OPENAI_BASE_URL to a running server")
     if isinstance(error, openai.APIStatusError):
         return ModelServerError(f"the model server at {base_url} keeps failing (HTTP {error.status_code}); try again later")
@@ -185,8 +194,17 @@ def _execute(graph: CompiledStateGraph, graph_input: Any, thread_id: str, settin
     with _model_server(settings) as served:
         _check_models(served)
         config = _run_config(thread_id, served)
+        if on_progress is not None and settings.needs_embedded_model:
+            on_progress = _with_calls_in_flight(on_progress, served.max_concurrency)
         _stream(graph, graph_input, config, on_progress)
         return _result(graph, config)
+
+
+def _with_calls_in_flight(on_progress: ProgressCallback, calls: int) -> ProgressCallback:
+    def report(progress: Progress) -> None:
+        on_progress(dataclasses.replace(progress, calls_in_flight=calls))
+
+    return report
 
 
 def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: BaseRetriever | None) -> Settings:

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         description="The server is llama.cpp (set automatically for the embedded model): max_tokens is sent in the "
         "request body and json_object replies are constrained by the JSON schema.",
     )
+    llama_server_module: str = Field(
+        default="llama_cpp.server",
+        description="Python module run (with llama-cpp-python's server options) as the embedded model server; "
+        "tests use deepstep.testing.stand_in_llama, which can crash on demand.",
+    )
     structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
     max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
     roles: dict[Role, RoleModel] = Field(default_factory=dict, description="Per-role model overrides.")

@@ -45,7 +45,16 @@ def is_transient(error: BaseException) -> bool:
     bugs in our own code are not retried."""
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
+    if isinstance(error, openai.APIConnectionError) and _dead_embedded_server(error):
+        return False  # nothing will answer another attempt
     return isinstance(error, openai.APIConnectionError | httpx.TransportError | StructuredOutputError)
+
+
+def _dead_embedded_server(error: openai.APIConnectionError) -> str | None:
+    """Why the embedded model server behind a failed request died, if it did."""
+    from deepstep.llm_server import gone_reason
+
+    return gone_reason(str(error.request.url)) if getattr(error, "request", None) is not None else None
 
 
 def describe_error(error: BaseException) -> str:
@@ -53,7 +62,7 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, openai.APITimeoutError):
         return "the model server timed out"
     if isinstance(error, openai.APIConnectionError):
-        return "cannot reach the model server"
+        return _dead_embedded_server(error) or "cannot reach the model server"
     if isinstance(error, openai.APIStatusError):
         body = error.body.get("error", error.body) if isinstance(error.body, dict) else None
         detail = body.get("message") if isinstance(body, dict) else None

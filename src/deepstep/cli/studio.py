@@ -121,7 +121,7 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
     from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
 
     stderr.print("no model server configured: starting the embedded model (SmolLM2-135M via llama.cpp)")
-    with embedded_server(settings.home) as server:
+    with embedded_server(settings.home, module=settings.llama_server_module) as server:
         stderr.print(f"embedded model ready at {server.base_url}")
         yield {
             "OPENAI_BASE_URL": server.base_url,

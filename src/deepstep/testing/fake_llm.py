@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -34,6 +35,7 @@ FAULT_KINDS = (
     "drop_connection",
     "length",
     "http401",  # rejects the key and echoes it in the error message, as some servers do
+    "crash",  # the server process dies of SIGSEGV, as a llama.cpp built for another CPU does (run it as its own process)
 )
 
 
@@ -419,6 +421,10 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if fault and fault.kind == "http429":
                 self._respond_error(entry, 429, "injected rate limit", "rate_limit_error", {"Retry-After": f"{fault.retry_after:g}"})
                 return
+            if fault and fault.kind == "crash":
+                entry.update(status=0, finished=time.time())
+                server._record(entry)
+                os.kill(os.getpid(), signal.SIGSEGV)
             if fault and fault.kind == "drop_connection":
                 entry.update(status=0, finished=time.time())
                 server._record(entry)
