@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -274,7 +276,7 @@ def test_search_uses_the_fetched_corpus_by_default(tmp_path):
     ("args", "message"),
     [
         (["corpus", "search", "q", "--corpus", "/no/such/folder"], "does not exist"),
-        (["corpus", "search", "q", "--corpus", str(TEST_CORPUS), "-k", "0"], "top_k"),
+        (["corpus", "search", "q", "--corpus", str(TEST_CORPUS), "-k", "0"], "-k must be between 1 and 50"),
         (["corpus", "index", "/no/such/folder"], "does not exist"),
         (["corpus", "index", str(TEST_CORPUS), "--chunk-tokens", "20", "--chunk-overlap", "30"], "chunk_overlap < chunk_tokens"),
         (["corpus", "fetch", "wikipedia"], "unknown corpus"),
@@ -285,6 +287,35 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "must_name"),
+    [
+        (["corpus", "index", "/no/such/folder"], set()),
+        (["corpus", "index", "EMPTY"], set()),
+        (["corpus", "index", str(TEST_CORPUS), "--chunk-tokens", "5"], set()),
+        (["corpus", "search", "q", "--corpus", "/no/such/folder"], set()),
+        (["corpus", "search", "q", "--corpus", "EMPTY"], set()),
+        (["corpus", "search", "q", "--corpus", str(TEST_CORPUS), "-k", "0"], {"-k"}),
+        (["corpus", "search", "q", "--corpus", str(TEST_CORPUS), "-k", "51"], {"-k"}),
+    ],
+)
+def test_error_hints_name_only_options_the_command_has(args, must_name, tmp_path):
+    """A hint names options of the command that failed, or quotes another command with its real options."""
+    from test_readme import check_command_lines, command_and_options, named_options
+
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if arg == "EMPTY" else arg for arg in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    quoted = re.findall(r"`(deepstep [^`]*)`", message)
+    check_command_lines([shlex.split(command)[1:] for command in quoted])
+    _, options, _ = command_and_options(args)
+    named = named_options(re.sub(r"`[^`]*`", "", message))
+    assert named <= options, f"{' '.join(args[:2])} has no option {sorted(named - options)}: {message}"
+    assert must_name <= named, f"the hint should name {sorted(must_name)}: {message}"
 
 
 def test_no_match_is_not_an_error():
@@ -332,7 +363,7 @@ def test_fetch_sklearn_for_real(tmp_path):
 def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     # An empty PATH: apt-get cannot be found, as on a system without apt.
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(CorpusError, match="(apt-get|dpkg-deb) not found.*--corpus DIR"):
+    with pytest.raises(CorpusError, match="(apt-get|dpkg-deb) not found.*`deepstep run --corpus DIR`"):
         corpus_module.fetch_sklearn(tmp_path / "home")
     result = runner.invoke(app, ["corpus", "fetch", "sklearn"])
     assert result.exit_code == 2 and "not found: `deepstep corpus fetch sklearn` needs a Debian" in result.stderr

@@ -19,7 +19,7 @@ from deepstep.locks import advisory_key, lock_file, thread_lock
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import cli_command
 
-BUSY = r"thread {thread} is already running in another process \(pid {pid}\); wait for it or use another --thread-id"
+BUSY = r"thread {thread} is already running in another process \(pid {pid}\); wait for it, or pick another thread id"
 
 HOLD_LOCK = """
 import sys, time
@@ -110,7 +110,7 @@ def test_cli_refuses_a_second_run_of_the_same_thread(tmp_path):
         assert first.poll() is None, "the first run ended before the second was refused"
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert second.stderr.strip().splitlines()[-1] == (
-            f"error: thread same is already running in another process (pid {first.pid}); wait for it or use another --thread-id"
+            f"error: thread same is already running in another process (pid {first.pid}); wait for it, or pick another thread id"
         )
         server.set_latency(0)
         _, stderr = first.communicate(timeout=240)

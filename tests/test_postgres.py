@@ -388,7 +388,7 @@ def test_second_worker_on_the_same_thread_is_refused(postgres_url, tmp_path):
         assert second.returncode == 2
         assert "Traceback" not in second.stderr
         assert second.stderr.strip().splitlines()[-1] == (
-            f"error: thread shared is already running in another process (pid {first.pid}); wait for it or use another --thread-id"
+            f"error: thread shared is already running in another process (pid {first.pid}); wait for it, or pick another thread id"
         )
         resumed = subprocess.run(cli_command("resume", "shared"), env=env, capture_output=True, text=True, timeout=120)
         assert first.poll() is None

@@ -50,24 +50,34 @@ def _command_lines() -> list[list[str]]:
 
 
 def _options(command: Any) -> set[str]:
-    return {name for param in command.params if not getattr(param, "hidden", False) for name in (*param.opts, *param.secondary_opts)}
+    named = {name for param in command.params if not getattr(param, "hidden", False) for name in (*param.opts, *param.secondary_opts)}
+    return named | {"--help"}  # click adds --help when it parses, not as a param
+
+
+def command_and_options(words: list[str]) -> tuple[list[str], set[str], list[str]]:
+    """For ``deepstep WORDS...``: the (sub)command path, the options that command takes, the words after it."""
+    command = typer.main.get_command(app)
+    path = ["deepstep"]
+    rest = list(words)
+    while hasattr(command, "commands"):  # a group (typer bundles its own click: no isinstance)
+        assert rest, f"{' '.join(path)}: no subcommand named"
+        sub = command.commands.get(rest[0])
+        assert sub is not None, f"`{' '.join(path)} {rest[0]}` is not a command"
+        path.append(rest.pop(0))
+        command = sub
+    return path, _options(command), rest
+
+
+def named_options(text: str) -> set[str]:
+    """The ``--option`` and ``-k`` names in a text (not the dashes inside words like ``non-empty``)."""
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text))
 
 
 def check_command_lines(lines: list[list[str]]) -> None:
     """Every line names a real (sub)command and only options that command has."""
-    root = typer.main.get_command(app)
     for words in lines:
-        command = root
-        path = ["deepstep"]
-        rest = list(words)
-        while hasattr(command, "commands"):  # a group (typer bundles its own click: no isinstance)
-            assert rest, f"{' '.join(path)}: the README names no subcommand"
-            sub = command.commands.get(rest[0])
-            assert sub is not None, f"`{' '.join(path)} {rest[0]}` in the README is not a command"
-            path.append(rest.pop(0))
-            command = sub
-        named = {m for word in rest for m in re.findall(r"(?:^|\[)(--?[A-Za-z][\w-]*)", word)}
-        unknown = named - _options(command)
+        path, options, rest = command_and_options(words)
+        unknown = named_options(" ".join(rest)) - options
         assert not unknown, f"`{' '.join(path)}` has no option {sorted(unknown)} (README line: deepstep {' '.join(words)})"
 
 

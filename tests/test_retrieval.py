@@ -137,7 +137,7 @@ def test_invalid_chunk_settings():
 
 
 def test_missing_folder_says_what_to_do(tmp_path):
-    with pytest.raises(CorpusError, match="does not exist: pass --corpus DIR"):
+    with pytest.raises(CorpusError, match="does not exist: give the path of a folder"):
         load_passages(tmp_path / "nope")
     with pytest.raises(CorpusError, match="does not exist"):
         BM25Retriever.from_directory(tmp_path / "nope", cache_dir=tmp_path / "cache")
@@ -146,7 +146,7 @@ def test_missing_folder_says_what_to_do(tmp_path):
 def test_folder_without_readable_files_says_what_to_do(tmp_path):
     (tmp_path / "empty.md").write_bytes(b"")
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01")
-    with pytest.raises(CorpusError, match=r"no readable \.md/\.txt/\.rst/\.html files.*--corpus"):
+    with pytest.raises(CorpusError, match=r"no readable \.md/\.txt/\.rst/\.html files.*add UTF-8 text or HTML files to it, or use another folder"):
         load_passages(tmp_path)
 
 

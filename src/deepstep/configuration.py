@@ -228,7 +228,7 @@ class Settings(BaseSettings):
             )
         if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
             raise ConfigError(
-                f"the model server URL {base_url!r} is not an http(s) URL: set OPENAI_BASE_URL or --base-url to one like http://127.0.0.1:8080/v1"
+                f"the model server URL {base_url!r} is not an http(s) URL: set OPENAI_BASE_URL (or `deepstep run --base-url`) to one like http://127.0.0.1:8080/v1"
             )
         default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
         return ResolvedModel(
@@ -324,4 +324,4 @@ def describe_validation_error(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "settings"
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{field}: {message}")
-    return "invalid settings: " + "; ".join(problems) + " (see `deepstep run --help` or DEEPSTEP_* variables)"
+    return "invalid settings: " + "; ".join(problems) + " (see the command's --help, or the DEEPSTEP_<NAME> variables)"

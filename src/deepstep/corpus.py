@@ -241,7 +241,7 @@ def read_document(path: Path) -> tuple[str, str] | None:
 def corpus_root(corpus_dir: str | Path) -> Path:
     root = Path(corpus_dir).expanduser()
     if not root.is_dir():
-        raise CorpusError(f"corpus folder {root} does not exist: pass --corpus DIR with Markdown, text, reStructuredText or HTML files")
+        raise CorpusError(f"corpus folder {root} does not exist: give the path of a folder of Markdown, text, reStructuredText or HTML files")
     return root
 
 
@@ -332,7 +332,7 @@ def load_passages(
     if not passages:
         raise CorpusError(
             f"corpus folder {root} has no readable .md/.txt/.rst/.html files (skipped {skipped} empty, binary or "
-            "undecodable files): add UTF-8 text or HTML files, or pass --corpus DIR pointing at another folder"
+            "undecodable files): add UTF-8 text or HTML files to it, or use another folder"
         )
     return passages, skipped
 
@@ -409,11 +409,11 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except FileNotFoundError:
         raise CorpusError(
-            f"{command[0]} not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; use the bundled demo "
-            "corpus or pass --corpus DIR"
+            f"{command[0]} not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; runs use the bundled "
+            "demo corpus, or your own folder with `deepstep run --corpus DIR`"
         ) from None
     except subprocess.TimeoutExpired:
-        raise CorpusError(f"`{' '.join(command)}` timed out: check the network, or use --corpus DIR") from None
+        raise CorpusError(f"`{' '.join(command)}` timed out: check the network, or run on your own folder with `deepstep run --corpus DIR`") from None
 
 
 def _last_line(process: subprocess.CompletedProcess[str]) -> str:
@@ -436,10 +436,12 @@ def download_deb(package: str, work: Path, apt_state: Path) -> Path:
         options = ["-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}", "-o", "Debug::NoLocking=1"]
         update = _run(["apt-get", "-q", *options, "update"], work)
         if update.returncode != 0:
-            raise CorpusError(f"cannot update apt package lists: {_last_line(update)}; use the bundled demo corpus or --corpus DIR")
+            raise CorpusError(
+                f"cannot update apt package lists: {_last_line(update)}; runs use the bundled demo corpus, or `deepstep run --corpus DIR`"
+            )
         attempt = _run(["apt-get", *options, "download", package], work)
         if attempt.returncode != 0:
-            raise CorpusError(f"cannot download {package}: {_last_line(attempt)}; use the bundled demo corpus or --corpus DIR")
+            raise CorpusError(f"cannot download {package}: {_last_line(attempt)}; runs use the bundled demo corpus, or `deepstep run --corpus DIR`")
     debs = sorted(work.glob(f"{package}_*.deb"))
     if not debs:
         raise CorpusError(f"apt-get reported success but no {package} .deb appeared in {work}")
@@ -502,7 +504,8 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
     report = on_status or (lambda message: None)
     if shutil.which("dpkg-deb") is None:
         raise CorpusError(
-            "dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; use the bundled demo corpus or pass --corpus DIR"
+            "dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; runs use the bundled demo corpus, "
+            "or your own folder with `deepstep run --corpus DIR`"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:

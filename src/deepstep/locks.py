@@ -48,7 +48,7 @@ def _busy(thread_id: str, holder: str | None) -> ThreadBusyError:
     if holder and (match := _HOLDER.search(holder)):
         pid, host = match.groups()
         where = f" (pid {pid}" + ("" if host == socket.gethostname() else f" on {host}") + ")"
-    return ThreadBusyError(f"thread {thread_id} is already running in another process{where}; wait for it or use another --thread-id")
+    return ThreadBusyError(f"thread {thread_id} is already running in another process{where}; wait for it, or pick another thread id")
 
 
 @contextmanager

@@ -68,6 +68,8 @@ def search(
 ) -> None:
     """Print the passages that best match QUERY, best first."""
     with user_errors():
+        if not 1 <= k <= 50:  # the top_k setting's range, reported under the option's own name
+            fail(f"-k must be between 1 and 50, got {k}")
         settings = load_settings(corpus=corpus, top_k=k)
         if settings.corpus is None:
             settings = load_settings(corpus=default_corpus_dir(settings.home), top_k=k)

@@ -24,7 +24,7 @@ def write_parquet(table: pd.DataFrame, path: Path) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or use --format csv)") from None
+        raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or export with --csv FILE)") from None
     with atomic_path(path) as temp:
         table.to_parquet(temp, index=False, engine="pyarrow")
 
