@@ -8,6 +8,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -144,7 +145,7 @@ def test_seed_table_golden() -> None:
     assert list(table["task_step_level"]) == ["0", "0>1", "0>1>1", "0>1>2", "0>1>4", "0>1>5", "0>1>6", "0>2", "0>3", "0>4", "0>5"]
     assert table.loc[0, "task_step_id"] == "87469b6b-3ea2-4383-9965-aa3e54e1ff1a"
     assert set(table["start_task_context"]) == {"什么是损失函数？"}
-    check_golden("seed_table.csv", table.to_csv(index=False))
+    check_golden("seed_table.csv", render.storyboard_csv(seed_tree()))
 
 
 def test_table_contexts_are_lists_of_dicts() -> None:
@@ -153,7 +154,20 @@ def test_table_contexts_are_lists_of_dicts() -> None:
     assert isinstance(contexts, list) and all(isinstance(c, dict) for c in contexts)
     assert [c["chunk_id"] for c in contexts] == ["ref1:0", "ref2:0"]
     assert table.loc[3, "task_step_question_context"] == []
-    check_golden("mixed_table.csv", table.to_csv(index=False))
+    check_golden("mixed_table.csv", render.storyboard_csv(mixed_tree()))
+
+
+def test_csv_writes_contexts_as_json() -> None:
+    tree = mixed_tree()
+    table = render.storyboard_table(tree)
+    text = render.storyboard_csv(tree)
+    back = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    assert list(back.columns) == render.TABLE_COLUMNS
+    contexts = [json.loads(cell) for cell in back["task_step_question_context"]]
+    assert contexts == list(table["task_step_question_context"])
+    assert contexts[0][0]["chunk_id"] == "ref1:0" and contexts[3] == []
+    assert "回归损失" in text  # JSON without \u escapes, like the rest of the table
+    assert back["task_step_question_answer"].tolist() == list(table["task_step_question_answer"])
 
 
 def test_parquet_round_trip(tmp_path: Path) -> None:

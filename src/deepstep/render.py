@@ -9,6 +9,7 @@ the answers cite.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -119,6 +120,14 @@ def storyboard_table(tree: nx.DiGraph) -> pd.DataFrame:
         for index, step in enumerate(step_tree.steps(tree))
     ]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def storyboard_csv(tree: nx.DiGraph) -> str:
+    """The storyboard table as CSV text. List and dict cells (each step's passages) are written as JSON,
+    so any CSV reader gets them back with ``json.loads`` (the DataFrame keeps real lists and dicts)."""
+    table = storyboard_table(tree)
+    as_json = table.map(lambda value: json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, list | dict) else value)
+    return as_json.to_csv(index=False)
 
 
 def tree_layout(graph: nx.DiGraph, root: Hashable, *, order: Callable[[Hashable], Any] | None = None) -> dict[Hashable, tuple[float, float]]:

@@ -49,7 +49,9 @@ def export(
                 write_parquet(result.table(), parquet)
                 stderr.print(f"wrote {parquet}", highlight=False)
             if csv is not None:
-                write_text_atomically(csv, result.table().to_csv(index=False))
+                from deepstep.render import storyboard_csv
+
+                write_text_atomically(csv, storyboard_csv(result.tree))
                 stderr.print(f"wrote {csv}", highlight=False)
             if markdown is not None:
                 write_text_atomically(markdown, result.markdown)
