@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import openai
@@ -130,15 +129,25 @@ def test_parse_fault_strings():
 
 
 def test_calls_are_served_concurrently():
-    with FakeLLMServer(latency_ms=200) as fake:
-        started = time.perf_counter()
-        threads = [threading.Thread(target=chat, args=(fake, "answer", f"q{i}")) for i in range(8)]
-        for thread in threads:
-            thread.start()
+    """All 8 requests are inside the server at once: held there, a server answering one at a time
+    would never get past the first (no clock involved)."""
+    statuses: list[int] = []
+    with FakeLLMServer() as fake:
+        fake.hold()
+        threads = [
+            threading.Thread(target=lambda i=i: statuses.append(chat(fake, "answer", f"q{i}", client_timeout=120).status_code)) for i in range(8)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            all_in_flight = fake.wait_in_flight(8)
+        finally:
+            fake.release()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - started
-    assert elapsed < 4 * 0.2  # serial would take 8 x 200 ms
+    assert all_in_flight, f"at most {fake.max_in_flight} of 8 requests were in flight at once"
+    assert fake.max_in_flight == 8 and fake.in_flight == 0
+    assert statuses == [200] * 8
 
 
 def test_control_endpoints(server):

@@ -254,16 +254,14 @@ def test_unusable_step_list_falls_back_to_the_outline(settings, fake_llm):
 
 
 def test_http_retries_respect_retry_after(settings, fake_llm):
-    import time
-
     patient = Settings.build(**{**settings.model_dump(), "max_retries": 2, "max_steps": 1, "rollouts": 0})
     fake_llm.set_faults([Fault(kind="http429", task="outline", times=1, retry_after=1.5)])
-    started = time.perf_counter()
     result = deepstep.run(QUESTION, settings=patient)
-    elapsed = time.perf_counter() - started
-    outline_statuses = [e["status"] for e in fake_llm.log() if e["task"] == "outline"]
-    assert outline_statuses == [429, 200]
-    assert elapsed >= 1.5  # waited as the server asked
+    refused, retried = [e for e in fake_llm.log() if e["task"] == "outline"]
+    assert (refused["status"], retried["status"]) == (429, 200)
+    # A lower bound only (load can only lengthen the gap): the retry came no sooner than the server asked,
+    # measured by the server between its 429 reply and the retry's arrival.
+    assert retried["started"] - refused["finished"] >= 1.5
     assert result.usage["decompose"]["retries"] == 0  # the HTTP client retried, not the graph
 
 

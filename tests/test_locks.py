@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -97,22 +96,22 @@ def cli_env(home: Path, base_url: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_cli_refuses_a_second_run_of_the_same_thread(tmp_path):
-    # A slow model keeps the first run busy until the second one has been refused.
-    with FakeLLMServer(latency_ms=2000) as server:
+    # The server holds the first run's model calls, so it is mid-run (holding the lock) until released.
+    with FakeLLMServer() as server:
         env = cli_env(tmp_path / "home", server.base_url)
         command = cli_command("run", "What is a loss function?", "--thread-id", "same")
-        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not server.log():
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never called the model"
-            time.sleep(0.02)
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert first.poll() is None, "the first run ended before the second was refused"
+        server.hold()
+        try:
+            first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            assert server.wait_in_flight(1, timeout=120), "the first run never called the model"
+            second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            assert first.poll() is None, "the first run ended before the second was refused"
+        finally:
+            server.release()
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert second.stderr.strip().splitlines()[-1] == (
             f"error: thread same is already running in another process (pid {first.pid}); wait for it, or pick another thread id"
         )
-        server.set_latency(0)
         _, stderr = first.communicate(timeout=240)
         assert first.returncode == 0, stderr
     result = deepstep.load("same", settings=Settings.build(home=tmp_path / "home"))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 NAMES = ["quickstart.ipynb", "mcts_inspection.ipynb", "step_tree.ipynb"]
-BUDGET_SECONDS = 120
+CELL_TIMEOUT_SECONDS = 120  # nbclient stops a hung cell; how fast a notebook runs is not tested
 
 
 def test_all_notebooks_are_listed() -> None:
@@ -35,11 +34,8 @@ def test_notebook_runs_on_the_fake_server(name: str, tmp_path: Path, monkeypatch
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' throwaway DEEPSTEP_HOME folders land here
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures become outputs
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=BUDGET_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    started = time.monotonic()
+    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    elapsed = time.monotonic() - started
-    assert elapsed < BUDGET_SECONDS, f"{name} took {elapsed:.0f} s"
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     if name != "quickstart.ipynb":  # the drawings: each notebook shows at least one figure

@@ -336,35 +336,33 @@ def start_worker(command: list[str], env: dict[str, str], server: FakeLLMServer,
     return worker
 
 
-def busy_span(server: FakeLLMServer) -> tuple[float, float]:
-    log = server.log()
-    return min(e["started"] for e in log), max(e["finished"] for e in log)
-
-
 @pytest.mark.slow
 def test_two_workers_on_different_threads_share_one_database(postgres_url, tmp_path):
     questions = {"worker-a": "What is a loss function?", "worker-b": "What is overfitting?"}
-    # Slow enough replies that both workers are mid-run at the same time, whatever their start-up jitter.
-    with FakeLLMServer(latency_ms=300) as server_a, FakeLLMServer(latency_ms=300) as server_b:
+    with FakeLLMServer() as server_a, FakeLLMServer() as server_b:
         servers = {"worker-a": server_a, "worker-b": server_b}
-        workers = {
-            thread: subprocess.Popen(
-                cli_command("run", question, "--thread-id", thread),
-                env=clean_env(tmp_path / thread, OPENAI_BASE_URL=servers[thread].base_url, DEEPSTEP_DATABASE_URL=postgres_url),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for thread, question in questions.items()
-        }
+        for server in servers.values():
+            server.hold()  # each worker's model calls wait until both workers are mid-run at the same time
+        try:
+            workers = {
+                thread: subprocess.Popen(
+                    cli_command("run", question, "--thread-id", thread),
+                    env=clean_env(tmp_path / thread, OPENAI_BASE_URL=servers[thread].base_url, DEEPSTEP_DATABASE_URL=postgres_url),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for thread, question in questions.items()
+            }
+            for thread, server in servers.items():
+                assert server.wait_in_flight(1, timeout=120), f"{thread} never called the model"
+        finally:
+            for server in servers.values():
+                server.release()
         for thread, worker in workers.items():
             _, stderr = worker.communicate(timeout=240)
             assert worker.returncode == 0, f"{thread}: {stderr}"
             assert POSTGRES_TEST_PASSWORD not in stderr
-        (start_a, end_a), (start_b, end_b) = busy_span(server_a), busy_span(server_b)
-        assert max(start_a, start_b) < min(end_a, end_b), "the workers did not run at the same time"
-        server_a.set_latency(0)
-        server_b.set_latency(0)
 
         # Each stored tree is its own question's, and equals a lone in-process run of that question.
         for thread, question in questions.items():
@@ -378,22 +376,25 @@ def test_two_workers_on_different_threads_share_one_database(postgres_url, tmp_p
 
 @pytest.mark.slow
 def test_second_worker_on_the_same_thread_is_refused(postgres_url, tmp_path):
-    # A slow model keeps the first worker busy until the second one has been refused.
-    with FakeLLMServer(latency_ms=2000) as server:
+    # The server holds the first worker's model calls, so it is mid-run (holding the lock) until released.
+    with FakeLLMServer() as server:
         env = clean_env(tmp_path / "home", OPENAI_BASE_URL=server.base_url, DEEPSTEP_DATABASE_URL=postgres_url)
         command = cli_command("run", "What is a loss function?", "--thread-id", "shared")
-        first = start_worker(command, env, server, calls=1)  # holds the lock and is calling the model
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert first.poll() is None, "the first worker ended before the second was refused: raise the fake latency"
+        server.hold()
+        try:
+            first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            assert server.wait_in_flight(1, timeout=120), "the first worker never called the model"
+            second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            resumed = subprocess.run(cli_command("resume", "shared"), env=env, capture_output=True, text=True, timeout=120)
+            assert first.poll() is None, "the first worker ended before the others were refused"
+        finally:
+            server.release()
         assert second.returncode == 2
         assert "Traceback" not in second.stderr
         assert second.stderr.strip().splitlines()[-1] == (
             f"error: thread shared is already running in another process (pid {first.pid}); wait for it, or pick another thread id"
         )
-        resumed = subprocess.run(cli_command("resume", "shared"), env=env, capture_output=True, text=True, timeout=120)
-        assert first.poll() is None
         assert resumed.returncode == 2 and "already running" in resumed.stderr
-        server.set_latency(0)
         _, stderr = first.communicate(timeout=240)
         assert first.returncode == 0, stderr
     result = deepstep.load("shared", settings=Settings.build(home=tmp_path, database_url=postgres_url))

@@ -17,6 +17,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -242,6 +244,12 @@ class FakeLLMServer:
         self._rules = _Rules(faults or [])
         self._log: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
+        # Chat requests being answered now and the most ever at once (proof that calls overlap, without a clock).
+        self._flight = threading.Condition()
+        self._in_flight = 0
+        self.max_in_flight = 0
+        self._open = threading.Event()  # cleared by hold(): requests wait, in flight, until release()
+        self._open.set()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -264,6 +272,7 @@ class FakeLLMServer:
         self._httpd.serve_forever(poll_interval=0.02)
 
     def stop(self) -> None:
+        self._open.set()  # requests kept by hold() finish
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -280,6 +289,37 @@ class FakeLLMServer:
     def reset_log(self) -> None:
         with self._log_lock:
             self._log.clear()
+
+    @property
+    def in_flight(self) -> int:
+        with self._flight:
+            return self._in_flight
+
+    def hold(self) -> None:
+        """Keep every chat request that arrives waiting (and counted in flight) until ``release()``."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def wait_in_flight(self, count: int, timeout: float = 60) -> bool:
+        """Wait until ``count`` chat requests are in flight at once (use with ``hold()``); False if they
+        never were within ``timeout`` seconds, e.g. because something serves them one at a time."""
+        with self._flight:
+            return self._flight.wait_for(lambda: self._in_flight >= count, timeout)
+
+    @contextmanager
+    def _in_flight_request(self) -> Iterator[None]:
+        with self._flight:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            self._flight.notify_all()
+        try:
+            self._open.wait()
+            yield
+        finally:
+            with self._flight:
+                self._in_flight -= 1
 
     def set_faults(self, faults: list[Fault]) -> None:
         self._rules.replace(faults)
@@ -383,7 +423,8 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 "prompt_tokens": sum(count_tokens(str(m.get("content", ""))) for m in messages),
                 "completion_tokens": 0,
             }
-            self._answer(body, messages, response_format, task, user, entry)
+            with server._in_flight_request():
+                self._answer(body, messages, response_format, task, user, entry)
 
         def _respond(self, entry: dict, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
             entry["status"] = status
