@@ -10,14 +10,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import networkx as nx
 import openai
-import pandas as pd
-from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from deepstep import render
@@ -38,6 +34,12 @@ from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_serve
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
+
+if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
+    import pandas as pd
+    from langchain_core.retrievers import BaseRetriever
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.graph.state import CompiledStateGraph
 
 MAX_QUESTION_CHARS = 4000
 THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -133,20 +135,50 @@ def _check_models(settings: Settings) -> None:
         settings.resolve_model(role)  # raises ConfigError when no server is configured
 
 
+# Progress phases in the user's words: while a node runs, and once it finished (its successor runs).
+_PHASE_WHILE = {
+    "outline": "planning: outline",
+    "decompose": "planning: steps",
+    "review": "steps",
+    "step": "steps",
+    "collect": "report",
+    "report": "report",
+}
+_PHASE_AFTER = {**_PHASE_WHILE, "outline": "planning: steps", "decompose": "steps", "report": "done", "__interrupt__": "waiting for review"}
+
+
+def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
+    """Where a thread stands (a resume starts mid-way), and the ids of its steps already done."""
+    values = snapshot.values
+    tree = values.get("tree")
+    ids = step_tree.step_ids(tree) if tree is not None else []
+    results = values.get("step_results") or {}
+    done = {i for i in ids if tree.nodes[i]["status"] == "done" or results.get(i, {}).get("status") == "done"}
+    phase = _PHASE_WHILE.get(snapshot.tasks[0].name, "steps") if snapshot.tasks else "planning: outline"
+    return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
+
+
 def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, on_progress: ProgressCallback | None) -> None:
-    progress = Progress(phase="outline")
+    from deepstep.interrupts import stop_on_ctrl_c
+
+    progress, finished = _progress_at(graph.get_state(config))
+    if on_progress:
+        on_progress(progress)
     try:
-        # Not subgraphs=True: LangGraph then parks a stream waiter on one of the
-        # max_concurrency worker threads, so one step fewer would run at a time.
-        for update in graph.stream(graph_input, config, stream_mode="updates"):
-            for node, values in update.items():
-                if node in ("decompose", "review") and isinstance(values, dict) and "tree" in values:
-                    progress.steps_total = len(step_tree.step_ids(values["tree"]))
-                if node == "step":
-                    progress.steps_done += 1
-                progress.phase = {"decompose": "steps", "review": "steps", "step": "steps"}.get(node, node)
-                if on_progress:
-                    on_progress(progress)
+        # Ctrl-C stops the run's model calls in every worker thread, not just the main one.
+        with stop_on_ctrl_c():
+            # Not subgraphs=True: LangGraph then parks a stream waiter on one of the
+            # max_concurrency worker threads, so one step fewer would run at a time.
+            for update in graph.stream(graph_input, config, stream_mode="updates"):
+                for node, values in update.items():
+                    if isinstance(values, dict) and values.get("tree") is not None:
+                        progress.steps_total = len(step_tree.step_ids(values["tree"]))
+                    if node == "step" and isinstance(values, dict):
+                        finished.update(values.get("step_results") or {})
+                        progress.steps_done = len(finished)
+                    progress.phase = _PHASE_AFTER.get(node, progress.phase if node.startswith("__") else node)
+                    if on_progress:
+                        on_progress(progress)
     except (openai.OpenAIError, StructuredOutputError) as error:
         raise _as_user_error(error, Settings.from_config(config)) from None
 
@@ -175,7 +207,9 @@ def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
     tree = values.get("tree") if values.get("tree") is not None else step_tree.new_tree(values.get("question", ""))
     review_request = next((i.value for task in snapshot.tasks for i in task.interrupts), None)
     status: Literal["done", "awaiting_review", "incomplete"] = (
-        "awaiting_review" if review_request is not None else ("incomplete" if snapshot.next else "done")
+        # Not snapshot.next: it leaves out tasks whose writes are saved, so a superstep whose every
+        # task finished (e.g. all steps answered, collect not run yet) would look done.
+        "awaiting_review" if review_request is not None else ("incomplete" if snapshot.tasks else "done")
     )
     return RunResult(
         thread_id=thread_id,
@@ -286,7 +320,7 @@ def resume(
         stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
         merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
         config = _run_config(thread_id, merged)
-        if snapshot.next:
+        if snapshot.tasks:  # not finished (snapshot.next is empty when every task of the superstep saved its writes)
             waiting_for_review = any(task.interrupts for task in snapshot.tasks)
             graph_input: Any = Command(resume=True if review is None else review) if waiting_for_review else None
         elif snapshot.values.get("failed_steps"):

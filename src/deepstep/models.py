@@ -12,18 +12,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
-import openai
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, SecretStr
 
 from deepstep.configuration import ResolvedModel, Role, Settings
 from deepstep.errors import StructuredOutputError
+from deepstep.interrupts import unless_stopped
 from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
 from deepstep.state import USAGE_FIELDS, add_usage
+
+# The OpenAI client and ChatOpenAI (about a second of imports) are imported where a call is made or
+# its error is classified: building the graph to draw it or to read a stored thread never loads them.
+if TYPE_CHECKING:
+    import openai
+    from langchain_openai import ChatOpenAI
 
 T = TypeVar("T", bound=BaseModel)
 Usage = dict[str, dict[str, float]]
@@ -43,6 +48,8 @@ def is_transient(error: BaseException) -> bool:
     """Worth another attempt of a node: the server or network failed, or a reply stayed
     unparsable after its repairs. Client errors (bad request, auth, unknown model) and
     bugs in our own code are not retried."""
+    import openai
+
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
     if isinstance(error, openai.APIConnectionError) and _dead_embedded_server(error):
@@ -59,6 +66,8 @@ def _dead_embedded_server(error: openai.APIConnectionError) -> str | None:
 
 def describe_error(error: BaseException) -> str:
     """One readable line for a failed model call."""
+    import openai
+
     if isinstance(error, openai.APITimeoutError):
         return "the model server timed out"
     if isinstance(error, openai.APIConnectionError):
@@ -85,6 +94,8 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
 # Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.
 @functools.lru_cache(maxsize=64)
 def _chat_model(resolved: ResolvedModel, api_key: str, task: str) -> ChatOpenAI:
+    from langchain_openai import ChatOpenAI
+
     return ChatOpenAI(
         base_url=resolved.base_url,
         model=resolved.model,
@@ -139,7 +150,8 @@ def _text(reply: BaseMessage) -> str:
 def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) -> tuple[str, Usage]:
     """One free-text call; returns the reply text and its usage."""
     started = time.perf_counter()
-    reply = chat_model(settings, task).invoke(list(messages))
+    model = chat_model(settings, task)
+    reply = unless_stopped(model.invoke, list(messages))  # no new call after Ctrl-C
     return _text(reply).strip(), _usage_of(task, reply, time.perf_counter() - started)
 
 
@@ -170,6 +182,8 @@ def call_structured(
     up to ``max_repairs`` repair requests. When the reply still does not parse, returns
     ``fallback(last_reply)`` if given, else raises ``StructuredOutputError``.
     """
+    import openai
+
     model = chat_model(settings, task)
     resolved = settings.resolve_model(TASK_ROLES[task])
     base_url = resolved.base_url
@@ -186,7 +200,8 @@ def call_structured(
     while True:
         response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp)
         try:
-            reply = model.invoke(conversation, **({"response_format": response_format} if response_format else {}))
+            options = {"response_format": response_format} if response_format else {}
+            reply = unless_stopped(model.invoke, conversation, **options)  # no new call (or repair) after Ctrl-C
             totals = add_usage(totals, _usage_of(task, reply, 0.0))
             last_text = _text(reply)
         except openai.BadRequestError:

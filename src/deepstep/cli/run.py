@@ -6,16 +6,19 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from deepstep import api
-from deepstep import tree as step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, stdout, user_errors
 from deepstep.configuration import Settings
+
+# The API (LangGraph, the checkpointer, the model client) is imported inside the commands
+# that use it, so `deepstep --help` and the other commands do not load it.
+if TYPE_CHECKING:
+    from deepstep import api
 
 
 def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
@@ -35,6 +38,8 @@ def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) 
 
 
 def _print_summary(result: api.RunResult, report: Path | None, settings: Settings) -> None:
+    from deepstep import tree as step_tree
+
     table = Table(title="model usage", show_edge=False)
     for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
         table.add_column(column, justify="right" if column != "role" else "left")
@@ -53,13 +58,23 @@ def _print_summary(result: api.RunResult, report: Path | None, settings: Setting
     stderr.print(f"thread {result.thread_id}: {done}/{len(steps)} steps done, {len(result.failed_steps)} failed")
     for failed in result.failed_steps:
         stderr.print(f"  failed {failed['level']} {failed['name']}: {failed['error']}", highlight=False)
+    _print_warnings(result)
     if report:
         stderr.print(f"report: {report}")
+
+
+def _print_warnings(result: api.RunResult) -> None:
+    """What the run recorded as worth knowing (a plan taken from the outline, a cut outline), each once."""
+    from rich.markup import escape
+
+    for warning in dict.fromkeys(result.warnings):
+        stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
     if result.status == "awaiting_review":
         stdout.print_json(json.dumps(result.review_request, ensure_ascii=False))
+        _print_warnings(result)
         stderr.print(
             f"plan waiting for review: approve with `deepstep resume {result.thread_id}`, "
             f"or edit it with `deepstep resume {result.thread_id} --steps FILE.json`"
@@ -85,6 +100,8 @@ def run(
     model: Annotated[str | None, typer.Option(help="Model name for every role.")] = None,
 ) -> None:
     """Research QUESTION step by step and write the report."""
+    from deepstep import api
+
     thread_id = thread_id or uuid.uuid4().hex[:12]
     with user_errors(thread_id):
         settings = load_settings(
@@ -110,6 +127,8 @@ def resume(
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
 ) -> None:
     """Continue a thread after a crash or a review pause, or retry its failed steps."""
+    from deepstep import api
+
     with user_errors(thread_id):
         review: Any = None
         if steps is not None:
@@ -131,6 +150,9 @@ def show(
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
 ) -> None:
     """Print a stored thread as Markdown, JSON or CSV."""
+    from deepstep import api
+    from deepstep import tree as step_tree
+
     with user_errors():
         if format not in ("md", "json", "csv"):
             fail(f"unknown format {format!r}: use md, json or csv")

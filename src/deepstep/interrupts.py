@@ -1,0 +1,102 @@
+"""Ctrl-C during a run: no model call starts after it, and every answered call stays checkpointed.
+
+LangGraph runs the fanned-out steps in worker threads, while Python delivers SIGINT to the main
+thread only. A plain ``KeyboardInterrupt`` there leaves the workers alone: LangGraph's executor
+waits for every step already submitted, so each remaining step would make all its model calls
+before the interrupt surfaced. So while a run streams (``stop_on_ctrl_c``), Ctrl-C only marks the
+run as stopping; every model call of the run (``unless_stopped``) checks that mark first, and a
+call in flight gets ``GRACE_SECONDS`` to finish (its answer is then checkpointed by its node)
+before it is abandoned. The run then unwinds with ``RunInterrupted`` from whichever thread sees
+the mark; a second Ctrl-C raises it in the main thread at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+GRACE_SECONDS = 0.5  # a call in flight at Ctrl-C may finish within this, else it is abandoned
+_POLL_SECONDS = 0.05
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped at Ctrl-C; resuming its thread continues it.
+
+    A ``KeyboardInterrupt``: node wrappers and retry policies (``except Exception``) let it through,
+    so an interrupted step is neither retried nor recorded as failed."""
+
+
+class _Stop:
+    # A plain attribute, set by the signal handler: taking a lock there could deadlock the main thread.
+    requested = False
+
+
+_current: contextvars.ContextVar[_Stop | None] = contextvars.ContextVar("deepstep_stop", default=None)
+
+
+@contextmanager
+def stop_on_ctrl_c() -> Iterator[None]:
+    """For the duration of a run: Ctrl-C stops its model calls (see the module docstring).
+
+    The mark travels in a context variable, which LangGraph copies into its worker threads.
+    The SIGINT handler is installed only in the main thread, and not when SIGINT is ignored."""
+    stop = _Stop()
+    token = _current.set(stop)
+    install = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    previous: Any = None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise RunInterrupted("interrupted again while stopping")
+        stop.requested = True
+
+    if install:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if install:
+            # None: the handler was not set from Python; Python's own is the closest to restore.
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        _current.reset(token)
+
+
+def unless_stopped(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` (one model request), unless the run is stopping: then ``RunInterrupted``.
+
+    Outside ``stop_on_ctrl_c`` (a graph driven directly, Studio) this is just the call."""
+    stop = _current.get()
+    if stop is None:
+        return call(*args, **kwargs)
+    if stop.requested:
+        raise RunInterrupted("stopped before a model call")
+    reply: Future[T] = Future()
+    context = contextvars.copy_context()  # callbacks and tracing of the node see the call as before
+
+    def request() -> None:
+        try:
+            reply.set_result(context.run(call, *args, **kwargs))
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            reply.set_exception(error)
+
+    # A daemon thread does the request, so a stopping run need not wait for a slow reply.
+    threading.Thread(target=request, name="deepstep-model-call", daemon=True).start()
+    while not wait([reply], timeout=_POLL_SECONDS).done:
+        if stop.requested:
+            if not wait([reply], timeout=GRACE_SECONDS).done:
+                raise RunInterrupted("abandoned a model call in flight")
+            break
+    if stop.requested and reply.exception() is not None:
+        # Failing after Ctrl-C is part of stopping, not a model fault to retry or record.
+        raise RunInterrupted("a model call in flight failed while stopping") from reply.exception()
+    return reply.result()
+
+
+__all__ = ["GRACE_SECONDS", "RunInterrupted", "stop_on_ctrl_c", "unless_stopped"]
