@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+ROOT = Path(__file__).parent.parent
+NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["quickstart.ipynb", "mcts_inspection.ipynb", "step_tree.ipynb"]
 CELL_TIMEOUT_SECONDS = 120  # nbclient stops a hung cell; how fast a notebook runs is not tested
 
@@ -43,3 +49,27 @@ def test_notebook_runs_on_the_fake_server(name: str, tmp_path: Path, monkeypatch
     else:
         assert any("text/markdown" in o.get("data", {}) for o in outputs)
         assert not any("text/html" in o.get("data", {}) and "<script" in o["data"]["text/html"] for o in outputs)
+
+
+def test_notebooks_extra_has_what_opens_and_runs_them() -> None:
+    """`pip install -e '.[notebooks]'` brings JupyterLab to open them and nbconvert to run them (README)."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["notebooks"]
+    names = {re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0].lower() for requirement in extra}
+    assert {"jupyterlab", "nbconvert", "ipykernel"} <= names
+
+
+@pytest.mark.slow
+def test_the_readme_nbconvert_command_runs_a_notebook(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is in the notebooks extra")
+    pytest.importorskip("nbconvert", reason="nbconvert is in the notebooks extra")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSTEP_", "OPENAI_"))}
+    env.update(DEEPSTEP_NOTEBOOK_FAKE="1", TMPDIR=str(tmp_path))
+    command = [str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--to", "notebook", "--execute"]
+    done = subprocess.run(
+        [*command, str(NOTEBOOKS / "step_tree.ipynb"), "--output-dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    executed = nbformat.read(tmp_path / "out" / "step_tree.ipynb", as_version=4)
+    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
