@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepstep import retrieval
+from deepstep import bm25_index
 from deepstep.corpus import UNIT
 from deepstep.errors import CorpusError
 from deepstep.retrieval import (
@@ -41,13 +41,13 @@ def corpus_copy(tmp_path) -> Path:
 @pytest.fixture
 def build_count(monkeypatch) -> list[int]:
     calls = [0]
-    real = retrieval._build_index
+    real = bm25_index._build_index
 
     def counting(passages):
         calls[0] += 1
         return real(passages)
 
-    monkeypatch.setattr(retrieval, "_build_index", counting)
+    monkeypatch.setattr(bm25_index, "_build_index", counting)
     return calls
 
 

@@ -12,10 +12,9 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from langchain_core.runnables import RunnableConfig
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +29,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from deepstep.errors import ConfigError
 from deepstep.mcts import MCTSParams
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 # Settings that shape a thread's result: a resumed thread keeps the values it started with.
 # Everything else (model server, home, timeouts) comes from the resuming environment.

@@ -23,10 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
-
-from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
+from typing import TYPE_CHECKING
 
 from deepstep.errors import CorpusError
+
+# BeautifulSoup is imported where HTML is parsed: a cached index, and every command that only
+# needs the corpus' paths (`deepstep show`, `corpus search`), never loads it.
+if TYPE_CHECKING:
+    from bs4 import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +143,8 @@ _PRE_MARK_PATTERN = re.compile("\x00PRE(\\d+)\x00")
 def html_to_text(html: str | bytes) -> tuple[str, str | None]:
     """Readable text of an HTML page with navigation and boilerplate dropped, headings as ``#`` lines,
     one blank line between blocks and preformatted text kept verbatim. Returns ``(text, title)``."""
+    from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, Tag
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         soup = BeautifulSoup(html, "html.parser")
@@ -158,6 +164,8 @@ def html_to_text(html: str | bytes) -> tuple[str, str | None]:
 
 
 def _flatten(root: Tag) -> str:
+    from bs4 import NavigableString
+
     preformatted: list[str] = []
     for pre in root.find_all("pre"):
         preformatted.append(pre.get_text().strip("\n"))

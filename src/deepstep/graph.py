@@ -6,7 +6,8 @@ step:  question -> retrieve -> answer -> evaluate <-> critique -> refine -> ... 
 
 from __future__ import annotations
 
-from langchain_core.retrievers import BaseRetriever
+from typing import TYPE_CHECKING
+
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -37,6 +38,9 @@ from deepstep.state import (
     StepOutput,
     StepState,
 )
+
+if TYPE_CHECKING:
+    from langchain_core.retrievers import BaseRetriever
 
 
 def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph:

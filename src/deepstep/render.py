@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import pandas as pd
 
 from deepstep import tree as step_tree
 from deepstep.citations import cited_numbers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_COLUMNS = [
     "task_step_id",
@@ -101,6 +103,8 @@ _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 def storyboard_table(tree: nx.DiGraph) -> pd.DataFrame:
     """The seed's storyboard table: one row per step in tree order."""
+    import pandas as pd  # only the table needs pandas (a third of a second of imports); the report does not
+
     question, outline = step_tree.question_of(tree), step_tree.outline_of(tree)
     rows = [
         {

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-from langchain_core.retrievers import BaseRetriever
 
 from deepstep import api, mcts
 from deepstep import tree as step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
+
+if TYPE_CHECKING:
+    from langchain_core.retrievers import BaseRetriever
 
 STORE_FILE = "task_step_store.json"
 NAMESPACE = "task_step_store"

@@ -6,15 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
-from deepstep.corpus import DEMO_CORPUS_NOTICE, corpus_root, default_corpus_dir, demo_corpus_dir, fetch_sklearn
-from deepstep.nodes.retrieve import corpus_retriever
-from deepstep.retrieval import BM25Retriever, contexts_from_documents
+
+# The index (bm25s, numpy) and the corpus reader (BeautifulSoup) are imported by the commands that use them.
+if TYPE_CHECKING:
+    from deepstep.bm25_index import BM25Index
+    from deepstep.configuration import Settings
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Index and search a corpus folder; fetch the scikit-learn user guide.")
 app.add_typer(corpus_app, name="corpus")
@@ -22,21 +24,21 @@ app.add_typer(corpus_app, name="corpus")
 FETCHABLE = ("sklearn",)
 
 
-def _index(corpus: Path, chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> tuple[BM25Retriever, float]:
+def _index(corpus: Path, chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> tuple[BM25Index, float]:
+    from deepstep.bm25_index import BM25Index
+
     settings = load_settings(chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
     started = time.perf_counter()
-    retriever = BM25Retriever.from_directory(
-        corpus, cache_dir=settings.index_dir, chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap
-    )
-    return retriever, time.perf_counter() - started
+    index = BM25Index.from_directory(corpus, cache_dir=settings.index_dir, chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
+    return index, time.perf_counter() - started
 
 
-def _describe(corpus: Path, retriever: BM25Retriever, seconds: float) -> str:
-    documents = len({p.ref_id for p in retriever.passages})
-    how = "reused the cached index" if retriever.from_cache else "built the index"
+def _describe(corpus: Path, index: BM25Index, seconds: float) -> str:
+    documents = len({p.ref_id for p in index.passages})
+    how = "reused the cached index" if index.from_cache else "built the index"
     return (
-        f"{corpus}: {len(retriever.passages)} passages from {documents} documents, "
-        f"{retriever.skipped_files} files skipped (empty, binary or undecodable); {how} in {seconds:.2f} s"
+        f"{corpus}: {len(index.passages)} passages from {documents} documents, "
+        f"{index.skipped_files} files skipped (empty, binary or undecodable); {how} in {seconds:.2f} s"
     )
 
 
@@ -47,9 +49,11 @@ def index(
     chunk_overlap: Annotated[int | None, typer.Option(help="Words shared by consecutive passages (default 30).")] = None,
 ) -> None:
     """Split PATH into passages and build its BM25 index (reused until a file changes)."""
+    from deepstep.corpus import corpus_root
+
     with user_errors():
-        retriever, seconds = _index(corpus_root(path), chunk_tokens, chunk_overlap)
-        stdout.print(_describe(path, retriever, seconds), highlight=False, soft_wrap=True)
+        corpus_index, seconds = _index(corpus_root(path), chunk_tokens, chunk_overlap)
+        stdout.print(_describe(path, corpus_index, seconds), highlight=False, soft_wrap=True)
 
 
 def _hit_lines(rank: int, hit: dict[str, Any]) -> str:
@@ -57,6 +61,25 @@ def _hit_lines(rank: int, hit: dict[str, Any]) -> str:
     ids = f"   ref_id {hit['ref_id']}  chunk_id {hit['chunk_id']}"
     text = "\n".join(f"   {escape(line)}" for line in hit["text"].splitlines())
     return f"{header}\n{ids}\n{text}\n"
+
+
+def _matching_contexts(settings: Settings, query: str) -> list[dict[str, Any]]:
+    """The corpus' ``settings.top_k`` best passages for ``query``, as the graph's retrieve node gets them.
+    BM25 searches its cached index directly: LangChain's retriever machinery (it loads LangSmith)
+    costs far more than the search itself, and this command should answer at once."""
+    from deepstep.bm25_index import BM25Index, passage_context
+    from deepstep.corpus import default_corpus_dir
+
+    if settings.uses_postgres_retriever:
+        from deepstep.nodes.retrieve import corpus_retriever
+        from deepstep.retrieval import contexts_from_documents
+
+        return contexts_from_documents(corpus_retriever(settings).invoke(query))
+    corpus = settings.corpus or default_corpus_dir(settings.home)
+    index = BM25Index.from_directory(
+        corpus.resolve(), cache_dir=settings.index_dir.resolve(), chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap
+    )
+    return [passage_context(passage, score) for passage, score in index.search(query, settings.top_k)]
 
 
 @corpus_app.command("search")
@@ -67,6 +90,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as a JSON list.")] = False,
 ) -> None:
     """Print the passages that best match QUERY, best first."""
+    from deepstep.corpus import DEMO_CORPUS_NOTICE, default_corpus_dir, demo_corpus_dir
+
     with user_errors():
         if not 1 <= k <= 50:  # the top_k setting's range, reported under the option's own name
             fail(f"-k must be between 1 and 50, got {k}")
@@ -75,8 +100,7 @@ def search(
             settings = load_settings(corpus=default_corpus_dir(settings.home), top_k=k)
             if settings.corpus == demo_corpus_dir():
                 stderr.print(DEMO_CORPUS_NOTICE, highlight=False, soft_wrap=True)
-        retriever = corpus_retriever(settings)  # returns settings.top_k = k hits
-        hits = [{"rank": rank, **hit} for rank, hit in enumerate(contexts_from_documents(retriever.invoke(query)), 1)]
+        hits = [{"rank": rank, **hit} for rank, hit in enumerate(_matching_contexts(settings, query), 1)]
         if as_json:
             sys.stdout.write(json.dumps(hits, ensure_ascii=False, indent=2) + "\n")
             return
@@ -93,6 +117,8 @@ def fetch(
     force: Annotated[bool, typer.Option("--force", help="Download again even when already fetched.")] = False,
 ) -> None:
     """Download a demo corpus into DEEPSTEP_HOME/corpora/NAME (no root needed) and index it."""
+    from deepstep.corpus import fetch_sklearn
+
     with user_errors():
         if name not in FETCHABLE:
             fail(f"unknown corpus {name!r}: the one available is sklearn")
@@ -100,6 +126,6 @@ def fetch(
         result = fetch_sklearn(settings.home, force=force, on_status=lambda message: stderr.print(message, highlight=False))
         what = "already fetched" if result.reused else f"fetched in {result.seconds:.1f} s"
         stderr.print(f"scikit-learn user guide {result.version}: {result.pages} pages, {what}", highlight=False)
-        retriever, seconds = _index(result.corpus_dir)
-        stdout.print(_describe(result.corpus_dir, retriever, seconds), highlight=False, soft_wrap=True)
+        corpus_index, seconds = _index(result.corpus_dir)
+        stdout.print(_describe(result.corpus_dir, corpus_index, seconds), highlight=False, soft_wrap=True)
         stderr.print("`deepstep run` now uses this corpus by default (pass --corpus DIR for another)", highlight=False)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
-from langchain_core.runnables.graph import Graph
 
-from deepstep import api, store
 from deepstep.atomic_files import atomic_path, write_text_atomically
 from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, user_errors
 from deepstep.cli.run import finish as finish_run
 from deepstep.errors import ConfigError
+
+# The API, the store and the graph (LangGraph, pandas) are imported inside the commands that use them.
+if TYPE_CHECKING:
+    import pandas as pd
+    from langchain_core.runnables.graph import Graph
 
 GRAPH_FORMATS = ("mermaid", "ascii", "png")
 
@@ -38,6 +40,8 @@ def export(
     markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
 ) -> None:
     """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or Markdown."""
+    from deepstep import api, store
+
     with user_errors():
         if not any((dreamsboard, parquet, csv, markdown)):
             fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE and/or --md FILE")
@@ -68,6 +72,8 @@ def import_(
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: DEEPSTEP_HOME/runs/ID).")] = None,
 ) -> None:
     """Load a dreamsboard store into a new thread and answer only its unanswered steps."""
+    from deepstep import store
+
     with user_errors(thread_id):
         settings = load_settings(corpus=corpus)
         with progress_display() as on_progress:

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from deepstep.child_processes import start_server, stop
@@ -132,6 +131,8 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
 
 
 def wait_until_ready(process: subprocess.Popen[Any], api_url: str, timeout: float) -> None:
+    import httpx  # here, not at the top: `deepstep --help` and the other commands do not need it
+
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
@@ -14,12 +14,18 @@ from deepstep import prompts
 from deepstep.checkpoint import postgres_module
 from deepstep.configuration import Settings
 from deepstep.corpus import default_corpus_dir
-from deepstep.retrieval import BM25Retriever, contexts_from_documents
 from deepstep.state import StepState
+
+# deepstep.retrieval (bm25s, numpy) is imported when a step first retrieves: building the graph
+# to draw it or to read a stored thread does not need it.
+if TYPE_CHECKING:
+    from deepstep.retrieval import BM25Retriever
 
 
 @functools.lru_cache(maxsize=8)
 def _corpus_retriever(corpus: Path, cache_dir: Path, chunk_tokens: int, chunk_overlap: int) -> BM25Retriever:
+    from deepstep.retrieval import BM25Retriever
+
     # Indexing is the slow part; one index per corpus per process serves every step.
     return BM25Retriever.from_directory(corpus, cache_dir=cache_dir, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
 
@@ -49,6 +55,8 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Runna
     """A retrieve node over ``retriever``, or over the configured corpus when it is ``None``."""
 
     def retrieve(state: StepState, config: RunnableConfig) -> dict[str, Any]:
+        from deepstep.retrieval import BM25Retriever, contexts_from_documents
+
         settings = Settings.from_config(config)
         source = retriever or corpus_retriever(settings)
         if isinstance(retriever, BM25Retriever):  # a caller's own BM25 index: corpus_retriever already applies top_k
