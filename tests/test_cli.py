@@ -47,10 +47,9 @@ def test_run_show_and_resume(cli_env, fake_llm):
     assert again.exit_code == 0 and len(fake_llm.log()) == calls
 
 
-CSV_NOT_YET = pytest.mark.xfail(strict=True, reason="cli/run.py still writes result.table().to_csv(); switch it to render.storyboard_csv")
 
 
-@pytest.mark.parametrize("how", ["export", pytest.param("run", marks=CSV_NOT_YET), pytest.param("show", marks=CSV_NOT_YET)])
+@pytest.mark.parametrize("how", ["export", "run", "show"])
 def test_storyboard_csv_holds_contexts_as_json(cli_env, how):
     import pandas as pd
 

@@ -85,5 +85,4 @@ def test_reading_a_stored_thread_does_not_import_the_model_client_or_pandas(tmp_
     command = [str(tmp_path / "report.md") if part == "REPORT" else part for part in command]
     loaded = imported_packages(tmp_path, stored_thread, *command)
     assert "langgraph" in loaded
-    # Not yet "openai": deepstep.api imports it at the top for the error handling of a run.
-    assert not loaded & (MODEL_CLIENT | TABLES | {"bm25s"})
+    assert not loaded & (MODEL_CLIENT | TABLES | {"openai", "bm25s"})

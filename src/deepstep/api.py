@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import networkx as nx
-import openai
 from langgraph.types import Command
 
 from deepstep import render
@@ -159,6 +158,8 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
 
 
 def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, on_progress: ProgressCallback | None) -> None:
+    import openai  # here, not at the top: `deepstep show` loads threads without the model client
+
     from deepstep.interrupts import stop_on_ctrl_c
 
     progress, finished = _progress_at(graph.get_state(config))
@@ -184,6 +185,8 @@ def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig,
 
 
 def _as_user_error(error: Exception, settings: Settings) -> Exception:
+    import openai
+
     base_url = settings.resolve_model("decompose").base_url
     if isinstance(error, openai.AuthenticationError):
         return ConfigError(f"the model server at {base_url} rejected the API key: set ${settings.api_key_env}")

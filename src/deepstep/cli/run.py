@@ -22,13 +22,15 @@ if TYPE_CHECKING:
 
 
 def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
+    from deepstep.render import storyboard_csv
+
     folder = out or settings.home / "runs" / result.thread_id
     report = folder / "report.md"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Atomic writes: a run killed while exporting never leaves a truncated report or table.
         write_text_atomically(report, result.markdown)
-        write_text_atomically(folder / "table.csv", result.table().to_csv(index=False))
+        write_text_atomically(folder / "table.csv", storyboard_csv(result.tree))
     except OSError as error:
         fail(
             f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
@@ -160,7 +162,9 @@ def show(
         if format == "md":
             sys.stdout.write(result.markdown)
         elif format == "csv":
-            sys.stdout.write(result.table().to_csv(index=False))
+            from deepstep.render import storyboard_csv
+
+            sys.stdout.write(storyboard_csv(result.tree))
         else:
             payload = {
                 "thread_id": result.thread_id,
