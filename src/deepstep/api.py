@@ -33,6 +33,7 @@ from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_serve
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
+from deepstep.nodes.review import checked_answer
 
 if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
     import pandas as pd
@@ -325,7 +326,8 @@ def resume(
         config = _run_config(thread_id, merged)
         if snapshot.tasks:  # not finished (snapshot.next is empty when every task of the superstep saved its writes)
             waiting_for_review = any(task.interrupts for task in snapshot.tasks)
-            graph_input: Any = Command(resume=True if review is None else review) if waiting_for_review else None
+            # Checked here, before the graph keeps it: a rejected answer leaves the plan waiting.
+            graph_input: Any = Command(resume=checked_answer(review, snapshot.values, merged)) if waiting_for_review else None
         elif snapshot.values.get("failed_steps"):
             graph.update_state(config, {"failed_steps": []}, as_node="review")  # re-dispatch the steps not done
             graph_input = None

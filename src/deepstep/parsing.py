@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -59,9 +60,11 @@ class Score(BaseModel):
         if isinstance(value, str):
             number = _first_number(value)
             if number is None:
-                raise ValueError(f"score {value!r} is not a number")
+                raise ValueError(f"score {value[:40]!r} is not a number")
             return number
         if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"score {value} is not a finite number")
             return round(value)
         return value
 
@@ -72,11 +75,33 @@ class ReplyParseError(ValueError):
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# No score, level or count needs more digits. Python refuses int() of more than 4300 digits, so
+# a longer integer in JSON is read as a float (out of every range, or infinite) instead.
+MAX_INT_DIGITS = 100
+
+
+def _rounded(number: str) -> int | None:
+    """``number`` rounded to an int; ``None`` when it is too large to be a number we can use."""
+    value = float(number)
+    return round(value) if math.isfinite(value) else None
 
 
 def _first_number(text: str) -> int | None:
     match = _NUMBER.search(text)
-    return round(float(match.group())) if match else None
+    return _rounded(match.group()) if match else None
+
+
+def _bounded_int(digits: str) -> int | float:
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else float(digits)
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` for untrusted text: a ``ValueError`` (``json.JSONDecodeError`` for bad syntax)
+    also for nesting too deep to parse, and integers too long for Python read as floats."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
 
 
 def _balanced_objects(text: str) -> list[str]:
@@ -106,21 +131,25 @@ def _balanced_objects(text: str) -> list[str]:
 
 def _loads_lenient(candidate: str) -> Any:
     try:
-        return json.loads(candidate)
+        return load_json(candidate)
     except json.JSONDecodeError:
         pass
+    except ValueError:  # nested too deeply: no repair makes it usable
+        raise ReplyParseError("the reply is not valid JSON") from None
     without_trailing_commas = re.sub(r",\s*([}\]])", r"\1", candidate)
     try:
-        return json.loads(without_trailing_commas)
+        return load_json(without_trailing_commas)
     except json.JSONDecodeError:
         pass
+    except ValueError:
+        raise ReplyParseError("the reply is not valid JSON") from None
     # A reply cut off by max_tokens: close the open string and brackets. A cut-off number is
     # ambiguous (4 may have been 40), so such a reply is not completed.
     if candidate.lstrip().startswith("{") and not re.search(r"[\d.+-]$", candidate.rstrip()):
         for suffix in ('"}', "}", '"]}', "]}", '"}]}', "}]}"):
             try:
-                return json.loads(without_trailing_commas + suffix)
-            except json.JSONDecodeError:
+                return load_json(without_trailing_commas + suffix)
+            except ValueError:
                 continue
     # Single-quoted dicts are valid Python literals; literal_eval never executes code.
     pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", without_trailing_commas)))
@@ -176,20 +205,21 @@ def parse_score(text: str) -> Score:
                 try:
                     return Score.model_validate({"score": data[key]})
                 except ValidationError:
-                    raise ReplyParseError(f"score {data[key]!r} is not an integer from -100 to 100") from None
+                    raise ReplyParseError(f"score {str(data[key])[:40]!r} is not an integer from -100 to 100") from None
     if isinstance(data, (int, float)) and not isinstance(data, bool):
-        return _score_in_range(round(data))
+        return _score_in_range(round(data) if math.isfinite(data) else None)
     if data is None and text.strip().startswith("{"):
         raise ReplyParseError('the JSON reply is incomplete: answer with {"score": n}')
     match = re.search(r"(?i)(?:score|reward|rating)\s*[:=]?\s*([-+]?\d+(?:\.\d+)?)", text) or _NUMBER.search(text)
     if match is None:
         raise ReplyParseError("the reply has no score: answer with an integer from -100 to 100")
-    return _score_in_range(round(float(match.group(1) if match.groups() else match.group())))
+    return _score_in_range(_rounded(match.group(1) if match.groups() else match.group()))
 
 
-def _score_in_range(value: int) -> Score:
-    if not -100 <= value <= 100:
-        raise ReplyParseError(f"score {value} is outside -100..100")
+def _score_in_range(value: int | None) -> Score:
+    """``None`` stands for a number too large to use (e.g. ``1e999``)."""
+    if value is None or not -100 <= value <= 100:
+        raise ReplyParseError(f"score {'too large' if value is None else value} is outside -100..100")
     return Score(score=value)
 
 

@@ -10,6 +10,7 @@ back unchanged on re-export.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from deepstep import tree as step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
+from deepstep.parsing import load_json
 
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
@@ -64,8 +66,10 @@ def _context_from_store(item: Any, where: str) -> dict[str, Any]:
         raise InputError(f"{where}: each task_step_question_context item must be an object with ref_id, chunk_id, text")
     try:
         score = float(item.get("score") or 0.0)
+        if not math.isfinite(score):
+            raise ValueError(score)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: context score {item.get('score')!r} is not a number") from None
+        raise InputError(f"{where}: context score {str(item.get('score'))[:40]!r} is not a finite number") from None
     return {
         "ref_id": str(item.get("ref_id", "")),
         "chunk_id": str(item.get("chunk_id", "")),
@@ -144,8 +148,9 @@ def _load_document(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"no {STORE_FILE} in {directory}: pass the directory a dreamsboard store was persisted to")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # load_json: numbers too long for Python's int() and nesting too deep are bad JSON too.
+        document = load_json(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # includes UnicodeDecodeError and json.JSONDecodeError
         raise InputError(f"{path} is not valid JSON ({error}); is it a dreamsboard task_step_store.json?") from None
     if not isinstance(document, dict) or not isinstance(document.get(DATA_COLLECTION), dict):
         raise InputError(f"{path} has no {DATA_COLLECTION!r} object: it is not a dreamsboard task-step store")
@@ -177,7 +182,7 @@ def read_store(directory: str | Path) -> nx.DiGraph:
         where = f"step {record['id_']} ({record.get('task_step_name', '')!r})"
         level = step_tree.normalize_level(record.get("task_step_level", ""))
         if level is None:
-            raise InputError(f"{where}: task_step_level {record.get('task_step_level')!r} is not like 0, 0>1, 0>1>2")
+            raise InputError(f"{where}: task_step_level {str(record.get('task_step_level'))[:40]!r} is not like 0, 0>1, 0>1>2")
         if level in by_level:
             raise InputError(f"{where}: level {level} is used twice in the store")
         if record["id_"] in tree or record["id_"] == step_tree.ROOT_ID:

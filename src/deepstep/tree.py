@@ -22,6 +22,8 @@ from typing_extensions import TypedDict
 
 ROOT_ID = "root"
 LEVEL_PATTERN = re.compile(r"^\d+(>\d+)*$")
+# No plan has a billion siblings; a longer number is no level (and Python refuses int() of over 4300 digits).
+MAX_LEVEL_DIGITS = 9
 
 # Fields every step node carries; anything else (e.g. unknown dreamsboard fields) is kept as is.
 STEP_DEFAULTS: dict[str, Any] = {
@@ -112,11 +114,12 @@ def parent_level(level: str) -> str | None:
 
 def normalize_level(raw: Any) -> str | None:
     """``' 0 > 1 '`` -> ``'0>1'``; ``None`` when the value is not a level path."""
-    text = re.sub(r"\s+", "", str(raw)).strip(">")
-    text = re.sub(r">+", ">", text)
-    if not LEVEL_PATTERN.match(text):
+    text = re.sub(r">+", ">", re.sub(r"\s+", "", raw if isinstance(raw, str) else str(raw)).strip(">"))
+    # "007" is 7: leading zeros go before the length check, so int() never sees an unbounded number.
+    parts = [part[:-1].lstrip("0") + part[-1:] for part in text.split(">")]
+    if not all(part.isdecimal() and len(part) <= MAX_LEVEL_DIGITS for part in parts):
         return None
-    return ">".join(str(int(part)) for part in text.split(">"))
+    return ">".join(str(int(part)) for part in parts)
 
 
 def new_tree(question: str, outline: str = "") -> StepTree:

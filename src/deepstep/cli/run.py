@@ -134,10 +134,15 @@ def resume(
     with user_errors(thread_id):
         review: Any = None
         if steps is not None:
+            from deepstep.parsing import load_json
+
             try:
-                review = {"steps": json.loads(steps.read_text(encoding="utf-8"))}
-            except (OSError, json.JSONDecodeError) as error:
-                fail(f"cannot read the step list {steps}: {error}; it must be a JSON list of {{name, description, level}}")
+                # utf-8-sig: a BOM (as Windows editors write) is not an error.
+                review = {"steps": load_json(steps.read_text(encoding="utf-8-sig"))}
+            except OSError as error:
+                fail(f"cannot read the step list {steps}: {error.strerror or error}; pass a readable JSON file")
+            except ValueError as error:  # not UTF-8, not JSON, nested too deeply
+                fail(f"cannot read the step list {steps}: {error}; it must be a UTF-8 JSON list of {{name, description, level}}")
             if isinstance(review["steps"], dict):
                 review = review["steps"]
         settings = load_settings()

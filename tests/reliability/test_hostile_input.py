@@ -1,0 +1,158 @@
+"""Hostile input (issue 14): answers, files, replies and settings built to break deepstep get one
+clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost the thread.
+
+- a rejected review answer leaves the plan waiting for review: the next answer is applied;
+- huge numbers and deep nesting in model replies and in `resume --steps` files are refused
+  like any other bad JSON (a critic's unusable score falls back to 0, the step keeps its answer).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from langgraph.types import Command
+
+import deepstep
+from deepstep import tree as step_tree
+from deepstep.api import _open_graph, _run_config
+from deepstep.errors import InputError
+from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
+from deepstep.store import read_store
+from deepstep.testing.crash import cli_command, cli_env
+
+from .conftest import CORPUS, QUESTION, settings_for
+
+DEEP = 100_000  # far past Python's recursion limit
+HUGE = "9" * 5000  # past Python's 4300-digit int/str conversion limit
+EDITED = [{"name": "Only this step", "description": "The edited plan.", "level": "0"}]
+
+
+@pytest.fixture
+def awaiting_review(fake_llm, tmp_path):
+    """A thread whose plan waits for review, and the settings it ran with."""
+    settings = settings_for(fake_llm.base_url, tmp_path / "home", review=True, max_steps=2)
+    paused = deepstep.run(QUESTION, thread_id="plan", settings=settings)
+    assert paused.status == "awaiting_review"
+    fake_llm.reset_log()
+    return settings
+
+
+# Step files a user (or a broken tool) may hand to `deepstep resume ID --steps FILE`.
+BAD_STEP_FILES = {
+    "empty-list": (b"[]", "the edited plan has no valid steps"),
+    "not-utf8": (b'\xff\xfe[{"name": "x", "level": "0"}]', "UTF-8"),
+    "deep-nesting": (b"[" * DEEP + b"]" * DEEP, "nested too deeply"),
+    "nested-in-a-step": (b'[{"name": ' + b"[" * 900 + b"]" * 900 + b', "level": "0"}]', "name must be text"),
+    "huge-level": (b'[{"name": "x", "level": ' + HUGE.encode() + b"}]", "the edited plan has no valid steps"),
+    "not-json": (b"name: x", "cannot read the step list"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_STEP_FILES))
+def test_rejected_steps_file_leaves_the_plan_waiting_and_the_next_answer_applies(awaiting_review, fake_llm, tmp_path, case):
+    settings = awaiting_review
+    content, message = BAD_STEP_FILES[case]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    env = cli_env(fake_llm.base_url, settings.home, corpus=CORPUS, rollouts=1, max_retries=0)
+    rejected = subprocess.run(cli_command("resume", "plan", "--steps", str(bad)), env=env, capture_output=True, text=True, timeout=120)
+    assert rejected.returncode == 2, rejected.stderr
+    assert message in rejected.stderr and "Traceback" not in rejected.stderr
+    assert rejected.stderr.count("error:") == 1
+    assert fake_llm.log() == []
+    assert deepstep.load("plan", settings=settings).status == "awaiting_review"
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(EDITED))
+    applied = subprocess.run(cli_command("resume", "plan", "--steps", str(good)), env=env, capture_output=True, text=True, timeout=120)
+    assert applied.returncode == 0, applied.stderr
+    done = deepstep.load("plan", settings=settings)
+    assert done.status == "done"
+    assert [s["name"] for s in step_tree.steps(done.tree)] == ["Only this step"]
+
+
+@pytest.mark.parametrize("answer", [{"steps": []}, [], {"steps": "all of them"}, {"steps": [[[[]]]]}, {"steps": [{"name": {"a": 1}, "level": "0"}]}])
+def test_rejected_review_answer_then_approval_runs_the_proposed_plan(awaiting_review, fake_llm, answer):
+    settings = awaiting_review
+    proposed = deepstep.load("plan", settings=settings).review_request["steps"]
+    with pytest.raises(InputError):
+        deepstep.resume("plan", review=answer, settings=settings)
+    assert fake_llm.log() == []
+    done = deepstep.resume("plan", review=True, settings=settings)
+    assert done.status == "done" and not done.failed_steps
+    assert [s["level"] for s in step_tree.steps(done.tree)] == [s["level"] for s in proposed]
+
+
+def test_bad_answer_given_to_the_graph_itself_asks_again(awaiting_review):
+    """Studio and code driving the graph send Command(resume=...) without the API's check: the
+    review node then asks again (the reason in the request's error) and applies the next answer."""
+    settings = awaiting_review
+    with _open_graph(settings, None) as graph:
+        config = _run_config("plan", settings)
+        for bad in ({"steps": []}, [[[[]]]], {"steps": [{"name": "x", "level": HUGE}]}):
+            graph.invoke(Command(resume=bad), config)
+            request = next(i.value for task in graph.get_state(config).tasks for i in task.interrupts)
+            assert request["error"] and request["steps"]
+        graph.invoke(Command(resume={"steps": EDITED}), config)
+    done = deepstep.load("plan", settings=settings)
+    assert done.status == "done"
+    assert [s["name"] for s in step_tree.steps(done.tree)] == ["Only this step"]
+
+
+# Model replies with numbers too large for Python's int/float conversions and nesting past the
+# recursion limit: each must be a parse error (repaired, then the fallback), never a crash.
+HOSTILE_REPLIES = [
+    ('{"score": 1e999}', Score),
+    ('{"score": -1e999}', Score),
+    ("1e999", Score),
+    ('{"score": ' + HUGE + "}", Score),
+    ("Score: " + HUGE, Score),
+    ("Score: 1" + "0" * 400 + ".5/100", Score),
+    ('{"score": ' + "[" * DEEP + "]" * DEEP + "}", Score),
+    ('{"steps": ' + "[" * DEEP + "]" * DEEP + "}", StepList),
+    ('{"steps": [{"name": "a", "level": ' + HUGE + "}]}", StepList),
+    ('{"steps": [{"name": "a", "level": "' + HUGE + '"}]}', StepList),
+    ('{"steps": [{"name": "a", "level": "0>' + HUGE + '"}]}', StepList),
+    ('{"steps": [{"name": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + ', "level": "0"}]}', StepList),
+    ('{"steps": [{"name": ' + HUGE + ', "level": "0"}]}', StepList),
+    ('{"answer": ' + "[" * DEEP + "]" * DEEP + "}", RefineResponse),
+    ("{'answer': " + "[" * DEEP + "]" * DEEP + "}", RefineResponse),
+]
+
+
+@pytest.mark.parametrize(("reply", "schema"), HOSTILE_REPLIES, ids=[f"{i:02d}-{s.__name__}" for i, (_, s) in enumerate(HOSTILE_REPLIES)])
+def test_huge_numbers_and_deep_nesting_in_replies_are_parse_errors(reply, schema):
+    with pytest.raises(ReplyParseError):
+        parse_reply(reply, schema)
+
+
+def test_levels_too_long_for_int_are_no_levels():
+    assert step_tree.normalize_level("0>" + HUGE) is None
+    assert step_tree.normalize_level(HUGE) is None
+    assert step_tree.normalize_level("007>01") == "7>1"
+    built = step_tree.build_tree(QUESTION, "", [step_tree.StepSpec("a", "", HUGE), step_tree.StepSpec("b", "", "0")], max_steps=4, max_depth=3)
+    assert [s["name"] for s in step_tree.steps(built.tree)] == ["b"] and "dropped step 'a'" in built.warnings[0]
+
+
+SEED_STORE = Path(__file__).resolve().parents[1] / "data" / "seed_store" / "task_step_store.json"
+STORE_EDITS = {
+    "huge-level-number": ('"task_step_level": "0>2"', '"task_step_level": ' + HUGE),
+    "huge-level-text": ('"task_step_level": "0>2"', '"task_step_level": "0>' + HUGE + '"'),
+    "huge-score": ('"score": 0.83', '"score": ' + HUGE),
+    "infinite-score": ('"score": 0.83', '"score": 1e999'),
+}
+
+
+@pytest.mark.parametrize("case", list(STORE_EDITS))
+def test_store_with_numbers_too_long_for_python_is_refused_in_one_line(tmp_path, case):
+    old, new = STORE_EDITS[case]
+    text = SEED_STORE.read_text(encoding="utf-8")
+    assert old in text
+    (tmp_path / "task_step_store.json").write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(InputError) as refused:
+        read_store(tmp_path)
+    assert len(str(refused.value)) < 300  # names the field, never prints the number
