@@ -26,16 +26,17 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, RunResult, load, resume, run
+    from deepstep.api import Progress, resume, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
     from deepstep.store import export_store, import_store
+    from deepstep.threads import RunResult, load
 
 # Public name -> the module that defines it.
 _LAZY_NAMES = {
     "Progress": "deepstep.api",
-    "RunResult": "deepstep.api",
-    "load": "deepstep.api",
+    "RunResult": "deepstep.threads",
+    "load": "deepstep.threads",
     "resume": "deepstep.api",
     "run": "deepstep.api",
     "Settings": "deepstep.configuration",

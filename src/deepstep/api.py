@@ -8,14 +8,13 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from langgraph.types import Command
 
-from deepstep import render
 from deepstep import tree as step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
@@ -34,15 +33,15 @@ from deepstep.locks import thread_lock
 from deepstep.models import describe_error
 from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.nodes.review import checked_answer
+from deepstep.threads import RunResult, check_thread_id, load, result_from_state
 
 if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
-    import pandas as pd
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.graph.state import CompiledStateGraph
 
 MAX_QUESTION_CHARS = 4000
-THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass
@@ -59,22 +58,6 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-@dataclass
-class RunResult:
-    thread_id: str
-    tree: nx.DiGraph
-    markdown: str
-    usage: dict[str, dict[str, float]]
-    failed_steps: list[dict[str, Any]]
-    warnings: list[str] = field(default_factory=list)
-    status: Literal["done", "awaiting_review", "incomplete"] = "done"
-    review_request: dict[str, Any] | None = None
-
-    def table(self) -> pd.DataFrame:
-        """The storyboard table (seed format)."""
-        return render.storyboard_table(self.tree)
-
-
 def clean_question(question: str) -> str:
     """The question without control characters; rejects empty and oversized input."""
     text = "".join(ch for ch in question if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
@@ -84,12 +67,6 @@ def clean_question(question: str) -> str:
     if len(text) > MAX_QUESTION_CHARS:
         raise InputError(f"the question is {len(text)} characters long; shorten it to at most {MAX_QUESTION_CHARS}")
     return text
-
-
-def check_thread_id(thread_id: str) -> str:
-    if not THREAD_ID.match(thread_id):
-        raise InputError(f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return thread_id
 
 
 def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
@@ -206,25 +183,15 @@ def _as_user_error(error: Exception, settings: Settings) -> Exception:
 
 def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
     snapshot = graph.get_state(config)
-    values = snapshot.values
-    thread_id = config["configurable"]["thread_id"]
-    tree = values.get("tree") if values.get("tree") is not None else step_tree.new_tree(values.get("question", ""))
     review_request = next((i.value for task in snapshot.tasks for i in task.interrupts), None)
-    status: Literal["done", "awaiting_review", "incomplete"] = (
-        # Not snapshot.next: it leaves out tasks whose writes are saved, so a superstep whose every
-        # task finished (e.g. all steps answered, collect not run yet) would look done.
-        "awaiting_review" if review_request is not None else ("incomplete" if snapshot.tasks else "done")
-    )
-    return RunResult(
-        thread_id=thread_id,
-        tree=tree,
-        markdown=values.get("report") or render.markdown_report(tree),
-        usage=values.get("usage", {}),
-        failed_steps=values.get("failed_steps", []),
-        warnings=values.get("warnings", []),
-        status=status,
-        review_request=review_request,
-    )
+    # Not snapshot.next: it leaves out tasks whose writes are saved, so a superstep whose every
+    # task finished (e.g. all steps answered, collect not run yet) would look done.
+    return result_from_state(config["configurable"]["thread_id"], snapshot.values, review_request=review_request, tasks_pending=bool(snapshot.tasks))
+
+
+def stored_result(checkpointer: BaseCheckpointSaver, thread_id: str) -> RunResult:
+    """A stored thread as the compiled graph sees it (its part-done superstep's writes applied)."""
+    return _result(build_graph(checkpointer), {"configurable": {"thread_id": thread_id}})
 
 
 def _execute(graph: CompiledStateGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None) -> RunResult:
@@ -336,21 +303,6 @@ def resume(
         if retriever is None:
             corpus_retriever(merged)
         return _execute(graph, graph_input, thread_id, merged, on_progress)
-
-
-def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
-    """The stored result of a thread, without running anything."""
-    check_thread_id(thread_id)
-    settings = settings or Settings.build()
-    if settings.database_url is None and not settings.checkpoint_file.exists():
-        raise UnknownThreadError(
-            f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME"
-        )
-    with _open_graph(settings, None) as graph:
-        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-        if not graph.get_state(config).values:
-            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(settings)}: check the id or DEEPSTEP_HOME")
-        return _result(graph, config)
 
 
 __all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "load", "resume", "run", "run_tree"]

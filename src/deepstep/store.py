@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from deepstep import api, mcts
+from deepstep import mcts
 from deepstep import tree as step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
@@ -25,6 +25,8 @@ from deepstep.parsing import load_json
 
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
+
+    from deepstep import api
 
 STORE_FILE = "task_step_store.json"
 NAMESPACE = "task_step_store"
@@ -229,6 +231,8 @@ def import_store(
     Answered steps are kept as they are (no model call is made for them). Returns the
     thread's ``RunResult``.
     """
+    from deepstep import api  # the run machinery, only when a store is imported (exporting needs none of it)
+
     tree = read_store(directory)
     return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
 

@@ -157,13 +157,13 @@ def show(
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
 ) -> None:
     """Print a stored thread as Markdown, JSON or CSV."""
-    from deepstep import api
     from deepstep import tree as step_tree
+    from deepstep.threads import load
 
     with user_errors():
         if format not in ("md", "json", "csv"):
             fail(f"unknown format {format!r}: use md, json or csv")
-        result = api.load(thread_id)
+        result = load(thread_id)
         if format == "md":
             sys.stdout.write(result.markdown)
         elif format == "csv":

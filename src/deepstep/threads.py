@@ -1,0 +1,109 @@
+"""A thread's result as the API returns it, and loading a stored thread from its latest checkpoint.
+
+Loading (``deepstep.load``, ``deepstep show``, ``export``) goes through the checkpointer alone
+for a finished thread or one waiting for review: compiling the graph to call ``get_state`` would
+import LangGraph's runtime and LangSmith, about a second of CPU for commands that run nothing.
+What ``get_state`` adds there, the tasks still to run and a pending review, is read from the
+checkpoint the way LangGraph stores it. A thread stopped in the middle of a superstep is read
+through the graph. ``tests/test_threads.py`` checks both ways agree in every state a thread can be in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from langgraph.constants import TASKS
+
+from deepstep import render
+from deepstep import tree as step_tree
+from deepstep.checkpoint import checkpoint_location, open_checkpointer
+from deepstep.configuration import Settings
+from deepstep.errors import InputError, UnknownThreadError
+
+if TYPE_CHECKING:
+    import networkx as nx
+    import pandas as pd
+    from langgraph.checkpoint.base import CheckpointTuple
+
+Status = Literal["done", "awaiting_review", "incomplete"]
+THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# LangGraph's checkpoint channels for what runs next: a pending interrupt's write, and the edge
+# channel that triggers a node ("branch:to:NODE") until that node has run. Sends wait in TASKS.
+_INTERRUPT_WRITE = "__interrupt__"
+_EDGE_CHANNEL_PREFIX = "branch:to:"
+
+
+@dataclass
+class RunResult:
+    thread_id: str
+    tree: nx.DiGraph
+    markdown: str
+    usage: dict[str, dict[str, float]]
+    failed_steps: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    status: Status = "done"
+    review_request: dict[str, Any] | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The storyboard table (seed format)."""
+        return render.storyboard_table(self.tree)
+
+
+def check_thread_id(thread_id: str) -> str:
+    if not THREAD_ID.match(thread_id):
+        raise InputError(f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return thread_id
+
+
+def result_from_state(thread_id: str, values: dict[str, Any], *, review_request: dict[str, Any] | None, tasks_pending: bool) -> RunResult:
+    """The result of a thread whose state is ``values``; ``tasks_pending``: the graph has work left."""
+    tree = values.get("tree") if values.get("tree") is not None else step_tree.new_tree(values.get("question", ""))
+    status: Status = "awaiting_review" if review_request is not None else ("incomplete" if tasks_pending else "done")
+    return RunResult(
+        thread_id=thread_id,
+        tree=tree,
+        markdown=values.get("report") or render.markdown_report(tree),
+        usage=values.get("usage", {}),
+        failed_steps=values.get("failed_steps", []),
+        warnings=values.get("warnings", []),
+        status=status,
+        review_request=review_request,
+    )
+
+
+def _result_from_checkpoint(thread_id: str, stored: CheckpointTuple) -> RunResult | None:
+    """The result read off the checkpoint, or None when only the graph can tell: a superstep left
+    part-done has saved writes, which ``get_state`` applies through the state's reducers."""
+    channels = stored.checkpoint["channel_values"]
+    writes = stored.pending_writes or []
+    if any(channel != _INTERRUPT_WRITE for _, channel, _ in writes):
+        return None
+    review_request = next((interrupt.value for _, _, interrupts in writes for interrupt in interrupts), None)
+    tasks_pending = bool(channels.get(TASKS)) or any(name.startswith(_EDGE_CHANNEL_PREFIX) for name in channels)
+    return result_from_state(thread_id, channels, review_request=review_request, tasks_pending=tasks_pending)
+
+
+def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
+    """The stored result of a thread, without running anything."""
+    check_thread_id(thread_id)
+    settings = settings or Settings.build()
+    if settings.database_url is None and not settings.checkpoint_file.exists():
+        raise UnknownThreadError(
+            f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME"
+        )
+    with open_checkpointer(settings) as saver:
+        stored = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+        if stored is None or not stored.checkpoint["channel_values"]:
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(settings)}: check the id or DEEPSTEP_HOME")
+        result = _result_from_checkpoint(thread_id, stored)
+        if result is None:  # stopped mid-superstep: rare, and worth the graph's import
+            from deepstep.api import stored_result
+
+            result = stored_result(saver, thread_id)
+    return result
+
+
+__all__ = ["RunResult", "check_thread_id", "load", "result_from_state"]
