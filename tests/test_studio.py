@@ -162,7 +162,7 @@ def test_runtime_stores_the_tree_as_msgpack_never_pickle(server, client, assista
     checkpoint files once a state read has created its second, short-lived checkpointer."""
     thread_id = client.threads.create()["thread_id"]
     stream_run(client, thread_id, assistant_id, input={"question": QUESTION}, context={"max_steps": 1})
-    store = server["folder"] / ".langgraph_api"
+    store = server["folder"] / "home" / "studio" / "server" / ".langgraph_api"  # the private folder deepstep studio runs it in
     deadline = time.monotonic() + 30
     blobs: list[tuple[str, bytes]] = []
     while time.monotonic() < deadline:

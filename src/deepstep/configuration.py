@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         description="Folder of Markdown/text/reST/HTML files to retrieve from (default: HOME/corpora/sklearn once "
         "`deepstep corpus fetch sklearn` ran, else the bundled demo corpus).",
     )
+    allow_remote_paths: bool = Field(
+        default=False,
+        description="Let callers of a LangGraph API server (Studio, `deepstep studio`) set `corpus` per run; "
+        "off: the server's own DEEPSTEP_CORPUS is used and a run that names a corpus fails.",
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="Postgres URL (postgresql://user:password@host:5432/db) for scale-out: checkpoints go to Postgres instead of "
@@ -291,9 +296,35 @@ class Settings(BaseSettings):
         known = {k: v for k, v in configurable.items() if k in cls.model_fields}
         # Every node asks for its settings; validating them anew each time was a measurable share
         # of the per-call overhead, so identical inputs (configurable + environment) share one result.
-        key = json.dumps(known, sort_keys=True, default=_plain_value)
         environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+        if serves_remote_callers():
+            _refuse_remote_settings(known, allow_paths=_settings_for("{}", environment).allow_remote_paths)
+        key = json.dumps(known, sort_keys=True, default=_plain_value)
         return _settings_for(key, environment).model_copy()
+
+
+# Run-shaping settings that name files on the server's machine: a remote caller may set them only
+# when the server's user opted in (allow_remote_paths).
+REMOTE_PATH_FIELDS = ("corpus",)
+
+
+def serves_remote_callers() -> bool:
+    """Whether this process is a LangGraph API server (``langgraph dev``, ``deepstep studio``), whose run
+    settings come from whoever reaches its HTTP API; the server names its graphs in LANGSERVE_GRAPHS."""
+    return "LANGSERVE_GRAPHS" in os.environ
+
+
+def _refuse_remote_settings(requested: dict[str, Any], *, allow_paths: bool) -> None:
+    """A remote caller may shape a run (the RunContext fields), never point it at other files, model
+    servers, API key variables or modules to start: those come from the server's environment."""
+    settable = [name for name in RUN_SHAPING_FIELDS if allow_paths or name not in REMOTE_PATH_FIELDS]
+    refused = sorted(name for name, value in requested.items() if value is not None and name not in settable)
+    if refused:
+        hint = " (or start it with `deepstep studio --allow-remote-paths`)" if set(refused) <= set(REMOTE_PATH_FIELDS) else ""
+        raise ConfigError(
+            f"a run through the LangGraph server cannot set {', '.join(refused)}: set DEEPSTEP_"
+            f"{refused[0].upper()} in the server's environment or .env{hint}"
+        )
 
 
 _ENV_PREFIXES = ("DEEPSTEP_", "OPENAI_")

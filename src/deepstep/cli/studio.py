@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,10 +28,13 @@ from deepstep.child_processes import start_server, stop
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
+from deepstep.studio_http import STUDIO_CORS
 
 HOST = "127.0.0.1"
 STUDIO_ORIGIN = "https://smith.langchain.com"
 GRAPH_SPEC = "deepstep.graph:graph"
+# The guard langgraph dev mounts in front of its API: loopback Host names and Studio's Origin only.
+HTTP_APP = "deepstep.studio_http:app"
 # No tracing, analytics or version checks: the server must work without a network.
 OFFLINE_ENV = {
     "LANGGRAPH_CLI_NO_ANALYTICS": "1",
@@ -38,8 +42,15 @@ OFFLINE_ENV = {
     "LANGSMITH_TRACING": "false",
     "LANGCHAIN_TRACING_V2": "false",
 }
-# Like the repository's langgraph.json: the server never falls back to pickle for state it cannot encode.
-GENERATED_CONFIG = {"graphs": {"deepstep": GRAPH_SPEC}, "env": ".env", "checkpointer": {"serde": {"pickle_fallback": False}}}
+# Like the repository's langgraph.json: the server never falls back to pickle for state it cannot encode,
+# and `langgraph dev` refuses a config without dependencies (deepstep itself is installed, "." is a formality).
+GENERATED_CONFIG = {
+    "dependencies": ["."],
+    "graphs": {"deepstep": GRAPH_SPEC},
+    "env": ".env",
+    "checkpointer": {"serde": {"pickle_fallback": False}},
+    "http": {"app": HTTP_APP, "cors": STUDIO_CORS},
+}
 INSTALL_HINT = "install the studio extra: pip install -e '.[studio]'"
 
 
@@ -64,6 +75,71 @@ def find_config(config: Path | None, home: Path) -> Path:
     except OSError as error:
         raise ConfigError(f"cannot write {generated}: {error}; set DEEPSTEP_HOME to a writable folder") from None
     return generated.resolve()
+
+
+def private_server_folder(home: Path) -> Path:
+    """The dev server's working folder, HOME/studio/server, mode 0700. ``langgraph dev`` keeps its threads
+    there as pickles (``.langgraph_api/*.pckl``) and unpickles whatever it finds at start-up, so the
+    folder must be one nobody else can write to: never the config's folder (a cloned repository may ship
+    such files)."""
+    folder = home / "studio" / "server"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.lstat()
+    except OSError as error:
+        raise ConfigError(f"cannot create {folder}: {error}; set DEEPSTEP_HOME to a writable folder") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ConfigError(
+            f"{folder} is not a private folder of yours (mode {stat.filemode(info.st_mode)}): "
+            "remove it and deepstep studio creates it again with mode 0700"
+        )
+    return folder
+
+
+def watch_for_reload(folder: Path, source: Path) -> None:
+    """``--reload``: uvicorn's reloader watches the server's working folder, so a link there to the
+    config's folder restarts the server on code changes there, as when it ran in that folder."""
+    link = folder / "watched"
+    try:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(source, target_is_directory=True)
+    except OSError as error:
+        raise ConfigError(f"cannot link {link} to {source} for --reload: {error}; run without --reload") from None
+
+
+def served_config(config: Path, folder: Path) -> Path:
+    """The config ``langgraph dev`` runs, written to its working ``folder``: ``config`` with its local paths
+    made absolute, plus deepstep's HTTP guard and Studio-only CORS unless it brings its own."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {config}: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("graphs"), dict):
+        raise ConfigError(f"{config} has no graphs: pass the path of a langgraph.json")
+    base = config.parent
+    if isinstance(data.get("env"), str):
+        data["env"] = str(base / data["env"])
+    local = (".", "/")  # langgraph.json's local dependencies are paths; others are package names
+    data["dependencies"] = [str(base / dep) if str(dep).startswith(local) else dep for dep in data.get("dependencies") or ["."]]
+    data["graphs"] = {name: _absolute_graph_spec(spec, base) for name, spec in data["graphs"].items()}
+    http = {**(data.get("http") or {})}
+    if http.setdefault("app", HTTP_APP) != HTTP_APP:
+        stderr.print(f"warning: {config} mounts its own http.app, so deepstep's Host and Origin checks are off")
+    http.setdefault("cors", STUDIO_CORS)
+    served = folder / "langgraph.json"
+    try:
+        served.write_text(json.dumps({**data, "http": http}, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot write {served}: {error}; set DEEPSTEP_HOME to a writable folder") from None
+    return served
+
+
+def _absolute_graph_spec(spec: Any, base: Path) -> Any:
+    """``./agent.py:graph`` relative to the config's folder; module specs (``deepstep.graph:graph``) as they are."""
+    if isinstance(spec, str) and spec.rsplit(":", 1)[0].endswith(".py"):
+        return str(base / spec)
+    return spec
 
 
 def dotenv_values_of(config: Path) -> dict[str, str]:
@@ -98,11 +174,12 @@ def server_command(config: Path, port: int, *, reload: bool) -> list[str]:
     return command if reload else [*command, "--no-reload"]
 
 
-def server_environment(settings: Settings, model_env: Mapping[str, str]) -> dict[str, str]:
+def server_environment(settings: Settings, model_env: Mapping[str, str], *, allow_remote_paths: bool = False) -> dict[str, str]:
     return {
         **os.environ,
         **OFFLINE_ENV,
         **model_env,
+        **({"DEEPSTEP_ALLOW_REMOTE_PATHS": "true"} if allow_remote_paths else {}),
         # The server runs in the config's folder: keep HOME (indexes, embedded model state) where this command sees it.
         "DEEPSTEP_HOME": str(settings.home.resolve()),
         # The server logs every request at INFO; warnings and run errors are what a Studio user needs.
@@ -157,6 +234,9 @@ def studio(
     config: Annotated[Path | None, typer.Option(help="langgraph.json to serve (default: ./langgraph.json, else one under HOME).")] = None,
     reload: Annotated[bool, typer.Option("--reload", help="Restart the server when source files change.")] = False,
     ready_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the server to answer.")] = 180,
+    allow_remote_paths: Annotated[
+        bool, typer.Option("--allow-remote-paths", help="Let Studio set a run's corpus folder (off: DEEPSTEP_CORPUS only).")
+    ] = False,
 ) -> None:
     """Serve the graph to LangGraph Studio with `langgraph dev` (offline, 127.0.0.1) until Ctrl-C."""
     with user_errors():
@@ -164,17 +244,19 @@ def studio(
             fail(f"langgraph-cli[inmem] is not installed: {INSTALL_HINT}")
         settings = load_settings()
         config_path = find_config(config, settings.home)
+        folder = private_server_folder(settings.home)
         check_port_free(port)
         signal.signal(signal.SIGTERM, interrupt_on_sigterm)
         api_url = f"http://{HOST}:{port}"
         started = time.monotonic()
         with model_environment(settings, dotenv_values_of(config_path)) as model_env:
-            # The config's folder is the server's working directory: .env and the server's
-            # own .langgraph_api store are found there.
+            # The server runs in the private folder, where it keeps its .langgraph_api store.
+            if reload:
+                watch_for_reload(folder, config_path.parent)
             process = start_server(
-                server_command(config_path, port, reload=reload),
-                cwd=config_path.parent,
-                env=server_environment(settings, model_env),
+                server_command(served_config(config_path, folder), port, reload=reload),
+                cwd=folder,
+                env=server_environment(settings, model_env, allow_remote_paths=allow_remote_paths),
             )
             try:
                 wait_until_ready(process, api_url, ready_timeout)
