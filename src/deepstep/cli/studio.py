@@ -28,10 +28,10 @@ from deepstep.child_processes import start_server, stop
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
-from deepstep.studio_http import STUDIO_CORS
+from deepstep.studio_http import STUDIO_CORS, STUDIO_ORIGINS
 
 HOST = "127.0.0.1"
-STUDIO_ORIGIN = "https://smith.langchain.com"
+STUDIO_ORIGIN = STUDIO_ORIGINS[0]  # the URL printed for the browser (LangSmith US)
 GRAPH_SPEC = "deepstep.graph:graph"
 # The guard langgraph dev mounts in front of its API: loopback Host names and Studio's Origin only.
 HTTP_APP = "deepstep.studio_http:app"
