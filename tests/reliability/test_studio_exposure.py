@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +237,10 @@ def test_the_served_config_points_back_to_the_config_folder_and_adds_the_guard(t
     assert served["http"] == {"app": "deepstep.studio_http:app", "cors": STUDIO_CORS}
     repo = json.loads((Path(__file__).resolve().parents[2] / "langgraph.json").read_text(encoding="utf-8"))
     assert repo["http"] == served["http"]  # plain `langgraph dev` in the checkout gets the same guard
+
+
+def test_the_cli_loads_the_http_guard_only_for_studio():
+    """The guard needs Starlette (the studio extra): the other commands neither import it nor need it."""
+    probe = "import sys; from deepstep.cli import app; print(sorted({'starlette', 'deepstep.studio_http'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert loaded.strip() == "[]"

@@ -28,10 +28,8 @@ from deepstep.child_processes import start_server, stop
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
-from deepstep.studio_http import STUDIO_CORS, STUDIO_ORIGINS
 
 HOST = "127.0.0.1"
-STUDIO_ORIGIN = STUDIO_ORIGINS[0]  # the URL printed for the browser (LangSmith US)
 GRAPH_SPEC = "deepstep.graph:graph"
 # The guard langgraph dev mounts in front of its API: loopback Host names and Studio's Origin only.
 HTTP_APP = "deepstep.studio_http:app"
@@ -49,13 +47,15 @@ GENERATED_CONFIG = {
     "graphs": {"deepstep": GRAPH_SPEC},
     "env": ".env",
     "checkpointer": {"serde": {"pickle_fallback": False}},
-    "http": {"app": HTTP_APP, "cors": STUDIO_CORS},
 }
 INSTALL_HINT = "install the studio extra: pip install -e '.[studio]'"
 
 
 def studio_url(api_url: str) -> str:
-    return f"{STUDIO_ORIGIN}/studio/?baseUrl={api_url}"
+    # Here, not at the top: deepstep.studio_http loads Starlette, which only `deepstep studio` needs.
+    from deepstep.studio_http import STUDIO_ORIGINS
+
+    return f"{STUDIO_ORIGINS[0]}/studio/?baseUrl={api_url}"
 
 
 def find_config(config: Path | None, home: Path) -> Path:
@@ -123,6 +123,8 @@ def served_config(config: Path, folder: Path) -> Path:
     local = (".", "/")  # langgraph.json's local dependencies are paths; others are package names
     data["dependencies"] = [str(base / dep) if str(dep).startswith(local) else dep for dep in data.get("dependencies") or ["."]]
     data["graphs"] = {name: _absolute_graph_spec(spec, base) for name, spec in data["graphs"].items()}
+    from deepstep.studio_http import STUDIO_CORS
+
     http = {**(data.get("http") or {})}
     if http.setdefault("app", HTTP_APP) != HTTP_APP:
         stderr.print(f"warning: {config} mounts its own http.app, so deepstep's Host and Origin checks are off")
