@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,6 +33,15 @@ def write_parquet(table: pd.DataFrame, path: Path) -> None:
         table.to_parquet(temp, index=False, engine="pyarrow")
 
 
+@contextmanager
+def writable_path(path: Path) -> Iterator[None]:
+    """An output that cannot be written becomes one line and exit code 2, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        fail(f"cannot write {error.filename or path}: {error.strerror or error}; pick a writable path")
+
+
 @app.command("export")
 def export(
     thread_id: Annotated[str, typer.Argument(help="The thread to export.")],
@@ -40,14 +51,13 @@ def export(
     markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
 ) -> None:
     """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or Markdown."""
-    from deepstep import store
-    from deepstep.threads import load
+    from deepstep import api, store
 
     with user_errors():
         if not any((dreamsboard, parquet, csv, markdown)):
             fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE and/or --md FILE")
-        result = load(thread_id, settings=load_settings())
-        try:
+        result = api.load(thread_id, settings=load_settings())
+        with writable_path(Path("the export")):
             if dreamsboard is not None:
                 stderr.print(f"wrote {store.export_store(result.tree, dreamsboard)}", highlight=False)
             if parquet is not None:
@@ -61,8 +71,6 @@ def export(
             if markdown is not None:
                 write_text_atomically(markdown, result.markdown)
                 stderr.print(f"wrote {markdown}", highlight=False)
-        except OSError as error:
-            fail(f"cannot write {error.filename or 'the export'}: {error.strerror or error}; pick a writable path")
 
 
 @app.command("import")
@@ -111,9 +119,12 @@ def _draw_png(drawable: Graph, path: Path) -> None:
     nx.draw_networkx_edges(picture, positions, edgelist=solid, ax=axes, arrows=True, node_size=2600)
     nx.draw_networkx_edges(picture, positions, edgelist=dashed, ax=axes, arrows=True, style="dashed", node_size=2600)
     axes.set_axis_off()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temp:
+            # format= because the temporary file's suffix is .tmp, not .png
+            figure.savefig(temp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
 
 
 @app.command("graph")
@@ -132,7 +143,8 @@ def graph_picture(
         if format == "png":
             if out is None:
                 fail("--format png needs --out FILE.png")
-            _draw_png(drawable, out)
+            with writable_path(out):
+                _draw_png(drawable, out)
             stderr.print(f"wrote {out}", highlight=False)
             return
         if format == "ascii":
@@ -145,5 +157,6 @@ def graph_picture(
         if out is None:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
-            write_text_atomically(out, text)
+            with writable_path(out):
+                write_text_atomically(out, text)
             stderr.print(f"wrote {out}", highlight=False)
