@@ -30,7 +30,7 @@ from deepstep.graph import build_graph
 from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
 from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
 from deepstep.locks import thread_lock
-from deepstep.models import describe_error
+from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.nodes.review import checked_answer
 from deepstep.threads import RunResult, check_thread_id, load, result_from_state
@@ -173,6 +173,8 @@ def _as_user_error(error: Exception, settings: Settings) -> Exception:
     if isinstance(error, openai.APIConnectionError):
         if reason := gone_reason(base_url):
             return ModelServerError(reason)
+        if reason := unusable_reply(error):
+            return ModelServerError(f"{reason} (at {base_url}), also on retries; check the server or try again later")
         return ModelServerError(f"cannot reach the model server at {base_url}: start it, or set OPENAI_BASE_URL to a running server")
     if isinstance(error, openai.APIStatusError):
         return ModelServerError(f"the model server at {base_url} keeps failing (HTTP {error.status_code}); try again later")

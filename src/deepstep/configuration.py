@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     )
     structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
     max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
+    max_reply_chars: int = Field(
+        default=50_000,
+        ge=100,
+        le=10_000_000,
+        description="Longest model reply kept, in characters: a longer one is cut to this length, and a reply body far "
+        "beyond it (over 12 bytes per character) is rejected as a model fault and retried.",
+    )
     roles: dict[Role, RoleModel] = Field(default_factory=dict, description="Per-role model overrides.")
     prices: dict[str, Price] = Field(
         default_factory=dict, description='Optional price table by model name, e.g. {"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}}.'

@@ -54,6 +54,8 @@ def is_transient(error: BaseException) -> bool:
         return error.status_code in (408, 409, 429) or error.status_code >= 500
     if isinstance(error, openai.APIConnectionError) and _dead_embedded_server(error):
         return False  # nothing will answer another attempt
+    # An unusable reply (HTTP 200 with an error, HTML, no choices, ...) arrives as an APIConnectionError
+    # caused by UnusableReplyError: a model fault like a dropped connection, worth another attempt.
     return isinstance(error, openai.APIConnectionError | httpx.TransportError | StructuredOutputError)
 
 
@@ -71,12 +73,22 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, openai.APITimeoutError):
         return "the model server timed out"
     if isinstance(error, openai.APIConnectionError):
-        return _dead_embedded_server(error) or "cannot reach the model server"
+        return _dead_embedded_server(error) or unusable_reply(error) or "cannot reach the model server"
     if isinstance(error, openai.APIStatusError):
         body = error.body.get("error", error.body) if isinstance(error.body, dict) else None
         detail = body.get("message") if isinstance(body, dict) else None
         return f"the model server answered HTTP {error.status_code}: {detail or error.message}"[:300]
     return f"{type(error).__name__}: {error}"[:300]
+
+
+def unusable_reply(error: BaseException) -> str | None:
+    """Why the model server's reply was unusable, when that (not the network) failed a call."""
+    from deepstep.model_http import UnusableReplyError
+
+    cause = error.__cause__
+    while cause is not None and not isinstance(cause, UnusableReplyError):
+        cause = cause.__cause__  # langchain-openai wraps the OpenAI client's error in one of its own
+    return str(cause) if cause is not None else None
 
 
 # The best structured-output method each server accepted, so a server that rejects
@@ -88,13 +100,15 @@ _DOWNGRADE = {"json_schema": "json_object", "json_object": "prompt"}
 
 def chat_model(settings: Settings, task: str) -> ChatOpenAI:
     resolved = settings.resolve_model(TASK_ROLES[task])
-    return _chat_model(resolved, os.environ.get(resolved.api_key_env) or "not-needed", task)
+    return _chat_model(resolved, os.environ.get(resolved.api_key_env) or "not-needed", task, settings.max_reply_chars)
 
 
 # Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.
 @functools.lru_cache(maxsize=64)
-def _chat_model(resolved: ResolvedModel, api_key: str, task: str) -> ChatOpenAI:
+def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int) -> ChatOpenAI:
     from langchain_openai import ChatOpenAI
+
+    from deepstep.model_http import model_http_client
 
     return ChatOpenAI(
         base_url=resolved.base_url,
@@ -105,6 +119,8 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str) -> ChatOpenAI:
         max_tokens=None if resolved.llama_cpp else resolved.max_tokens,
         extra_body={"max_tokens": resolved.max_tokens} if resolved.llama_cpp else None,
         timeout=resolved.timeout,
+        # A deadline per request (not per read), and replies checked and capped before they are parsed.
+        http_client=model_http_client(resolved.base_url, timeout=resolved.timeout, max_reply_chars=max_reply_chars),
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
         # LangGraph Studio always streams "messages", which would switch every call to a
@@ -140,11 +156,12 @@ def _message_of(completion: openai.types.chat.ChatCompletion) -> AIMessage:
     return AIMessage(content=completion.choices[0].message.content or "", usage_metadata=metadata)
 
 
-def _text(reply: BaseMessage) -> str:
+def _text(reply: BaseMessage, max_chars: int) -> str:
+    """The reply's text, cut to ``max_chars``: a runaway reply would be copied into every later checkpoint."""
     content = reply.content
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    if not isinstance(content, str):
+        content = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return content[:max_chars]
 
 
 def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) -> tuple[str, Usage]:
@@ -152,7 +169,7 @@ def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) ->
     started = time.perf_counter()
     model = chat_model(settings, task)
     reply = unless_stopped(model.invoke, list(messages))  # no new call after Ctrl-C
-    return _text(reply).strip(), _usage_of(task, reply, time.perf_counter() - started)
+    return _text(reply, settings.max_reply_chars).strip(), _usage_of(task, reply, time.perf_counter() - started)
 
 
 def _response_format(method: str, schema: type[BaseModel], *, llama_cpp: bool) -> dict | None:
@@ -203,7 +220,7 @@ def call_structured(
             options = {"response_format": response_format} if response_format else {}
             reply = unless_stopped(model.invoke, conversation, **options)  # no new call (or repair) after Ctrl-C
             totals = add_usage(totals, _usage_of(task, reply, 0.0))
-            last_text = _text(reply)
+            last_text = _text(reply, settings.max_reply_chars)
         except openai.BadRequestError:
             if settings.structured_output != "auto" or method not in _DOWNGRADE:
                 raise
@@ -214,7 +231,7 @@ def call_structured(
         except openai.LengthFinishReasonError as cut_off:
             # The reply hit max_tokens; what arrived may still parse (open JSON gets closed) or be repaired.
             totals = add_usage(totals, _usage_of(task, _message_of(cut_off.completion), 0.0))
-            last_text = cut_off.completion.choices[0].message.content or ""
+            last_text = (cut_off.completion.choices[0].message.content or "")[: settings.max_reply_chars]
         try:
             value = parse_reply(last_text, schema)
             return value, _finish(totals, task, started, repairs=repairs)

@@ -2,7 +2,9 @@
 
 Real HTTP on 127.0.0.1. Every reply is derived from a hash of the request, so the same
 request always gets the same answer; latency and faults (HTTP 500/429, timeouts,
-malformed JSON, ...) can be injected per task. Run it alone with
+malformed JSON, ...) can be injected per task, as can a hostile server's replies (``HOSTILE_KINDS``:
+an error in an HTTP 200, an HTML page, an unrequested event stream, a reply trickled one byte at a
+time, headers sent slowly, a huge reply, ...). Run it alone with
 ``python -m deepstep.testing.fake_llm --port PORT [--latency-ms L] [--fault SPEC ...]``.
 """
 
@@ -25,6 +27,20 @@ from typing import Any
 
 TASKS = ("outline", "steps", "question", "answer", "critique", "refine", "evaluate")
 JSON_TASKS = ("steps", "refine", "evaluate")
+# Replies of a hostile or broken server, all with HTTP 200.
+HOSTILE_KINDS = (
+    "error_200",  # {"error": {...}} with status 200, as some proxies send
+    "html",  # an HTML error page (a captive portal or a proxy in the way)
+    "sse",  # an event stream that was not asked for
+    "not_json",  # a body that is no JSON, labelled application/json
+    "no_choices",  # "choices": []
+    "object_content",  # the message content is an object, not text
+    "lone_surrogate",  # the content holds an unpaired UTF-16 surrogate (valid JSON, invalid Unicode)
+    "huge_usage",  # token counts above 2**64
+    "huge_json",  # a valid reply whose content is `size` characters long
+    "trickle",  # a valid reply sent one byte at a time, spread over `seconds`
+    "slow_headers",  # the status line and headers sent one byte at a time over `seconds`, then the reply
+)
 FAULT_KINDS = (
     "http500",
     "http429",
@@ -38,6 +54,7 @@ FAULT_KINDS = (
     "length",
     "http401",  # rejects the key and echoes it in the error message, as some servers do
     "crash",  # the server process dies of SIGSEGV, as a llama.cpp built for another CPU does (run it as its own process)
+    *HOSTILE_KINDS,
 )
 
 
@@ -53,6 +70,7 @@ class Fault:
     every: int = 1  # inject on every n-th matching request
     retry_after: float = 1.0
     seconds: float = 30.0
+    size: int = 10_000_000  # characters of a huge_json reply
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -71,7 +89,7 @@ def parse_fault(spec: str) -> Fault:
         key = key.strip()
         if key not in types or key == "kind":
             raise ValueError(f"unknown fault option {key!r} in {spec!r}")
-        if key in ("after", "times", "every"):
+        if key in ("after", "times", "every", "size"):
             values[key] = int(value)
         elif key in ("retry_after", "seconds"):
             values[key] = float(value)
@@ -191,6 +209,30 @@ def _faulty_content(kind: str, task: str, seq: int) -> str:
     if kind == "bad_score":
         return "Score: excellent" if seq % 2 == 0 else '{"score": 250}'
     raise AssertionError(kind)
+
+
+def _hostile_body(kind: str, completion: dict[str, Any]) -> tuple[str, bytes]:
+    """The content type and body of a hostile reply built around a good ``completion``."""
+    message = completion["choices"][0]["message"]
+    if kind == "error_200":
+        error = {"error": {"message": "injected error in an HTTP 200 reply", "type": "server_error", "code": None}}
+        return "application/json", json.dumps(error).encode()
+    if kind == "html":
+        return "text/html; charset=utf-8", b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+    if kind == "sse":
+        chunk = {**completion, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}]}
+        return "text/event-stream", f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    if kind == "not_json":
+        return "application/json", b"this is not JSON {"
+    if kind == "no_choices":
+        completion = {**completion, "choices": []}
+    elif kind == "object_content":
+        completion = {**completion, "choices": [{**completion["choices"][0], "message": {**message, "content": {"text": message["content"]}}}]}
+    elif kind == "lone_surrogate":
+        completion = {**completion, "choices": [{**completion["choices"][0], "message": {**message, "content": "\ud800" + message["content"]}}]}
+    elif kind == "huge_usage":
+        completion = {**completion, "usage": {"prompt_tokens": 2**70, "completion_tokens": 2**70, "total_tokens": 2**71}}
+    return "application/json", json.dumps(completion).encode()  # ensure_ascii: a lone surrogate goes out as \ud800
 
 
 class _Rules:
@@ -475,33 +517,59 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if fault and fault.kind == "timeout":
                 time.sleep(fault.seconds)
             json_format = response_format.get("type") in ("json_object", "json_schema")
-            if fault and fault.kind != "timeout":
+            if fault and fault.kind not in ("timeout", *HOSTILE_KINDS):
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
+            elif fault and fault.kind == "huge_json":
+                content = ("A very long answer. " * (fault.size // 20 + 1))[: fault.size]
             else:
                 content = reply_content(task, messages, steps=server.steps, json_format=json_format)
             entry["completion_tokens"] = count_tokens(content)
-            self._respond(
-                entry,
-                200,
-                {
-                    "id": "chatcmpl-" + entry["hash"][:24],
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "fake"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content},
-                            "finish_reason": "length" if fault and fault.kind == "length" else "stop",
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": entry["prompt_tokens"],
-                        "completion_tokens": entry["completion_tokens"],
-                        "total_tokens": entry["prompt_tokens"] + entry["completion_tokens"],
-                    },
+            completion = {
+                "id": "chatcmpl-" + entry["hash"][:24],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "length" if fault and fault.kind == "length" else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": entry["prompt_tokens"],
+                    "completion_tokens": entry["completion_tokens"],
+                    "total_tokens": entry["prompt_tokens"] + entry["completion_tokens"],
                 },
-            )
+            }
+            if fault and fault.kind in HOSTILE_KINDS and fault.kind != "huge_json":
+                self._respond_hostile(entry, fault, completion)
+                return
+            self._respond(entry, 200, completion)
+
+        def _respond_hostile(self, entry: dict, fault: Fault, completion: dict[str, Any]) -> None:
+            content_type, data = _hostile_body(fault.kind, completion)
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            entry["status"] = 200
+            entry["finished"] = time.time()
+            server._record(entry)
+            try:
+                if fault.kind == "slow_headers":
+                    self._trickle(head, fault.seconds)
+                    self.wfile.write(data)
+                elif fault.kind == "trickle":
+                    self.wfile.write(head)
+                    self._trickle(data, fault.seconds)
+                else:
+                    self.wfile.write(head + data)
+            except (BrokenPipeError, ConnectionResetError):
+                server._update(entry, status=0)  # the client hung up before the whole reply arrived
+
+        def _trickle(self, data: bytes, seconds: float) -> None:
+            for index in range(len(data)):
+                self.wfile.write(data[index : index + 1])
+                self.wfile.flush()
+                time.sleep(seconds / len(data))
 
     return Handler
 

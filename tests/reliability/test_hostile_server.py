@@ -1,0 +1,124 @@
+"""A hostile or broken model server (issue 14, items 8, 12, 26, 4 and 11).
+
+The fake server's hostile replies (``deepstep.testing.fake_llm.HOSTILE_KINDS``) are model faults:
+retried, then a failed step or one line of error, never a traceback. A reply trickled one byte at a
+time cannot outlive the call's ``timeout``; an oversized reply is cut or rejected; the embedded
+server's port is trusted only when it is deepstep's own server, which never sees the OpenAI key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+import deepstep
+from deepstep import tree as step_tree
+from deepstep.testing import FakeLLMServer, Fault
+from deepstep.testing.crash import cli_command, cli_env
+
+from .conftest import CORPUS, QUESTION, settings_for
+
+pytestmark = pytest.mark.slow
+
+# Replies that are no usable chat completion, all with HTTP 200.
+UNUSABLE = ("error_200", "html", "sse", "not_json", "no_choices", "object_content", "lone_surrogate", "huge_usage")
+
+
+def served(log: list[dict], task: str) -> list[dict]:
+    return [entry for entry in log if entry["task"] == task]
+
+
+def assert_all_steps_done(result: deepstep.RunResult) -> None:
+    steps = step_tree.steps(result.tree)
+    assert steps
+    for step in steps:
+        assert step["status"] == "done", step["error"]
+        assert step["answer"].strip()
+
+
+def settled(server: FakeLLMServer, fault_kind: str, status: int) -> list[dict]:
+    """The log once the faulted request's final status is logged (the server notices a hang-up on its next write)."""
+    for _ in range(400):
+        log = server.log()
+        if any(entry["fault"] == fault_kind and entry["status"] == status for entry in log):
+            return log
+        time.sleep(0.05)
+    return server.log()
+
+
+@pytest.mark.parametrize("kind", UNUSABLE)
+def test_an_unusable_reply_while_planning_is_retried(fake_llm, tmp_path, kind):
+    fake_llm.set_faults([Fault(kind, task="steps", times=1)])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home"))
+
+    plan_calls = served(fake_llm.log(), "steps")
+    assert [entry["fault"] for entry in plan_calls] == [kind, None]  # the fault, then its retry
+    assert_all_steps_done(result)
+
+
+@pytest.mark.parametrize("kind", ["error_200", "sse", "html", "no_choices"])
+def test_an_unusable_reply_in_a_step_is_retried(fake_llm, tmp_path, kind):
+    fake_llm.set_faults([Fault(kind, task="answer", times=1)])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home"))
+
+    assert sum(entry["fault"] == kind for entry in fake_llm.log()) == 1
+    assert_all_steps_done(result)  # the step whose answer was unusable asked again
+
+
+@pytest.mark.parametrize("kind", ["error_200", "html", "lone_surrogate", "huge_usage"])
+def test_a_server_that_never_answers_usably_while_planning_is_one_line_of_error(fake_llm, tmp_path, kind):
+    fake_llm.set_faults([Fault(kind, task="steps")])
+    env = cli_env(fake_llm.base_url, tmp_path / "home", corpus=CORPUS, rollouts=1, max_retries=0)
+    done = subprocess.run(cli_command("run", QUESTION), env=env, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(error_lines) == 1 and "model server" in error_lines[0], done.stderr
+    assert len(served(fake_llm.log(), "steps")) == 3  # every attempt of the planning node asked
+
+
+@pytest.mark.parametrize("kind", ["trickle", "slow_headers"])
+def test_a_trickled_reply_cannot_outlive_the_call_timeout(fake_llm, tmp_path, kind):
+    # 20 s of trickling against a 1 s timeout: the client must hang up and ask again.
+    fake_llm.set_faults([Fault(kind, task="question", times=1, seconds=20)])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home", timeout=1))
+
+    log = settled(fake_llm, kind, status=0)
+    trickled = [entry for entry in log if entry["fault"] == kind]
+    assert [entry["status"] for entry in trickled] == [0]  # the client hung up before the reply was whole
+    assert_all_steps_done(result)
+
+
+def checkpointed_bytes(settings: deepstep.Settings) -> int:
+    with sqlite3.connect(settings.checkpoint_file) as db:
+        checkpoints = db.execute("select coalesce(sum(length(checkpoint)), 0) from checkpoints").fetchone()[0]
+        writes = db.execute("select coalesce(sum(length(value)), 0) from writes").fetchone()[0]
+    return checkpoints + writes
+
+
+def test_a_reply_over_max_reply_chars_is_cut_and_costs_the_checkpoints_no_more_than_one_at_the_cap(tmp_path):
+    cap = 10_000
+    stored = {}
+    for reply_chars in (cap, 10 * cap):  # 10 * cap is still under the byte limit: cut, not rejected
+        with FakeLLMServer(faults=[Fault("huge_json", task="answer", size=reply_chars)]) as server:
+            settings = settings_for(server.base_url, tmp_path / str(reply_chars), max_reply_chars=cap)
+            result = deepstep.run(QUESTION, thread_id="t", settings=settings)
+            assert sum(entry["fault"] == "huge_json" for entry in server.log()) >= 1
+        assert_all_steps_done(result)
+        assert all(len(step["answer"]) <= cap for step in step_tree.steps(result.tree))
+        stored[reply_chars] = checkpointed_bytes(settings)
+    assert stored[10 * cap] <= stored[cap] * 1.05  # uncut, ten times the text would be stored (about ten times the bytes)
+
+
+def test_a_reply_far_beyond_max_reply_chars_is_rejected_and_retried(fake_llm, tmp_path):
+    fake_llm.set_faults([Fault("huge_json", task="question", times=1, size=2_000_000)])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home", max_reply_chars=1_000))
+
+    log = fake_llm.log()
+    assert sum(entry["fault"] == "huge_json" for entry in log) == 1
+    assert len(served(log, "question")) == len(step_tree.steps(result.tree)) + 1  # the rejected one was asked again
+    assert_all_steps_done(result)
