@@ -9,13 +9,13 @@ the answers cite.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from deepstep import json_text
 from deepstep import tree as step_tree
 from deepstep.citations import cited_numbers
 
@@ -130,7 +130,7 @@ def storyboard_csv(tree: nx.DiGraph) -> str:
     """The storyboard table as CSV text. List and dict cells (each step's passages) are written as JSON,
     so any CSV reader gets them back with ``json.loads`` (the DataFrame keeps real lists and dicts)."""
     table = storyboard_table(tree)
-    as_json = table.map(lambda value: json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, list | dict) else value)
+    as_json = table.map(lambda value: json_text.dumps(value, ensure_ascii=False, default=str) if isinstance(value, list | dict) else value)
     return as_json.to_csv(index=False)
 
 

@@ -9,14 +9,13 @@ back unchanged on re-export.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from deepstep import mcts
+from deepstep import json_text, mcts
 from deepstep import tree as step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
@@ -132,7 +131,7 @@ def store_document(tree: nx.DiGraph) -> dict[str, Any]:
 
 
 def write_json_atomically(path: Path, document: Any) -> None:
-    write_text_atomically(path, json.dumps(document, ensure_ascii=False, indent=2))
+    write_text_atomically(path, json_text.dumps(document, ensure_ascii=False, indent=2))
 
 
 def export_store(tree: nx.DiGraph, directory: str | Path) -> Path:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import deepstep
+from deepstep import api
+from deepstep import tree as step_tree
 from deepstep.testing.crash import cli_command, cli_env
 
 from .conftest import CORPUS, QUESTION, settings_for
@@ -167,3 +169,36 @@ def test_graph_out_to_an_unwritable_place_is_one_line(tmp_path, format):
     finished = deepstep_cli(env, "graph", "--format", format, "--out", str(blocker / "graph.png"))
     assert "cannot write" in one_line_error(finished)
     assert blocker.read_text(encoding="utf-8") == "not a folder"
+
+
+# --- item 24: NaN and infinite scores are written as JSON null ---
+
+
+def strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_scores_are_written_as_valid_json(stored_thread, fake_llm, tmp_path):
+    """A thread whose passages carry NaN and infinite scores (an API-built tree, a checkpoint from
+    before scores were checked): every JSON deepstep writes parses with a strict parser."""
+    result, env = stored_thread
+    tree = result.tree.copy()
+    done = [step for step in step_tree.steps(tree) if step["contexts"]]
+    tree.nodes[done[0]["id"]]["contexts"] = [{**done[0]["contexts"][0], "score": float("nan")}, {**done[0]["contexts"][0], "score": float("inf")}]
+    api.run_tree(tree, thread_id="nan-scores", settings=settings_for(fake_llm.base_url, tmp_path / "home", max_steps=2))
+
+    shown = deepstep_cli(env, "show", "nan-scores", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    scores = [context["score"] for node in strict_json(shown.stdout)["tree"]["nodes"] for context in node.get("contexts") or []]
+    assert scores.count(None) == 2
+    exported = deepstep_cli(env, "export", "nan-scores", "--dreamsboard", str(tmp_path / "store"), "--csv", str(tmp_path / "table.csv"))
+    assert exported.returncode == 0, exported.stderr
+    store = strict_json((tmp_path / "store" / "task_step_store.json").read_text(encoding="utf-8"))
+    assert [c["score"] for entry in store["task_step_store/data"].values() for c in entry["__data__"]["task_step_question_context"]].count(None) == 2
+    import pandas as pd
+
+    cells = pd.read_csv(tmp_path / "table.csv")["task_step_question_context"].dropna()
+    assert sum(context["score"] is None for cell in cells for context in strict_json(cell)) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from deepstep import json_text
 from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_errors
 
 # The index (bm25s, numpy) and the corpus reader (BeautifulSoup) are imported by the commands that use them.
@@ -102,7 +102,7 @@ def search(
                 stderr.print(DEMO_CORPUS_NOTICE, highlight=False, soft_wrap=True)
         hits = [{"rank": rank, **hit} for rank, hit in enumerate(_matching_contexts(settings, query), 1)]
         if as_json:
-            sys.stdout.write(json.dumps(hits, ensure_ascii=False, indent=2) + "\n")
+            sys.stdout.write(json_text.dumps(hits, ensure_ascii=False, indent=2) + "\n")
             return
         if not hits:
             stderr.print(f"no passage matches {query!r} in {settings.corpus}", highlight=False)

@@ -51,12 +51,13 @@ def export(
     markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
 ) -> None:
     """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or Markdown."""
-    from deepstep import api, store
+    from deepstep import store
+    from deepstep.threads import load
 
     with user_errors():
         if not any((dreamsboard, parquet, csv, markdown)):
             fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE and/or --md FILE")
-        result = api.load(thread_id, settings=load_settings())
+        result = load(thread_id, settings=load_settings())
         with writable_path(Path("the export")):
             if dreamsboard is not None:
                 stderr.print(f"wrote {store.export_store(result.tree, dreamsboard)}", highlight=False)

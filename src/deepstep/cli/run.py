@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from deepstep import json_text
 from deepstep.atomic_files import write_text_atomically
 from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, stdout, user_errors
 from deepstep.configuration import Settings
@@ -75,7 +75,7 @@ def _print_warnings(result: api.RunResult) -> None:
 
 def finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
     if result.status == "awaiting_review":
-        stdout.print_json(json.dumps(result.review_request, ensure_ascii=False))
+        stdout.print_json(json_text.dumps(result.review_request, ensure_ascii=False))
         _print_warnings(result)
         stderr.print(
             f"plan waiting for review: approve with `deepstep resume {result.thread_id}`, "
@@ -180,4 +180,4 @@ def show(
                 "warnings": result.warnings,
                 "report": result.markdown,
             }
-            sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+            sys.stdout.write(json_text.dumps(payload, ensure_ascii=False, indent=2) + "\n")
