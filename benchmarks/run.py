@@ -701,6 +701,17 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+# Sections below this line in results.md are measured by other benchmark scripts (CLI startup,
+# llama.cpp builds); rewriting the suite's part keeps them.
+SEPARATELY_MEASURED = "<!-- measured separately: benchmarks.run keeps everything below this line -->"
+
+
+def write_results_markdown(path: Path, markdown: str) -> None:
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = previous[previous.index(SEPARATELY_MEASURED) :] if SEPARATELY_MEASURED in previous else ""
+    path.write_text(markdown + ("\n" + kept if kept else ""), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the N = 5 smoke version")
@@ -710,7 +721,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true", help="rewrite results.md from the results.json in --out")
     args = parser.parse_args(argv)
     if args.render_only:
-        (args.out / "results.md").write_text(render(json.loads((args.out / "results.json").read_text())))
+        write_results_markdown(args.out / "results.md", render(json.loads((args.out / "results.json").read_text())))
         return
     plan = QUICK if args.quick else FULL
     started = time.time()
@@ -755,7 +766,7 @@ def main(argv: list[str] | None = None) -> None:
     results["duration_s"] = time.time() - started
     save()
     markdown = render(results)
-    (args.out / "results.md").write_text(markdown)
+    write_results_markdown(args.out / "results.md", markdown)
     print(markdown)
     log(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'} in {results['duration_s']:.0f} s")
 

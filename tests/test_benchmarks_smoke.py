@@ -54,3 +54,15 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
         "Embedded-model demo",
     ):
         assert heading in markdown
+
+
+def test_rewriting_the_suite_keeps_separately_measured_sections(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from benchmarks.run import SEPARATELY_MEASURED, write_results_markdown
+
+    results = tmp_path / "results.md"
+    write_results_markdown(results, "# suite, first run\n")
+    assert results.read_text() == "# suite, first run\n"
+    results.write_text(f"# suite, first run\n\n{SEPARATELY_MEASURED}\n\n## CLI startup\n| a | b |\n")
+    write_results_markdown(results, "# suite, second run\n")
+    assert results.read_text() == f"# suite, second run\n\n{SEPARATELY_MEASURED}\n\n## CLI startup\n| a | b |\n"
