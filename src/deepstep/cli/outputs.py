@@ -82,10 +82,15 @@ def import_(
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv (default: DEEPSTEP_HOME/runs/ID).")] = None,
 ) -> None:
     """Load a dreamsboard store into a new thread and answer only its unanswered steps."""
+    import uuid
+
     from deepstep import store
 
+    # Chosen here, not by the import: an interrupted import must name the thread to resume.
+    thread_id = thread_id or uuid.uuid4().hex[:12]
     with user_errors(thread_id):
         settings = load_settings(corpus=corpus)
+        stderr.print(f"thread {thread_id}")
         with progress_display() as on_progress:
             result = store.import_store(directory, thread_id, settings, on_progress=on_progress)
         finish_run(result, out, settings)
