@@ -31,8 +31,8 @@ def test_server_is_started_reused_and_stopped(tmp_path):
         assert llm_server.running_server(tmp_path) == first
         with llm_server.embedded_server(tmp_path) as second:
             assert second == first  # reused, not a second process
-        assert llm_server.is_ready(first.base_url)  # the inner user did not stop it
-    assert not llm_server.is_ready(first.base_url)
+        assert llm_server.is_ready(first.base_url, api_key=first.api_key)  # the inner user did not stop it
+    assert not llm_server.is_ready(first.base_url, api_key=first.api_key)
     assert llm_server.running_server(tmp_path) is None
     with pytest.raises(ProcessLookupError):
         os.kill(first.pid, 0)

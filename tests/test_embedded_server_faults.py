@@ -107,7 +107,12 @@ def test_llm_serve_stops_when_its_server_dies(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
             time.sleep(0.1)
         with pytest.raises(httpx.HTTPError):  # the second chat request kills the server
-            httpx.post(f"{info.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "hi there"}]}, timeout=30)
+            httpx.post(
+                f"{info.base_url}/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi there"}]},
+                headers={"Authorization": f"Bearer {info.api_key}"},  # the server takes its own key only
+                timeout=30,
+            )
         code = process.wait(timeout=30)
     finally:
         if process.poll() is None:

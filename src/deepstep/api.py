@@ -28,7 +28,7 @@ from deepstep.errors import (
 )
 from deepstep.graph import build_graph
 from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
-from deepstep.llm_server import EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
+from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.retrieve import corpus_retriever
@@ -93,6 +93,8 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
                 "base_url": server.base_url,
                 "model": MODEL_ALIAS,
                 "llama_cpp": True,
+                # Calls send the server's own key (models.chat_model); never read $OPENAI_API_KEY for it.
+                "api_key_env": EMBEDDED_KEY_ENV,
                 "max_tokens": min(settings.max_tokens, EMBEDDED_MAX_TOKENS),
                 # The server computes one request at a time: more calls in flight would only queue
                 # there and run into the per-call timeout while they wait.

@@ -99,8 +99,12 @@ _DOWNGRADE = {"json_schema": "json_object", "json_object": "prompt"}
 
 
 def chat_model(settings: Settings, task: str) -> ChatOpenAI:
+    from deepstep.llm_server import api_key_for
+
     resolved = settings.resolve_model(TASK_ROLES[task])
-    return _chat_model(resolved, os.environ.get(resolved.api_key_env) or "not-needed", task, settings.max_reply_chars)
+    # The embedded server gets its own key, never the user's: that would go to whatever holds its port.
+    api_key = api_key_for(resolved.base_url, settings.home) or os.environ.get(resolved.api_key_env) or "not-needed"
+    return _chat_model(resolved, api_key, task, settings.max_reply_chars)
 
 
 # Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.

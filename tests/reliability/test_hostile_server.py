@@ -8,13 +8,20 @@ server's port is trusted only when it is deepstep's own server, which never sees
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sqlite3
 import subprocess
+import threading
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 import deepstep
+from deepstep import llm_server
 from deepstep import tree as step_tree
 from deepstep.testing import FakeLLMServer, Fault
 from deepstep.testing.crash import cli_command, cli_env
@@ -22,6 +29,9 @@ from deepstep.testing.crash import cli_command, cli_env
 from .conftest import CORPUS, QUESTION, settings_for
 
 pytestmark = pytest.mark.slow
+
+STAND_IN = "deepstep.testing.stand_in_llama"
+USER_KEY = "sk-user-secret-must-stay-home"
 
 # Replies that are no usable chat completion, all with HTTP 200.
 UNUSABLE = ("error_200", "html", "sse", "not_json", "no_choices", "object_content", "lone_surrogate", "huge_usage")
@@ -122,3 +132,93 @@ def test_a_reply_far_beyond_max_reply_chars_is_rejected_and_retried(fake_llm, tm
     assert sum(entry["fault"] == "huge_json" for entry in log) == 1
     assert len(served(log, "question")) == len(step_tree.steps(result.tree)) + 1  # the rejected one was asked again
     assert_all_steps_done(result)
+
+
+def embedded_env(home: Path, **settings: object) -> dict[str, str]:
+    """No model server configured (the stand-in is the embedded model), and the user's OpenAI key set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSTEP_", "OPENAI_"))}
+    env.update(DEEPSTEP_HOME=str(home), DEEPSTEP_CORPUS=str(CORPUS), DEEPSTEP_LLAMA_SERVER_MODULE=STAND_IN, OPENAI_API_KEY=USER_KEY)
+    env.update({f"DEEPSTEP_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def test_a_stale_state_file_does_not_hand_the_key_and_prompts_to_whoever_holds_the_port(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    with FakeLLMServer() as foreign:  # answers anything, like any OpenAI-compatible server
+        # What a killed run left behind: its server is gone, another program holds the port now.
+        state = home / llm_server.STATE_FILE
+        state.write_text(json.dumps({"base_url": foreign.base_url, "pid": os.getpid(), "model_path": "m.gguf"}))
+        state.chmod(0o600)
+        env = embedded_env(home, max_steps=2, rollouts=0, max_retries=0)
+        done = subprocess.run(cli_command("run", QUESTION), env=env, capture_output=True, text=True, timeout=300)
+
+        assert foreign.log() == []  # not one prompt, and so never the key
+    # The run started deepstep's own server, which takes its own key only: a call with the user's key would fail.
+    assert done.returncode == 0, done.stderr
+    assert "2/2 steps done" in done.stderr
+
+
+def test_llm_serve_on_a_busy_port_fails_instead_of_serving_a_foreign_server(tmp_path):
+    with FakeLLMServer() as foreign:
+        process = subprocess.Popen(
+            cli_command("llm", "serve", "--port", str(foreign.port)), env=embedded_env(tmp_path / "home"), stderr=subprocess.PIPE, text=True
+        )
+        try:
+            code = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stderr = process.stderr.read()
+        assert foreign.log() == []
+    assert code == 2, stderr
+    assert f"port {foreign.port} on 127.0.0.1 is in use" in stderr and "ready" not in stderr and "Traceback" not in stderr
+
+
+def users(home: Path) -> list[int] | None:
+    path = home / llm_server.USERS_FILE
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else None
+
+
+def control(info: llm_server.ServerInfo, path: str) -> dict:
+    """The stand-in's test routes (hold and release requests, its health) with the server's own key."""
+    root = info.base_url.removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {info.api_key}"}
+    if path == "/_health":
+        return httpx.get(root + path, headers=headers, timeout=10).json()
+    return httpx.post(root + path, json={}, headers=headers, timeout=10).json()
+
+
+def test_a_run_does_not_stop_the_embedded_server_another_run_still_uses(tmp_path):
+    home = tmp_path / "home"
+    owner = llm_server.embedded_server(home, module=STAND_IN)  # this process started the server
+    info = owner.__enter__()
+    left = threading.Event()
+
+    def leave() -> None:
+        owner.__exit__(None, None, None)
+        left.set()
+
+    control(info, "/_hold")
+    other = subprocess.Popen(cli_command("run", QUESTION), env=embedded_env(home, max_steps=2, rollouts=1), stderr=subprocess.PIPE, text=True)
+    try:
+        while control(info, "/_health")["in_flight"] < 1:  # the second run reused the server: its first call is held there
+            assert other.poll() is None, other.stderr.read()
+            time.sleep(0.05)
+        leaving = threading.Thread(target=leave)
+        leaving.start()
+        # The first run is done with the server: it has left the users (or, without them, stopped the server).
+        while not left.is_set() and os.getpid() in (users(home) or [os.getpid()]):
+            time.sleep(0.05)
+        with contextlib.suppress(httpx.HTTPError):
+            control(info, "/_release")
+        stderr = other.communicate(timeout=300)[1]
+        leaving.join(timeout=60)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert other.returncode == 0, stderr
+    assert "2/2 steps done" in stderr
+    assert left.is_set() and not llm_server.is_ready(info.base_url, api_key=info.api_key)  # stopped once its last user left

@@ -16,7 +16,7 @@ app.add_typer(llm_app, name="llm")
 @llm_app.command("serve")
 def llm_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None) -> None:
     """Serve the embedded model in the foreground until Ctrl-C; deepstep runs reuse it."""
-    from deepstep.llm_server import LOG_FILE, embedded_server, gone_reason
+    from deepstep.llm_server import LOG_FILE, STATE_FILE, embedded_server, gone_reason
 
     with user_errors():
         settings = load_settings()
@@ -25,6 +25,7 @@ def llm_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (
             with embedded_server(settings.home, port=port, module=settings.llama_server_module) as server:
                 stderr.print(f"embedded model ready at {server.base_url} (model {server.model_path})")
                 stderr.print(f"use it from other tools with: export OPENAI_BASE_URL={server.base_url} DEEPSTEP_LLAMA_CPP=1")
+                stderr.print(f"it takes only its own API key, kept in {settings.home / STATE_FILE} (readable by you only); deepstep runs use it")
                 # Serve while the server lives: a crashed server must not leave a command that looks alive.
                 while (reason := gone_reason(server.base_url, when="while serving")) is None:
                     time.sleep(1)

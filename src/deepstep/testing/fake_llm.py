@@ -278,8 +278,10 @@ class FakeLLMServer:
         steps: int = 5,
         json_schema: bool = True,
         log_path: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.latency_ms = latency_ms
+        self.api_key = api_key  # when set, every request without it gets HTTP 401 (llama.cpp's --api_key)
         self.steps = steps
         self.json_schema = json_schema
         self.log_path = log_path
@@ -421,18 +423,35 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             return json.loads(self.rfile.read(length) or b"{}")
 
+        def _refused(self) -> bool:
+            """Answer 401 to a request without the server's API key, if it has one."""
+            if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                return False
+            if self.command == "POST":
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._error(401, "Invalid API key", "authentication_error")
+            return True
+
         def do_GET(self) -> None:  # noqa: N802
+            if self._refused():
+                return
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 self._send_json(200, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "deepstep"}]})
             elif self.path == "/_log":
                 self._send_json(200, server.log())
             elif self.path == "/_health":
-                self._send_json(200, {"status": "ok"})
+                self._send_json(200, {"status": "ok", "in_flight": server.in_flight})
             else:
                 self._error(404, f"no route {self.path}")
 
         def do_POST(self) -> None:  # noqa: N802
-            if self.path == "/_log/reset":
+            if self._refused():
+                return
+            if self.path in ("/_hold", "/_release"):  # hold()/release() for a server in another process
+                self._read_body()
+                server.hold() if self.path == "/_hold" else server.release()
+                self._send_json(200, {"ok": True})
+            elif self.path == "/_log/reset":
                 self._read_body()
                 server.reset_log()
                 self._send_json(200, {"ok": True})

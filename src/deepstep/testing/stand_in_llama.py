@@ -5,7 +5,8 @@ It takes llama-cpp-python's server options (``--model``, ``--port``, ...; only `
 ``json_schema`` like llama.cpp. Faults come from the environment, because deepstep starts the
 server itself: ``FAKE_LLM_FAULTS="crash:after=0"`` (fault specs as for ``fake_llm --fault``,
 separated by ``;``) makes it die of SIGSEGV on its first chat request, as a llama.cpp built for
-another CPU does. Point deepstep at it with ``DEEPSTEP_LLAMA_SERVER_MODULE=deepstep.testing.stand_in_llama``.
+another CPU does. Like llama-cpp-python's server it requires the API key in ``API_KEY``, if set.
+Point deepstep at it with ``DEEPSTEP_LLAMA_SERVER_MODULE=deepstep.testing.stand_in_llama``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from deepstep.testing.fake_llm import FakeLLMServer, parse_fault
 
 FAULTS_VARIABLE = "FAKE_LLM_FAULTS"
 LOG_VARIABLE = "FAKE_LLM_LOG"
+API_KEY_VARIABLE = "API_KEY"  # read by llama-cpp-python's server settings too
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.host != "127.0.0.1":
         parser.error("the stand-in binds 127.0.0.1 only")
     faults = [parse_fault(spec) for spec in os.environ.get(FAULTS_VARIABLE, "").split(";") if spec.strip()]
-    server = FakeLLMServer(port=args.port, faults=faults, json_schema=False, log_path=os.environ.get(LOG_VARIABLE))
+    server = FakeLLMServer(
+        port=args.port, faults=faults, json_schema=False, log_path=os.environ.get(LOG_VARIABLE), api_key=os.environ.get(API_KEY_VARIABLE) or None
+    )
 
     def stop(*_: Any) -> None:
         threading.Thread(target=server.stop, daemon=True).start()
