@@ -28,17 +28,18 @@ from deepstep.corpus import (
     CJK_CHARACTERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
+    CorpusContent,
     Passage,
-    corpus_files,
     corpus_root,
-    load_passages,
+    passages_from,
+    read_corpus,
 )
 from deepstep.errors import CorpusError
 
 logger = logging.getLogger(__name__)
 
 # Bump when tokenization, chunking or the cache layout changes so old caches are not reused.
-_INDEX_FORMAT = 2
+_INDEX_FORMAT = 3
 _PASSAGES_FILE = "passages.json"
 _ORIGIN_FILE = "origin.json"  # [corpus folder, chunk_tokens, chunk_overlap] the index was built from
 
@@ -108,14 +109,11 @@ def _build_index(passages: list[Passage]) -> bm25s.BM25:
     return index
 
 
-def _fingerprint(files: list[tuple[str, Path]], chunk_tokens: int, chunk_overlap: int) -> str:
-    digest = hashlib.sha256(json.dumps([_INDEX_FORMAT, chunk_tokens, chunk_overlap]).encode())
-    for source, path in files:
-        try:
-            content = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            content = "unreadable"
-        digest.update(f"{source}\0{content}\n".encode())
+def _fingerprint(content: CorpusContent, chunk_tokens: int, chunk_overlap: int) -> str:
+    """The cache key: the very bytes the index is built from (not a second read that may differ)."""
+    digest = hashlib.sha256(json.dumps([_INDEX_FORMAT, chunk_tokens, chunk_overlap, sorted(content.skipped.items())]).encode())
+    for source, data in content.files:
+        digest.update(f"{source}\0{hashlib.sha256(data).hexdigest()}\n".encode())
     return digest.hexdigest()
 
 
@@ -126,6 +124,8 @@ class BM25Index:
     passages: tuple[Passage, ...]
     bm25: bm25s.BM25
     skipped_files: int = 0
+    # Why files were skipped: reason -> count (corpus.EMPTY, PERMISSION_DENIED, LINK_OUTSIDE, ...).
+    skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     # True when the index was read from the on-disk cache rather than built.
     from_cache: bool = False
 
@@ -147,17 +147,18 @@ class BM25Index:
         """Index ``corpus_dir``, reusing an index saved under ``cache_dir`` for the same content and chunking
         (the cache key hashes every file, so any change to the corpus rebuilds)."""
         root = corpus_root(corpus_dir)
+        content = read_corpus(root)
         target = None
         if cache_dir is not None:
-            target = Path(cache_dir) / _fingerprint(corpus_files(root), chunk_tokens, chunk_overlap)
+            target = Path(cache_dir) / _fingerprint(content, chunk_tokens, chunk_overlap)
             if target.is_dir():
                 try:
                     return cls._load(target)
                 except Exception as exc:  # any damage to the cache means "rebuild", never a failed run
                     logger.warning("rebuilding unreadable retrieval cache %s: %s", target, exc)
                     shutil.rmtree(target, ignore_errors=True)
-        passages, skipped = load_passages(root, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
-        index = cls.from_passages(passages, skipped_files=skipped)
+        passages, skipped = passages_from(content, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+        index = dataclasses.replace(cls.from_passages(passages, skipped_files=skipped.total()), skipped_reasons=dict(skipped))
         if target is not None:
             origin = json.dumps([str(root.resolve()), chunk_tokens, chunk_overlap])
             index._save(target, origin)
@@ -176,7 +177,8 @@ class BM25Index:
         top_token = max((i for token, i in index.vocab_dict.items() if token), default=-1)
         if scores["num_docs"] != len(passages) or len(scores["data"]) != len(scores["indices"]) or top_token >= len(scores["indptr"]) - 1:
             raise ValueError("index does not match the saved passages")
-        return cls(passages=passages, bm25=index, skipped_files=saved["skipped_files"], from_cache=True)
+        reasons = saved["skipped_reasons"]
+        return cls(passages=passages, bm25=index, skipped_files=saved["skipped_files"], skipped_reasons=reasons, from_cache=True)
 
     def _save(self, target: Path, origin: str) -> None:
         try:
@@ -190,6 +192,7 @@ class BM25Index:
             saved = {
                 "format": _INDEX_FORMAT,
                 "skipped_files": self.skipped_files,
+                "skipped_reasons": self.skipped_reasons,
                 "passages": [dataclasses.asdict(p) for p in self.passages],
             }
             (staging / _PASSAGES_FILE).write_text(json.dumps(saved, ensure_ascii=False), encoding="utf-8")

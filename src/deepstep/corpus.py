@@ -14,13 +14,15 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -39,12 +41,27 @@ HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 CORPUS_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES
 DEFAULT_CHUNK_TOKENS = 180
 DEFAULT_CHUNK_OVERLAP = 30
+# Bounds that keep indexing linear in the corpus size: a bigger file, or HTML nested deeper, is
+# skipped with its reason (turning deep nesting into text is quadratic, and real pages nest < 50 deep).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_HTML_DEPTH = 256
+
+# Why a file was skipped, as `deepstep corpus index` reports it.
+EMPTY = "empty, binary or undecodable"
+PERMISSION_DENIED = "permission denied"
+UNREADABLE = "unreadable"
+LINK_OUTSIDE = "links leaving the corpus folder"
+SPECIAL_FILE = "not regular files (FIFOs, devices, sockets)"
+TOO_LARGE = f"larger than {MAX_FILE_BYTES // 2**20} MB"
+TOO_DEEP = f"HTML nested over {MAX_HTML_DEPTH} deep"
 
 # Scripts written without spaces between words; their characters count as one token each.
 CJK_CHARACTERS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 # One chunking unit: a CJK character or a run of other non-space characters (roughly one token).
 UNIT = re.compile(rf"[{CJK_CHARACTERS}]|[^\s{CJK_CHARACTERS}]+")
-_MD_TITLE = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+# Greedy and anchored: the closing "#"s and spaces are stripped in Python (a lazy group followed by
+# [ \t#]*$ backtracked quadratically on a long heading).
+_MD_TITLE = re.compile(r"^#[ \t]+(.*)$", re.MULTILINE)
 _RST_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
 _HTML_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([\w-]+)""", re.IGNORECASE)
 
@@ -148,6 +165,8 @@ def html_to_text(html: str | bytes) -> tuple[str, str | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         soup = BeautifulSoup(html, "html.parser")
+    if _deeper_than(soup, MAX_HTML_DEPTH):
+        raise NestedTooDeeply(f"the HTML is nested over {MAX_HTML_DEPTH} elements deep")
     page_title = soup.title.get_text(" ", strip=True) if soup.title else None
     if soup.find("meta", attrs={"http-equiv": re.compile("^refresh$", re.IGNORECASE)}):
         return "", page_title  # a redirect stub: its text only says where the content moved
@@ -161,6 +180,23 @@ def html_to_text(html: str | bytes) -> tuple[str, str | None]:
     title = heading.get_text(" ", strip=True) if isinstance(heading, Tag) else page_title
     text = _flatten(root)
     return text, (title or None)
+
+
+class NestedTooDeeply(ValueError):
+    """HTML too deeply nested to turn into text in linear time."""
+
+
+def _deeper_than(soup: Tag, limit: int) -> bool:
+    """Whether any element sits more than ``limit`` levels deep (an explicit stack: no recursion limit)."""
+    from bs4 import Tag
+
+    stack = [(soup, 0)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in element.contents if isinstance(child, Tag))
+    return False
 
 
 def _flatten(root: Tag) -> str:
@@ -201,8 +237,9 @@ def _flatten(root: Tag) -> str:
 
 
 def _title(text: str, fallback: str) -> str:
-    if match := _MD_TITLE.search(text):
-        return match.group(1).strip()
+    for match in _MD_TITLE.finditer(text):
+        if heading := match.group(1).rstrip(" \t#").strip():
+            return heading
     for line, below in itertools.pairwise(text.splitlines()):
         heading = line.strip()
         underlined = _RST_ADORNMENT.match(below) and len(below.strip()) >= len(heading)
@@ -228,22 +265,52 @@ def _decode(data: bytes, html: bool) -> str | None:
     return None
 
 
-def read_document(path: Path) -> tuple[str, str] | None:
-    """``(title, text)`` of one corpus file, or ``None`` when it is empty, binary or undecodable."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    is_html = path.suffix.lower() in HTML_SUFFIXES
+def document_text(data: bytes, name: str) -> tuple[str, str] | str:
+    """``(title, text)`` of one corpus file's bytes, or why it is skipped (``EMPTY``, ``TOO_DEEP``)."""
+    is_html = PurePosixPath(name).suffix.lower() in HTML_SUFFIXES
     text = _decode(data, is_html)
     if text is None:
-        return None
+        return EMPTY
     title: str | None = None
     if is_html:
-        text, title = html_to_text(text)
+        try:
+            text, title = html_to_text(text)
+        except NestedTooDeeply:
+            return TOO_DEEP
     if not text.strip():
-        return None
-    return title or _title(text, path.stem), text
+        return EMPTY
+    return title or _title(text, PurePosixPath(name).stem), text
+
+
+def read_document(path: Path) -> tuple[str, str] | None:
+    """``(title, text)`` of one corpus file, or ``None`` when it is skipped (see ``read_corpus`` for why)."""
+    data = read_regular_file(path)
+    document = document_text(data, path.name) if isinstance(data, bytes) else data
+    return document if isinstance(document, tuple) else None
+
+
+def read_regular_file(path: Path) -> bytes | str:
+    """The bytes of a regular file, or why it cannot be read. Opened without blocking and checked after
+    opening, so a FIFO or device put in a file's place is never waited on or read."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:
+        return PERMISSION_DENIED
+    except OSError:
+        return UNREADABLE
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            return SPECIAL_FILE
+        if info.st_size > MAX_FILE_BYTES:
+            return TOO_LARGE
+        with os.fdopen(handle, "rb", closefd=False) as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+        return TOO_LARGE if len(data) > MAX_FILE_BYTES else data
+    except OSError:
+        return UNREADABLE
+    finally:
+        os.close(handle)
 
 
 def corpus_root(corpus_dir: str | Path) -> Path:
@@ -253,15 +320,95 @@ def corpus_root(corpus_dir: str | Path) -> Path:
     return root
 
 
+def printable_name(relative: str) -> str:
+    """A relative path that is valid UTF-8 text: bytes of a non-UTF-8 file name (kept by Python as
+    surrogates) become ``\\xNN`` escapes, so ids, the index cache and checkpoints can hold it."""
+    return os.fsencode(relative).decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class CorpusScan:
+    """The corpus files to read, as (printable relative POSIX path, path), sorted, and what was skipped on the way."""
+
+    files: list[tuple[str, Path]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def scan_corpus(root: Path) -> CorpusScan:
+    """Walk ``root`` without recursion (any depth) and without leaving it: hidden entries are ignored,
+    symlinks are followed only to files and folders inside ``root`` (each folder once, so link loops
+    end), and only regular files with a corpus suffix are kept."""
+    real_root = Path(os.path.realpath(root))
+    scan = CorpusScan()
+    seen_folders = {(real_root.stat().st_dev, real_root.stat().st_ino)}
+    pending = [(root, PurePosixPath())]
+    while pending:
+        folder, relative = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listing = sorted(entries, key=lambda entry: entry.name)
+        except PermissionError:
+            scan.skipped[PERMISSION_DENIED] += 1
+            continue
+        except OSError:
+            scan.skipped[UNREADABLE] += 1
+            continue
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue
+            path, name = Path(entry.path), relative / entry.name
+            if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(real_root):
+                scan.skipped[LINK_OUTSIDE] += 1
+                continue
+            try:
+                info = path.stat()  # follows a link (inside the root)
+            except OSError:
+                continue  # a dangling link or a file removed meanwhile
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) not in seen_folders:
+                    seen_folders.add((info.st_dev, info.st_ino))
+                    pending.append((path, name))
+            elif name.suffix.lower() in CORPUS_SUFFIXES:
+                if stat.S_ISREG(info.st_mode):
+                    scan.files.append((printable_name(name.as_posix()), path))
+                else:
+                    scan.skipped[SPECIAL_FILE] += 1
+    scan.files.sort()
+    return scan
+
+
 def corpus_files(root: Path) -> list[tuple[str, Path]]:
     """Candidate files as (relative POSIX path, path), sorted; hidden files and folders are ignored."""
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        hidden = any(part.startswith(".") for part in relative.parts)
-        if path.suffix.lower() in CORPUS_SUFFIXES and not hidden and path.is_file():
-            found.append((relative.as_posix(), path))
-    return sorted(found)
+    return scan_corpus(root).files
+
+
+@dataclass
+class CorpusContent:
+    """Every corpus file's bytes as read once: the index cache key hashes these, and the passages are
+    built from these, so a file rewritten meanwhile cannot make the two disagree."""
+
+    root: Path
+    files: list[tuple[str, bytes]]
+    skipped: Counter[str]
+
+
+def read_corpus(root: Path) -> CorpusContent:
+    scan = scan_corpus(root)
+    content = CorpusContent(root, [], Counter(scan.skipped))
+    for source, path in scan.files:
+        data = read_regular_file(path)
+        if isinstance(data, bytes):
+            content.files.append((source, data))
+        else:
+            content.skipped[data] += 1
+    return content
+
+
+def describe_skipped(skipped: Counter[str]) -> str:
+    """``"3 files skipped (2 empty, binary or undecodable, 1 permission denied)"``."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common() if count)
+    return f"{total} files skipped ({reasons})" if total else "0 files skipped"
 
 
 # --- chunking ---
@@ -321,26 +468,33 @@ def load_passages(
 ) -> tuple[list[Passage], int]:
     """Read and chunk every corpus file under ``corpus_dir``.
 
-    Returns the passages (files in path order, chunks in text order) and how many files were skipped as
-    empty, binary or undecodable. Raises ``CorpusError`` when the folder is missing or nothing is readable.
+    Returns the passages (files in path order, chunks in text order) and how many files were skipped
+    (``passages_from`` says why). Raises ``CorpusError`` when the folder is missing or nothing is readable.
     """
+    passages, skipped = passages_from(read_corpus(corpus_root(corpus_dir)), chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+    return passages, sum(skipped.values())
+
+
+def passages_from(
+    content: CorpusContent, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+) -> tuple[list[Passage], Counter[str]]:
+    """The passages of files already read, and every skipped file's reason (reading, scanning and parsing)."""
     if not 0 <= chunk_overlap < chunk_tokens:
         raise CorpusError(f"need 0 <= chunk_overlap < chunk_tokens, got {chunk_overlap} and {chunk_tokens}")
-    root = corpus_root(corpus_dir)
     passages: list[Passage] = []
-    skipped = 0
-    for source, path in corpus_files(root):
-        document = read_document(path)
-        chunks = chunk_text(document[1], chunk_tokens, chunk_overlap) if document else []
-        if not document or not chunks:
-            skipped += 1
+    skipped = Counter(content.skipped)
+    for source, data in content.files:
+        document = document_text(data, source)
+        chunks = chunk_text(document[1], chunk_tokens, chunk_overlap) if isinstance(document, tuple) else []
+        if not chunks:
+            skipped[document if isinstance(document, str) else EMPTY] += 1
             continue
         ref_id = ref_id_for(source)
         passages += [Passage(ref_id, f"{ref_id}:{index}", document[0], source, chunk) for index, chunk in enumerate(chunks)]
     if not passages:
         raise CorpusError(
-            f"corpus folder {root} has no readable .md/.txt/.rst/.html files (skipped {skipped} empty, binary or "
-            "undecodable files): add UTF-8 text or HTML files to it, or use another folder"
+            f"corpus folder {content.root} has no readable .md/.txt/.rst/.html files ({describe_skipped(skipped)}): "
+            "add UTF-8 text or HTML files to it, or use another folder"
         )
     return passages, skipped
 
@@ -362,6 +516,20 @@ _FETCH_RECORD = ".fetched.json"
 
 def is_fetched(corpus_dir: Path) -> bool:
     return (corpus_dir / _FETCH_RECORD).is_file()
+
+
+def _fetch_record(corpus_dir: Path) -> dict | None:
+    """The record a finished fetch wrote, or ``None`` when there is none or it is damaged (fetch again)."""
+    if not is_fetched(corpus_dir):
+        return None
+    try:
+        record = json.loads((corpus_dir / _FETCH_RECORD).read_bytes())
+        if isinstance(record, dict) and isinstance(record.get("pages", 0), int):
+            return record
+    except (OSError, ValueError, RecursionError):
+        pass
+    logger.warning("%s is damaged: fetching the corpus again", corpus_dir / _FETCH_RECORD)
+    return None
 
 
 DEMO_CORPUS_NOTICE = "corpus: the bundled demo corpus (run `deepstep corpus fetch sklearn` for the scikit-learn user guide)"
@@ -506,9 +674,9 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
     """Fetch the scikit-learn user guide into ``HOME/corpora/sklearn`` (reused when present unless ``force``)."""
     started = time.perf_counter()
     target = sklearn_corpus_dir(home)
-    if is_fetched(target) and not force:
-        record = json.loads((target / _FETCH_RECORD).read_text(encoding="utf-8"))
-        return FetchResult(target, record.get("version", "unknown"), record.get("pages", 0), time.perf_counter() - started, True)
+    record = _fetch_record(target) if not force else None
+    if record is not None:
+        return FetchResult(target, str(record.get("version", "unknown")), int(record.get("pages") or 0), time.perf_counter() - started, True)
     report = on_status or (lambda message: None)
     if shutil.which("dpkg-deb") is None:
         raise CorpusError(

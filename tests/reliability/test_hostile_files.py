@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -202,3 +203,161 @@ def test_non_finite_scores_are_written_as_valid_json(stored_thread, fake_llm, tm
 
     cells = pd.read_csv(tmp_path / "table.csv")["task_step_question_context"].dropna()
     assert sum(context["score"] is None for cell in cells for context in strict_json(cell)) == 2
+
+
+# --- items 6, 13, 14, 15: hostile corpus folders ---
+
+
+def corpus_with(tmp_path: Path, **files: str | bytes) -> Path:
+    """A corpus folder: the test corpus plus ``files`` (relative path -> content)."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    for name, content in files.items():
+        path = corpus / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return corpus
+
+
+def corpus_index(tmp_path: Path, corpus: Path, **run_options) -> str:
+    finished = subprocess.run(
+        cli_command("corpus", "index", str(corpus)),
+        env=cli_env("http://127.0.0.1:9/v1", tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=280,
+        **run_options,
+    )
+    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr
+    return finished.stdout
+
+
+def search_hits(tmp_path: Path, corpus: Path, query: str) -> list[dict]:
+    env = cli_env("http://127.0.0.1:9/v1", tmp_path / "home")
+    finished = subprocess.run(
+        cli_command("corpus", "search", query, "--corpus", str(corpus), "--json"), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr
+    return strict_json(finished.stdout)
+
+
+def test_links_leaving_the_corpus_and_special_files_are_skipped_and_counted(tmp_path):
+    secret = tmp_path / "private" / "secret.md"
+    secret.parent.mkdir()
+    secret.write_text("# Notes\n\nThe launch password is zanzibarquokka, keep it private.\n", encoding="utf-8")
+    corpus = corpus_with(tmp_path, **{"inside/real.md": "# Kept\n\nThe gradient of a quokkaloss is computed by backpropagation.\n"})
+    (corpus / "secret.md").symlink_to(secret)
+    (corpus / "linked-folder").symlink_to(secret.parent, target_is_directory=True)
+    (corpus / "kmsg.md").symlink_to("/proc/kmsg")  # reading it as root blocks for ever
+    (corpus / "inside-link.md").symlink_to(corpus / "inside" / "real.md")
+    (corpus / "loop").symlink_to(corpus, target_is_directory=True)  # inside the root: followed once, no loop
+    os.mkfifo(corpus / "pipe.md")  # opening it for reading blocks for ever
+    described = corpus_index(tmp_path, corpus)
+    assert "3 links leaving the corpus folder" in described and "1 not regular files" in described
+    assert search_hits(tmp_path, corpus, "zanzibarquokka") == []
+    assert {hit["source"] for hit in search_hits(tmp_path, corpus, "quokkaloss")} == {"inside/real.md", "inside-link.md"}
+
+
+def test_non_utf8_file_names_are_indexed_searched_and_run(fake_llm, tmp_path):
+    corpus = corpus_with(tmp_path)
+    (corpus / os.fsdecode(b"caf\xe9-notes.md")).write_text("# Cafe\n\nThe espresso loss function weighs bitterness.\n", encoding="utf-8")
+    (corpus / os.fsdecode(b"dir-\xff")).mkdir()
+    (corpus / os.fsdecode(b"dir-\xff") / "inner.md").write_text("# Inner\n\nA ristretto loss function is shorter.\n", encoding="utf-8")
+    assert "Traceback" not in corpus_index(tmp_path, corpus)
+    assert [hit["source"] for hit in search_hits(tmp_path, corpus, "espresso bitterness")][:1] == ["caf\\xe9-notes.md"]
+    assert [hit["source"] for hit in search_hits(tmp_path, corpus, "ristretto")][:1] == ["dir-\\xff/inner.md"]
+    result = deepstep.run(
+        "What is the espresso loss function?", settings=settings_for(fake_llm.base_url, tmp_path / "home", corpus=corpus, max_steps=2)
+    )
+    assert result.status == "done"
+    assert any(context["source"] == "caf\\xe9-notes.md" for step in step_tree.steps(result.tree) for context in step["contexts"])
+
+
+def test_folders_nested_past_the_recursion_limit_are_indexed(tmp_path):
+    corpus = corpus_with(tmp_path)
+    folder = os.open(corpus, os.O_RDONLY)
+    for _ in range(1200):  # one level at a time: Path.mkdir(parents=True) itself recurses
+        os.mkdir("d", dir_fd=folder)
+        folder, parent = os.open("d", os.O_RDONLY, dir_fd=folder), folder
+        os.close(parent)
+    bottom = os.open("bottom.md", os.O_WRONLY | os.O_CREAT, dir_fd=folder)
+    os.write(bottom, b"# Bottom\n\nThe abyssal loss function lives at the bottom.\n")
+    os.close(bottom)
+    os.close(folder)
+    corpus_index(tmp_path, corpus)
+    assert [hit["source"] for hit in search_hits(tmp_path, corpus, "abyssal")] == ["d/" * 1200 + "bottom.md"]
+
+
+def test_a_damaged_fetch_record_is_fetched_again_not_a_traceback(tmp_path):
+    home = tmp_path / "home"
+    record = home / "corpora" / "sklearn" / ".fetched.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"version": "1.2", "pages": ', encoding="utf-8")
+    env = {**cli_env("http://127.0.0.1:9/v1", home), "PATH": str(tmp_path / "no-tools")}  # no dpkg-deb: the fetch fails fast
+    finished = subprocess.run(cli_command("corpus", "fetch", "sklearn"), env=env, capture_output=True, text=True, timeout=120)
+    assert "dpkg-deb not found" in one_line_error(finished)
+
+
+def test_unreadable_files_are_counted_as_permission_denied(tmp_path):
+    """Root reads any file: as root the index runs without the capabilities that override file
+    permissions (setpriv drops them from the bounding set), as any other user it runs as it is."""
+    corpus = corpus_with(tmp_path, **{"locked.md": "# Locked\n\nThe sealed loss function is private.\n"})
+    (corpus / "locked.md").chmod(0o000)
+    (corpus / "locked-folder").mkdir(mode=0o000)
+    command = cli_command("corpus", "index", str(corpus))
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root without setpriv (util-linux) every file is readable")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    finished = subprocess.run(command, env=cli_env("http://127.0.0.1:9/v1", tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr
+    assert "2 permission denied" in finished.stdout and "3 empty, binary or undecodable" in finished.stdout
+
+
+def test_deeply_nested_html_is_skipped_with_its_reason(tmp_path):
+    nested = "<html><body>" + "<div>" * 20000 + "The matryoshka loss function." + "</div>" * 20000 + "</body></html>"
+    corpus = corpus_with(tmp_path, **{"nested.html": nested, "flat.html": "<html><body><p>A flat matryoshka page.</p></body></html>"})
+    assert "1 HTML nested over 256 deep" in corpus_index(tmp_path, corpus)
+    assert [hit["source"] for hit in search_hits(tmp_path, corpus, "matryoshka")] == ["flat.html"]
+
+
+def test_a_huge_markdown_heading_is_read_in_linear_time(tmp_path):
+    """The old title pattern backtracked quadratically here (about an hour for this file): without
+    the fix this test runs into pytest's timeout. No clock in the assertion."""
+    heading = "# Spacious" + " " * 1_000_000 + "heading #\n\nThe roomy loss function has space.\n"
+    corpus = corpus_with(tmp_path, **{"spacious.md": heading})
+    corpus_index(tmp_path, corpus)
+    hits = search_hits(tmp_path, corpus, "roomy")
+    assert [hit["source"] for hit in hits] == ["spacious.md"]
+    assert hits[0]["title"].startswith("Spacious") and hits[0]["title"].endswith("heading")
+
+
+def test_the_index_cache_is_keyed_by_the_bytes_it_was_built_from(tmp_path):
+    """An editor truncates a file while it is indexed (here: right before deepstep's second open of it,
+    seen through Python's audit hook on ``open``); once the file is back, its passages must be searchable
+    and not be hidden by an index cached under the complete file's key."""
+    import sys
+
+    from deepstep.bm25_index import BM25Index
+
+    corpus = corpus_with(tmp_path, **{"edited.md": "# Edited\n\nThe palimpsest loss function is rewritten often.\n"})
+    edited = corpus / "edited.md"
+    content = edited.read_bytes()
+    opens: list[str] = []
+    watching = True
+
+    def truncate_on_second_open(event: str, args: tuple) -> None:
+        if watching and event == "open" and args and isinstance(args[0], str | bytes | os.PathLike) and os.fsdecode(args[0]) == str(edited):
+            opens.append(event)
+            if len(opens) == 2:
+                edited.write_bytes(b"")  # mid-save: truncated, not yet rewritten
+
+    sys.addaudithook(truncate_on_second_open)  # audit hooks cannot be removed: switched off below
+    try:
+        BM25Index.from_directory(corpus, cache_dir=tmp_path / "cache")
+    finally:
+        watching = False
+    edited.write_bytes(content)  # the save completes with the same content
+    again = BM25Index.from_directory(corpus, cache_dir=tmp_path / "cache")
+    assert [passage.source for passage, _ in again.search("palimpsest", 4)] == ["edited.md"]
+    assert len(opens) == 1  # read once: the cache key and the passages come from the same bytes

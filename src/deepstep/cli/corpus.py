@@ -34,12 +34,14 @@ def _index(corpus: Path, chunk_tokens: int | None = None, chunk_overlap: int | N
 
 
 def _describe(corpus: Path, index: BM25Index, seconds: float) -> str:
+    from collections import Counter
+
+    from deepstep.corpus import describe_skipped
+
     documents = len({p.ref_id for p in index.passages})
     how = "reused the cached index" if index.from_cache else "built the index"
-    return (
-        f"{corpus}: {len(index.passages)} passages from {documents} documents, "
-        f"{index.skipped_files} files skipped (empty, binary or undecodable); {how} in {seconds:.2f} s"
-    )
+    skipped = describe_skipped(Counter(index.skipped_reasons))
+    return f"{corpus}: {len(index.passages)} passages from {documents} documents, {skipped}; {how} in {seconds:.2f} s"
 
 
 @corpus_app.command("index")
