@@ -105,7 +105,7 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
 
 @contextmanager
 def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
-    with open_checkpointer(settings) as saver:
+    with open_checkpointer(settings, check_writable=True) as saver:
         yield build_graph(saver, retriever=retriever)
 
 

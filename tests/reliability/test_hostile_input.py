@@ -3,12 +3,15 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
 
 - a rejected review answer leaves the plan waiting for review: the next answer is applied;
 - huge numbers and deep nesting in model replies and in `resume --steps` files are refused
-  like any other bad JSON (a critic's unusable score falls back to 0, the step keeps its answer).
+  like any other bad JSON (a critic's unusable score falls back to 0, the step keeps its answer);
+- a checkpoint database another process keeps locked stops a run before its first model call
+  (mid-run: at the first checkpoint that cannot wait longer), with the right reason.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -156,3 +159,49 @@ def test_store_with_numbers_too_long_for_python_is_refused_in_one_line(tmp_path,
     with pytest.raises(InputError) as refused:
         read_store(tmp_path)
     assert len(str(refused.value)) < 300  # names the field, never prints the number
+
+
+@pytest.fixture
+def locked_home(fake_llm, tmp_path):
+    """A home with one finished thread, and a way to hold its database's write lock from another connection."""
+    settings = settings_for(fake_llm.base_url, tmp_path / "home", max_steps=2)
+    kept = deepstep.run(QUESTION, thread_id="kept", settings=settings)
+    fake_llm.reset_log()
+    holder = sqlite3.connect(settings.checkpoint_file, isolation_level=None)
+    yield settings, kept, holder
+    holder.close()
+
+
+@pytest.mark.slow
+def test_locked_database_stops_the_run_before_any_model_call(locked_home, fake_llm):
+    settings, kept, holder = locked_home
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, and never finishing
+    env = cli_env(fake_llm.base_url, settings.home, corpus=CORPUS, rollouts=1, max_retries=0, max_steps=2)
+    refused = subprocess.run(cli_command("run", QUESTION, "--thread-id", "next"), env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "is locked by another process" in refused.stderr and "unreadable" not in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stderr.count("error:") == 1
+    assert fake_llm.log() == []
+    # Reading needs no write lock: the finished thread still shows.
+    assert step_tree.trees_equal(deepstep.load("kept", settings=settings).tree, kept.tree)
+
+
+@pytest.mark.slow
+def test_database_locked_mid_run_fails_once_with_the_reason_and_resumes(locked_home, fake_llm):
+    settings, _, holder = locked_home
+    env = cli_env(fake_llm.base_url, settings.home, corpus=CORPUS, rollouts=1, max_retries=0, max_steps=2)
+    fake_llm.hold()
+    run = subprocess.Popen(cli_command("run", QUESTION, "--thread-id", "next"), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert fake_llm.wait_in_flight(1)  # past the writable check, in its first model call
+        holder.execute("BEGIN IMMEDIATE")
+    finally:
+        fake_llm.release()
+    stderr = run.communicate(timeout=300)[1]
+    assert run.returncode == 2, stderr
+    assert "is locked by another process" in stderr and "deepstep resume" in stderr
+    assert "Traceback" not in stderr and stderr.count("error:") == 1
+    holder.execute("ROLLBACK")
+    resumed = subprocess.run(cli_command("resume", "next"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert deepstep.load("next", settings=settings).status == "done"
