@@ -284,8 +284,11 @@ def test_folders_nested_past_the_recursion_limit_are_indexed(tmp_path):
     os.write(bottom, b"# Bottom\n\nThe abyssal loss function lives at the bottom.\n")
     os.close(bottom)
     os.close(folder)
-    corpus_index(tmp_path, corpus)
-    assert [hit["source"] for hit in search_hits(tmp_path, corpus, "abyssal")] == ["d/" * 1200 + "bottom.md"]
+    try:
+        corpus_index(tmp_path, corpus)
+        assert [hit["source"] for hit in search_hits(tmp_path, corpus, "abyssal")] == ["d/" * 1200 + "bottom.md"]
+    finally:  # pytest's own clean-up of old temporary folders recurses (RecursionError at this depth); rm does not
+        subprocess.run(["rm", "-rf", str(corpus / "d")], check=False)
 
 
 def test_a_damaged_fetch_record_is_fetched_again_not_a_traceback(tmp_path):
