@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -112,13 +113,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _request(method: str, url: str, *, timeout: float, **options: Any) -> httpx.Response:
+    """One request that ends within ``timeout`` in total: whatever holds a recorded port may trickle its reply."""
+    from deepstep.model_http import ModelTransport
+
+    with httpx.Client(transport=ModelTransport(deadline_seconds=timeout, max_reply_chars=100_000)) as client:
+        return client.request(method, url, timeout=timeout, **options)
+
+
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def is_ready(base_url: str, timeout: float = 2.0, *, api_key: str | None = None) -> bool:
     try:
-        return httpx.get(f"{base_url}/models", headers=_auth(api_key), timeout=timeout).status_code == 200
+        return _request("GET", f"{base_url}/models", headers=_auth(api_key), timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -127,7 +136,7 @@ def _holds_the_key(base_url: str, api_key: str, timeout: float = 2.0) -> bool:
     """The server at ``base_url`` refuses a request without ``api_key`` and accepts one with it:
     it was started with that key, so it is the server deepstep started (not whatever took the port)."""
     try:
-        if httpx.get(f"{base_url}/models", timeout=timeout).status_code != 401:
+        if _request("GET", f"{base_url}/models", timeout=timeout).status_code != 401:
             return False
     except httpx.HTTPError:
         return False
@@ -256,7 +265,8 @@ def _forget(info: ServerInfo) -> None:
 def prove_alive(info: ServerInfo, *, timeout: float = PROOF_OF_LIFE_TIMEOUT) -> None:
     """Send one short chat completion; a server that dies on it or fails it raises ``ModelServerError``."""
     try:
-        response = httpx.post(
+        response = _request(
+            "POST",
             f"{info.base_url}/chat/completions",
             json={"model": MODEL_ALIAS, "messages": PROOF_OF_LIFE, "max_tokens": 8, "temperature": 0},
             headers=_auth(info.api_key),
