@@ -137,7 +137,9 @@ class Settings(BaseSettings):
     temperature: float = Field(default=0.7, ge=0, le=2)
     evaluate_temperature: float = Field(default=0.0, ge=0, le=2, description="Temperature of the strict critic that scores answers.")
     max_tokens: int = Field(default=1024, ge=1)
-    timeout: float = Field(default=120.0, gt=0, description="Seconds before one model call times out.")
+    timeout: float = Field(
+        default=120.0, gt=0, description="Seconds one model request may take in all (a deadline, not a limit per network read); then it times out."
+    )
     max_retries: int = Field(default=2, ge=0, description="HTTP-level retries per call (429/5xx/timeouts, Retry-After respected).")
     step_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per graph node before a step is marked failed.")
     llama_cpp: bool = Field(

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -132,6 +133,25 @@ def test_a_reply_far_beyond_max_reply_chars_is_rejected_and_retried(fake_llm, tm
     assert sum(entry["fault"] == "huge_json" for entry in log) == 1
     assert len(served(log, "question")) == len(step_tree.steps(result.tree)) + 1  # the rejected one was asked again
     assert_all_steps_done(result)
+
+
+def test_the_hostile_replies_are_served_by_the_fake_server_run_alone(tmp_path):
+    """`python -m deepstep.testing.fake_llm --fault KIND` serves the same hostile replies as FakeLLMServer."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deepstep.testing.fake_llm", "--port", "0", "--fault", "html:times=1", "--fault", "huge_json:size=5000"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = process.stdout.readline().split()[-1]
+        request = {"messages": [{"role": "user", "content": "hi"}]}
+        html = httpx.post(f"{base_url}/chat/completions", json=request, timeout=30)
+        huge = httpx.post(f"{base_url}/chat/completions", json=request, timeout=30)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html") and html.text.startswith("<!DOCTYPE html>")
+    assert len(huge.json()["choices"][0]["message"]["content"]) == 5000
 
 
 def embedded_env(home: Path, **settings: object) -> dict[str, str]:
