@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import unicodedata
 import uuid
@@ -33,7 +34,7 @@ from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.nodes.review import checked_answer
-from deepstep.threads import RunResult, check_thread_id, load, result_from_state
+from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
 
 if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
     from langchain_core.retrievers import BaseRetriever
@@ -60,6 +61,8 @@ ProgressCallback = Callable[[Progress], None]
 
 def clean_question(question: str) -> str:
     """The question without control characters; rejects empty and oversized input."""
+    if not isinstance(question, str):
+        raise InputError(f'the question must be text, e.g. deepstep.run("What is a loss function?"), not {type(question).__name__}')
     text = "".join(ch for ch in question if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
     text = re.sub(r"\s+", " ", text).strip()
     if not text:
@@ -216,8 +219,15 @@ def _with_calls_in_flight(on_progress: ProgressCallback, calls: int) -> Progress
     return report
 
 
+def _check_progress_callback(on_progress: ProgressCallback | None) -> None:
+    if on_progress is not None and not callable(on_progress):
+        raise InputError(f"on_progress must be a function taking a deepstep.Progress, not {type(on_progress).__name__}")
+
+
 def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: BaseRetriever | None) -> Settings:
-    settings = settings or Settings.build()
+    settings = settings_or_default(settings)
+    if corpus is not None and not isinstance(corpus, (str, os.PathLike)):
+        raise InputError(f"corpus must be the path of a folder (str or Path), not {type(corpus).__name__}")
     if corpus is None and settings.corpus is None and retriever is None:
         # Pin the default corpus in the thread's settings: a resume keeps it even if another is fetched meanwhile.
         corpus = default_corpus_dir(settings.home)
@@ -241,6 +251,7 @@ def run(
 ) -> RunResult:
     """Answer ``question`` step by step on a new thread (checkpointed; see ``resume``)."""
     text = clean_question(question)
+    _check_progress_callback(on_progress)
     settings = _prepare(settings, corpus, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
@@ -259,7 +270,10 @@ def run_tree(
 ) -> RunResult:
     """Start a new thread from a ready step tree (e.g. an imported dreamsboard store):
     steps already ``done`` are kept without any model call, the others are run."""
+    if not isinstance(tree, nx.DiGraph):
+        raise InputError(f"tree must be a step tree (networkx.DiGraph, e.g. from deepstep.store.read_store), not {type(tree).__name__}")
     question = clean_question(step_tree.question_of(tree))
+    _check_progress_callback(on_progress)
     settings = _prepare(settings, None, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
@@ -285,7 +299,8 @@ def resume(
     """Continue a thread: after a crash, after a review pause (``review`` = True or edited steps),
     or to retry its failed steps. A finished thread without failures makes no model call."""
     check_thread_id(thread_id)
-    base = settings or Settings.build()
+    _check_progress_callback(on_progress)
+    base = settings_or_default(settings)
     with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
         probe: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         snapshot = graph.get_state(probe)

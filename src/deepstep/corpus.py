@@ -315,6 +315,8 @@ def read_regular_file(path: Path) -> bytes | str:
 
 def corpus_root(corpus_dir: str | Path) -> Path:
     root = Path(corpus_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise CorpusError(f"corpus {root} is a file, not a folder: give the folder of Markdown, text, reStructuredText or HTML files")
     if not root.is_dir():
         raise CorpusError(f"corpus folder {root} does not exist: give the path of a folder of Markdown, text, reStructuredText or HTML files")
     return root

@@ -10,6 +10,7 @@ back unchanged on re-export.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +161,8 @@ def _load_document(directory: Path) -> dict[str, Any]:
 
 def read_store(directory: str | Path) -> nx.DiGraph:
     """The step tree of a dreamsboard store: answered steps are ``done``, the others ``pending``."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise InputError(f"the store must be given as the path of its folder (str or Path), not {type(directory).__name__}")
     folder = Path(directory)
     document = _load_document(folder)
     entries = document[DATA_COLLECTION]

@@ -20,7 +20,7 @@ from deepstep import render
 from deepstep import tree as step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import Settings
-from deepstep.errors import InputError, UnknownThreadError
+from deepstep.errors import ConfigError, InputError, UnknownThreadError
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -53,9 +53,20 @@ class RunResult:
 
 
 def check_thread_id(thread_id: str) -> str:
+    if not isinstance(thread_id, str):
+        raise InputError(f"the thread id must be text (1-128 letters, digits, '.', '_' or '-'), not {type(thread_id).__name__}")
     if not THREAD_ID.match(thread_id):
         raise InputError(f"invalid thread id {thread_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return thread_id
+
+
+def settings_or_default(settings: Settings | None) -> Settings:
+    """``settings``, or the environment's when ``None``: a wrong type is bad input, not a TypeError later."""
+    if settings is None:
+        return Settings.build()
+    if not isinstance(settings, Settings):
+        raise ConfigError(f"settings must be a deepstep.Settings (e.g. deepstep.Settings.build(rollouts=1)), not {type(settings).__name__}")
+    return settings
 
 
 def result_from_state(thread_id: str, values: dict[str, Any], *, review_request: dict[str, Any] | None, tasks_pending: bool) -> RunResult:
@@ -89,7 +100,7 @@ def _result_from_checkpoint(thread_id: str, stored: CheckpointTuple) -> RunResul
 def load(thread_id: str, *, settings: Settings | None = None) -> RunResult:
     """The stored result of a thread, without running anything."""
     check_thread_id(thread_id)
-    settings = settings or Settings.build()
+    settings = settings_or_default(settings)
     if settings.database_url is None and not settings.checkpoint_file.exists():
         raise UnknownThreadError(
             f"no thread {thread_id}: there is no checkpoint database at {settings.checkpoint_file} yet; run a question first or set DEEPSTEP_HOME"

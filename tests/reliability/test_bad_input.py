@@ -137,7 +137,7 @@ API_CASES = [
     (lambda s: deepstep.load("/etc/passwd", settings=s), InputError, "invalid thread id"),
     (lambda s: deepstep.run(QUESTION, thread_id=KEPT, settings=s), InputError, "already exists"),
     (lambda s: deepstep.run(QUESTION, corpus="/no/such/folder", settings=s), CorpusError, "does not exist"),
-    (lambda s: deepstep.run(QUESTION, corpus=CORPUS / "gradient-descent.md", settings=s), CorpusError, "does not exist"),
+    (lambda s: deepstep.run(QUESTION, corpus=CORPUS / "gradient-descent.md", settings=s), CorpusError, "is a file, not a folder"),
     (lambda s: deepstep.Settings.build(rollouts=-1), ConfigError, "rollouts"),
     (lambda s: deepstep.Settings.build(exploration_c=-1), ConfigError, "exploration_c"),
     (lambda s: deepstep.Settings.build(roles={"writer": {}}), ConfigError, "unknown model role"),

@@ -5,7 +5,8 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
 - huge numbers and deep nesting in model replies and in `resume --steps` files are refused
   like any other bad JSON (a critic's unusable score falls back to 0, the step keeps its answer);
 - a checkpoint database another process keeps locked stops a run before its first model call
-  (mid-run: at the first checkpoint that cannot wait longer), with the right reason.
+  (mid-run: at the first checkpoint that cannot wait longer), with the right reason;
+- API arguments of the wrong type raise the DeepstepError a wrong value would, not a TypeError.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from langgraph.types import Command
 
 import deepstep
 from deepstep import tree as step_tree
-from deepstep.api import _open_graph, _run_config
-from deepstep.errors import InputError
+from deepstep.api import _open_graph, _run_config, run_tree
+from deepstep.errors import ConfigError, CorpusError, InputError
 from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
 from deepstep.store import read_store
 from deepstep.testing.crash import cli_command, cli_env
@@ -205,3 +206,30 @@ def test_database_locked_mid_run_fails_once_with_the_reason_and_resumes(locked_h
     resumed = subprocess.run(cli_command("resume", "next"), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert deepstep.load("next", settings=settings).status == "done"
+
+
+# Python callers passing the wrong type get the typed error a wrong value gets, naming the argument.
+WRONG_TYPES = [
+    (lambda s: deepstep.run(None, settings=s), InputError, "question must be text"),
+    (lambda s: deepstep.run(123, settings=s), InputError, "question must be text"),
+    (lambda s: deepstep.run(b"What is a loss function?", settings=s), InputError, "question must be text"),
+    (lambda s: deepstep.run(QUESTION, thread_id=123, settings=s), InputError, "thread id must be text"),
+    (lambda s: deepstep.run(QUESTION, corpus=42, settings=s), InputError, "corpus must be the path of a folder"),
+    (lambda s: deepstep.run(QUESTION, corpus=CORPUS / "gradient-descent.md", settings=s), CorpusError, "is a file, not a folder"),
+    (lambda s: deepstep.run(QUESTION, settings={"rollouts": 1}), ConfigError, "settings must be a deepstep.Settings"),
+    (lambda s: deepstep.run(QUESTION, settings=s, on_progress="print"), InputError, "on_progress must be a function"),
+    (lambda s: deepstep.resume(None, settings=s), InputError, "thread id must be text"),
+    (lambda s: deepstep.resume(["kept"], settings=s), InputError, "thread id must be text"),
+    (lambda s: deepstep.load(None, settings=s), InputError, "thread id must be text"),
+    (lambda s: deepstep.load("kept", settings="home"), ConfigError, "settings must be a deepstep.Settings"),
+    (lambda s: deepstep.import_store(None, settings=s), InputError, "path of its folder"),
+    (lambda s: run_tree({"nodes": []}, settings=s), InputError, "tree must be a step tree"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), WRONG_TYPES, ids=[f"{i:02d}-{c[2][:20]}" for i, c in enumerate(WRONG_TYPES)])
+def test_wrong_argument_types_raise_a_deepstep_error(fake_llm, tmp_path, call, error, message):
+    settings = settings_for(fake_llm.base_url, tmp_path / "home", max_steps=2)
+    with pytest.raises(error, match=message):
+        call(settings)
+    assert fake_llm.log() == []
