@@ -333,6 +333,12 @@ def _registered_user(home: Path) -> Iterator[None]:
 
 def _wait_while_used(home: Path, process: subprocess.Popen) -> None:
     """Keep a started server up while other runs still use it: it dies with this process."""
+    if (others := _update_users(home)) and process.poll() is None:
+        print(
+            f"waiting for {len(others)} other deepstep run(s) using the embedded model server before stopping it (Ctrl-C stops it now)",
+            file=sys.stderr,
+            flush=True,
+        )
     while _update_users(home) and process.poll() is None:
         time.sleep(0.2)
 
@@ -412,14 +418,16 @@ def embedded_server(
         interrupted = True
         raise
     finally:
-        if served and not interrupted:  # also after a failed run; Ctrl-C stops the server at once
-            _wait_while_used(home, process)
-        with contextlib.suppress(OSError):
-            if _read_state(home) == info:
-                state.unlink()
-        stop(process, grace_seconds=10)
-        _forget(info)
-        log.close()
+        try:
+            if served and not interrupted:  # also after a failed run; Ctrl-C (now or while waiting) stops the server at once
+                _wait_while_used(home, process)
+        finally:
+            with contextlib.suppress(OSError):
+                if _read_state(home) == info:
+                    state.unlink()
+            stop(process, grace_seconds=10)
+            _forget(info)
+            log.close()
 
 
 def _port_of(home: Path) -> int | None:
