@@ -59,23 +59,29 @@ Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluat
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
 
 
+# Upper bounds that only catch nonsense: values past them validated before, then failed deep in a
+# run (an int over 2^64 in the HTTP client, an infinite timeout in a timer).
+MOST_TOKENS = 10_000_000  # more than any model's context window
+LONGEST_TIMEOUT = 86_400.0  # a day, in seconds
+
+
 class RoleModel(BaseModel):
     """Per-role overrides; unset fields fall back to the global settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1, le=MOST_TOKENS)
+    timeout: float | None = Field(default=None, gt=0, le=LONGEST_TIMEOUT)
 
 
 class Price(BaseModel):
     """US dollars per million tokens."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: float = Field(ge=0)
     completion: float = Field(ge=0)
@@ -100,7 +106,7 @@ class ResolvedModel(BaseModel):
 class Settings(BaseSettings):
     """deepstep settings. Every field is also ``DEEPSTEP_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="DEEPSTEP_", extra="forbid", validate_assignment=True)
+    model_config = SettingsConfigDict(env_prefix="DEEPSTEP_", extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # Where things live.
     home: Path = Field(default=Path(".deepstep"), description="Folder for the checkpoint database and indexes.")
@@ -136,11 +142,14 @@ class Settings(BaseSettings):
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(default=0.7, ge=0, le=2)
     evaluate_temperature: float = Field(default=0.0, ge=0, le=2, description="Temperature of the strict critic that scores answers.")
-    max_tokens: int = Field(default=1024, ge=1)
+    max_tokens: int = Field(default=1024, ge=1, le=MOST_TOKENS)
     timeout: float = Field(
-        default=120.0, gt=0, description="Seconds one model request may take in all (a deadline, not a limit per network read); then it times out."
+        default=120.0,
+        gt=0,
+        le=LONGEST_TIMEOUT,
+        description="Seconds one model request may take in all (a deadline, not a limit per network read); then it times out.",
     )
-    max_retries: int = Field(default=2, ge=0, description="HTTP-level retries per call (429/5xx/timeouts, Retry-After respected).")
+    max_retries: int = Field(default=2, ge=0, le=100, description="HTTP-level retries per call (429/5xx/timeouts, Retry-After respected).")
     step_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per graph node before a step is marked failed.")
     llama_cpp: bool = Field(
         default=False,
@@ -153,7 +162,7 @@ class Settings(BaseSettings):
         "tests use deepstep.testing.stand_in_llama, which can crash on demand.",
     )
     structured_output: StructuredMethod = Field(default="auto", description="json_schema, json_object, prompt, or auto (best the server supports).")
-    max_repairs: int = Field(default=2, ge=0, description="Repair requests after an unparsable structured reply.")
+    max_repairs: int = Field(default=2, ge=0, le=100, description="Repair requests after an unparsable structured reply.")
     max_reply_chars: int = Field(
         default=50_000,
         ge=100,
@@ -167,25 +176,33 @@ class Settings(BaseSettings):
     )
 
     # MCTSr.
-    rollouts: int = Field(default=2, ge=0, description="MCTSr rollouts per step (critique, refine, evaluate); 0 keeps the first answer.")
+    rollouts: int = Field(default=2, ge=0, le=1000, description="MCTSr rollouts per step (critique, refine, evaluate); 0 keeps the first answer.")
     exploration_c: float = Field(default=1.4, ge=0, description="UCT exploration constant: higher tries weaker answers more often.")
-    max_children: int = Field(default=2, ge=1, description="Refinements of one answer before it counts as fully expanded.")
-    reward_samples: int = Field(default=1, ge=1, description="Scores the critic gives each answer (their mean and minimum make Q).")
+    max_children: int = Field(default=2, ge=1, le=100, description="Refinements of one answer before it counts as fully expanded.")
+    reward_samples: int = Field(default=1, ge=1, le=100, description="Scores the critic gives each answer (their mean and minimum make Q).")
     early_stop_q: float | None = Field(default=None, ge=-100, le=100, description="Stop refining a step once an answer reaches this Q (-100..100).")
 
     # Plan and retrieval.
     top_k: int = Field(default=4, ge=1, le=50, description="Passages retrieved per step.")
-    context_tokens: int = Field(default=1200, ge=64, description="Token budget of the retrieved passages in one prompt.")
+    context_tokens: int = Field(default=1200, ge=64, le=MOST_TOKENS, description="Token budget of the retrieved passages in one prompt.")
     chunk_tokens: int = Field(
         default=180, ge=16, le=4096, description="Passage size when indexing a corpus, in words (a CJK character counts as one)."
     )
-    chunk_overlap: int = Field(default=30, ge=0, description="Words shared by consecutive passages of a document (less than chunk_tokens).")
-    outline_tokens: int = Field(default=400, ge=32, description="Token budget of the outline kept for later prompts.")
+    chunk_overlap: int = Field(default=30, ge=0, le=4096, description="Words shared by consecutive passages of a document (less than chunk_tokens).")
+    outline_tokens: int = Field(default=400, ge=32, le=MOST_TOKENS, description="Token budget of the outline kept for later prompts.")
     max_steps: int = Field(default=8, ge=1, le=500, description="At most this many steps in the plan.")
     max_depth: int = Field(default=3, ge=1, le=6, description="Deepest step level (1: only top-level steps).")
     max_concurrency: int = Field(default=4, ge=1, le=64)
     review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
     language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
+
+    @field_validator("home", "checkpoint_path", "corpus", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty DEEPSTEP_HOME= must not quietly mean "here".
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: unset the variable for the default, or give a path")
+        return value
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -297,6 +314,8 @@ class Settings(BaseSettings):
             raise ConfigError(describe_validation_error(exc)) from None
         except SettingsError as exc:  # e.g. DEEPSTEP_ROLES that is not JSON
             raise ConfigError(f"invalid settings: {exc}; DEEPSTEP_* variables holding a dict or list must be JSON") from None
+        except RecursionError:  # JSON nested past Python's recursion limit, e.g. in DEEPSTEP_ROLES
+            raise ConfigError("invalid settings: a DEEPSTEP_* JSON value is nested too deeply; roles and prices are flat objects") from None
 
     @classmethod
     def from_config(cls, config: RunnableConfig | None) -> Settings:

@@ -6,7 +6,9 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
   like any other bad JSON (a critic's unusable score falls back to 0, the step keeps its answer);
 - a checkpoint database another process keeps locked stops a run before its first model call
   (mid-run: at the first checkpoint that cannot wait longer), with the right reason;
-- API arguments of the wrong type raise the DeepstepError a wrong value would, not a TypeError.
+- API arguments of the wrong type raise the DeepstepError a wrong value would, not a TypeError;
+- settings that would fail deep in a run (infinite timeout, token counts past 2^64, JSON nested too
+  deeply, an empty DEEPSTEP_HOME meaning the current directory) are refused before it starts.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from langgraph.types import Command
+from typer.testing import CliRunner
 
 import deepstep
 from deepstep import tree as step_tree
 from deepstep.api import _open_graph, _run_config, run_tree
+from deepstep.cli import app
 from deepstep.errors import ConfigError, CorpusError, InputError
 from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
 from deepstep.store import read_store
@@ -233,3 +237,35 @@ def test_wrong_argument_types_raise_a_deepstep_error(fake_llm, tmp_path, call, e
     with pytest.raises(error, match=message):
         call(settings)
     assert fake_llm.log() == []
+
+
+# Settings that validated, then failed deep in a run (or silently meant the current directory).
+BAD_SETTINGS = [
+    ("DEEPSTEP_TIMEOUT", "inf", "timeout: Input should be a finite number"),
+    ("DEEPSTEP_TIMEOUT", "1e300", "timeout: Input should be less than or equal to 86400"),
+    ("DEEPSTEP_MAX_TOKENS", str(2**64), "max_tokens: Input should be less than or equal to"),
+    ("DEEPSTEP_CONTEXT_TOKENS", str(2**64), "context_tokens: Input should be less than or equal to"),
+    ("DEEPSTEP_OUTLINE_TOKENS", str(2**64), "outline_tokens: Input should be less than or equal to"),
+    ("DEEPSTEP_EXPLORATION_C", "nan", "exploration_c: Input should be a finite number"),
+    ("DEEPSTEP_ROLES", "[" * DEEP + "]" * DEEP, "nested too deeply"),
+    ("DEEPSTEP_ROLES", '{"answer": {"max_tokens": 18446744073709551616}}', "roles.answer.max_tokens"),
+    ("DEEPSTEP_ROLES", '{"answer": {"timeout": 1e999}}', "roles.answer.timeout"),
+    ("DEEPSTEP_PRICES", '{"m": ' + "[" * DEEP + "]" * DEEP + "}", "nested too deeply"),
+    ("DEEPSTEP_PRICES", '{"m": {"prompt": 1e999, "completion": 1}}', "prices.m.prompt: Input should be a finite number"),
+    ("DEEPSTEP_HOME", "", "home: is empty"),
+    ("DEEPSTEP_CORPUS", " ", "corpus: is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_SETTINGS, ids=[f"{i:02d}-{c[0][9:]}" for i, c in enumerate(BAD_SETTINGS)])
+def test_settings_that_would_fail_later_are_refused_up_front(fake_llm, tmp_path, monkeypatch, name, value, message):
+    for variable, setting in cli_env(fake_llm.base_url, tmp_path / "home", corpus=CORPUS, rollouts=1, max_retries=0).items():
+        monkeypatch.setenv(variable, setting)
+    monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", QUESTION])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("error:") == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert fake_llm.log() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, neither in HOME nor here
