@@ -35,6 +35,11 @@ METADATA_COLLECTION = f"{NAMESPACE}/metadata"
 REF_COLLECTION = f"{NAMESPACE}/ref_task_step_info"
 NODE_TYPE = "task_step_node"
 EXTRA_FIELDS = "dreamsboard_fields"  # step attribute holding the store fields deepstep does not map
+# dreamsboard stores nest a few levels (collection, step, field, list item); far deeper is not a store
+# and would overflow serializers later (msgpack in the checkpoint, JSON on export).
+MAX_STORE_NESTING = 64
+# The largest max_steps setting allowed (its Field's le=), named in the "too many steps" message.
+MAX_STEPS_LIMIT = next(bound.le for bound in Settings.model_fields["max_steps"].metadata if hasattr(bound, "le"))
 
 # dreamsboard fields deepstep maps to and from its own step fields.
 _MAPPED = {
@@ -150,17 +155,46 @@ def _load_document(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"no {STORE_FILE} in {directory}: pass the directory a dreamsboard store was persisted to")
     try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}; check its permissions") from None
+    try:
         # load_json: numbers too long for Python's int() and nesting too deep are bad JSON too.
-        document = load_json(path.read_text(encoding="utf-8"))
+        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
+        document = load_json(data.decode("utf-8-sig"))
     except ValueError as error:  # includes UnicodeDecodeError and json.JSONDecodeError
         raise InputError(f"{path} is not valid JSON ({error}); is it a dreamsboard task_step_store.json?") from None
     if not isinstance(document, dict) or not isinstance(document.get(DATA_COLLECTION), dict):
         raise InputError(f"{path} has no {DATA_COLLECTION!r} object: it is not a dreamsboard task-step store")
+    for collection in (METADATA_COLLECTION, REF_COLLECTION):
+        if not isinstance(document.get(collection) or {}, dict):
+            raise InputError(f"{path}: {collection!r} must be an object (step id -> fields), not {type(document[collection]).__name__}")
+    if _nesting(document) > MAX_STORE_NESTING:
+        raise InputError(f"{path} nests values more than {MAX_STORE_NESTING} levels deep: it is not a dreamsboard task-step store")
     return document
 
 
-def read_store(directory: str | Path) -> nx.DiGraph:
-    """The step tree of a dreamsboard store: answered steps are ``done``, the others ``pending``."""
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (an explicit stack: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _answer_of(entry: Any) -> str:
+    data = entry.get("__data__") if isinstance(entry, dict) else None
+    return str(data.get("task_step_question_answer") or "") if isinstance(data, dict) else ""
+
+
+def read_store(directory: str | Path, *, max_steps: int | None = None) -> nx.DiGraph:
+    """The step tree of a dreamsboard store: answered steps are ``done``, the others ``pending``.
+    A store with more than ``max_steps`` steps to answer is refused before any step is read."""
     if not isinstance(directory, (str, os.PathLike)):
         raise InputError(f"the store must be given as the path of its folder (str or Path), not {type(directory).__name__}")
     folder = Path(directory)
@@ -168,6 +202,16 @@ def read_store(directory: str | Path) -> nx.DiGraph:
     entries = document[DATA_COLLECTION]
     if not entries:
         raise InputError(f"the store in {folder} has no steps")
+    # Refused before any step is read: a run never plans more than MAX_STEPS_LIMIT steps, and each
+    # unanswered step is a model call, capped like a plan by max_steps.
+    if len(entries) > MAX_STEPS_LIMIT:
+        raise InputError(f"the store in {folder} has {len(entries)} steps, more than deepstep runs ({MAX_STEPS_LIMIT}): import a smaller store")
+    unanswered = sum(1 for entry in entries.values() if not _answer_of(entry).strip())
+    if max_steps is not None and unanswered > max_steps:
+        raise InputError(
+            f"the store in {folder} has {unanswered} unanswered steps, more than max_steps={max_steps}: "
+            f"raise DEEPSTEP_MAX_STEPS (at most {MAX_STEPS_LIMIT}) or import a store with fewer steps to answer"
+        )
     records: list[dict[str, Any]] = []
     for key, entry in entries.items():
         data = entry.get("__data__") if isinstance(entry, dict) else None
@@ -235,7 +279,7 @@ def import_store(
     """
     from deepstep import api  # the run machinery, only when a store is imported (exporting needs none of it)
 
-    tree = read_store(directory)
+    tree = read_store(directory, max_steps=(settings or Settings.build()).max_steps)
     return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
 
 

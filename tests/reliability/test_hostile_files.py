@@ -364,3 +364,89 @@ def test_the_index_cache_is_keyed_by_the_bytes_it_was_built_from(tmp_path):
     again = BM25Index.from_directory(corpus, cache_dir=tmp_path / "cache")
     assert [passage.source for passage, _ in again.search("palimpsest", 4)] == ["edited.md"]
     assert len(opens) == 1  # read once: the cache key and the passages come from the same bytes
+
+
+# --- item 16: hostile dreamsboard stores ---
+
+
+@pytest.fixture
+def exported_store(stored_thread, tmp_path) -> tuple[dict, dict[str, str]]:
+    """The stored thread exported as a dreamsboard store (every step answered: importing it calls no model)."""
+    _, env = stored_thread
+    finished = deepstep_cli(env, "export", THREAD, "--dreamsboard", str(tmp_path / "exported"))
+    assert finished.returncode == 0, finished.stderr
+    return json.loads((tmp_path / "exported" / "task_step_store.json").read_text(encoding="utf-8")), env
+
+
+def store_folder(tmp_path: Path, document: dict | str | bytes, name: str = "store") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    data = document if isinstance(document, bytes) else (document if isinstance(document, str) else json.dumps(document)).encode("utf-8")
+    (folder / "task_step_store.json").write_bytes(data)
+    return folder
+
+
+def nested_json(depth: int) -> str:
+    """An object nested ``depth`` levels deep, as text (json.dumps itself recurses)."""
+    return '{"deeper": [' * depth + '"bottom"' + "]}" * depth
+
+
+@pytest.mark.parametrize(
+    ("collection", "value", "message"),
+    [
+        ("metadata", '["not", "an", "object"]', "'task_step_store/metadata' must be an object"),
+        ("ref_task_step_info", '"text"', "'task_step_store/ref_task_step_info' must be an object"),
+        ("metadata", nested_json(200), "more than 64 levels deep"),
+        ("ref_task_step_info", nested_json(100_000), "nested too deeply"),
+    ],
+)
+def test_a_store_with_bad_collections_is_refused_with_one_line(exported_store, tmp_path, collection, value, message):
+    document, env = exported_store
+    del document[f"task_step_store/{collection}"]
+    folder = store_folder(tmp_path, json.dumps(document)[:-1] + f', "task_step_store/{collection}": {value}}}')
+    finished = deepstep_cli(env, "import", str(folder), "--thread-id", "bad-store")
+    assert message in one_line_error(finished)
+    exported = deepstep_cli(env, "export", "bad-store", "--md", str(tmp_path / "report.md"))
+    assert exported.returncode == 2 and "Traceback" not in exported.stderr  # nothing was imported
+
+
+def test_a_store_with_a_byte_order_mark_imports_and_exports_again(exported_store, tmp_path):
+    document, env = exported_store
+    folder = store_folder(tmp_path, b"\xef\xbb\xbf" + json.dumps(document, ensure_ascii=False).encode("utf-8"))
+    finished = deepstep_cli(env, "import", str(folder), "--thread-id", "with-bom", "--out", str(tmp_path / "out"))
+    assert finished.returncode == 0, finished.stderr
+    again = deepstep_cli(env, "export", "with-bom", "--dreamsboard", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    exported = strict_json((tmp_path / "again" / "task_step_store.json").read_text(encoding="utf-8"))
+    assert exported["task_step_store/data"].keys() == document["task_step_store/data"].keys()
+
+
+def test_an_unreadable_store_is_one_line(exported_store, tmp_path):
+    document, env = exported_store
+    folder = store_folder(tmp_path, document)
+    (folder / "task_step_store.json").chmod(0o000)
+    command = cli_command("import", str(folder), "--thread-id", "unreadable")
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root without setpriv (util-linux) every file is readable")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert "cannot read" in one_line_error(finished) and "Permission denied" in finished.stderr
+
+
+def test_a_store_over_max_steps_is_refused_before_any_step_is_read(exported_store, fake_llm, tmp_path):
+    document, env = exported_store
+    template = next(iter(document["task_step_store/data"].values()))
+    steps = {}
+    for number in range(600):
+        data = {**template["__data__"], "id_": f"step-{number}", "task_step_level": f"0>{number}", "task_step_question_answer": ""}
+        steps[f"step-{number}"] = {**template, "__data__": data}
+    folder = store_folder(tmp_path, {**document, "task_step_store/data": steps})
+    fake_llm.reset_log()
+    finished = deepstep_cli(env, "import", str(folder), "--thread-id", "too-many")
+    assert "has 600 steps, more than deepstep runs (500)" in one_line_error(finished)
+    answered = {key: {**entry, "__data__": {**entry["__data__"], "task_step_question_answer": "Answered."}} for key, entry in list(steps.items())[:5]}
+    folder = store_folder(tmp_path, {**document, "task_step_store/data": {**answered, **dict(list(steps.items())[5:8])}}, "three-to-answer")
+    finished = deepstep_cli(env, "import", str(folder), "--thread-id", "three-to-answer")  # the environment's max_steps is 2
+    assert "has 3 unanswered steps, more than max_steps=2" in one_line_error(finished) and "DEEPSTEP_MAX_STEPS" in finished.stderr
+    assert fake_llm.log() == []  # refused before the run: no model call
