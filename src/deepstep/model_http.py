@@ -111,15 +111,19 @@ class ModelTransport(httpx.HTTPTransport):
                 response.close()
         finally:
             _request.deadline = None
-        whole = httpx.Response(
-            response.status_code, headers=response.headers, stream=httpx.ByteStream(body), extensions=response.extensions, request=request
-        )
-        whole.read()  # decoded (gzip ...) once, here; the OpenAI client reads the same bytes
-        if len(whole.content) > self.max_body_bytes:
+
+        def whole() -> httpx.Response:  # the reply from the bytes read, not read yet (httpx reads and times it)
+            return httpx.Response(
+                response.status_code, headers=response.headers, stream=httpx.ByteStream(body), extensions=response.extensions, request=request
+            )
+
+        decoded = whole()
+        decoded.read()  # undone gzip (...) to check what the OpenAI client will parse
+        if len(decoded.content) > self.max_body_bytes:
             raise self._too_big()
-        if whole.status_code == 200 and request.url.path.rstrip("/").endswith("/chat/completions"):
-            check_chat_completion(whole)
-        return whole
+        if decoded.status_code == 200 and request.url.path.rstrip("/").endswith("/chat/completions"):
+            check_chat_completion(decoded)
+        return whole()
 
     def _too_big(self) -> UnusableReplyError:
         return UnusableReplyError(f"the model server sent a reply over {self.max_body_bytes} bytes (max_reply_chars is {self.max_reply_chars})")
