@@ -18,7 +18,7 @@ from langgraph.types import Command
 
 from deepstep import tree as step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
-from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
+from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings, redact_url
 from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir
 from deepstep.errors import (
     ConfigError,
@@ -76,8 +76,8 @@ def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
     # Each rollout is three supersteps per evaluator sample; leave room for retries.
     recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples
     return {
-        # The database URL travels as a SecretStr: checkpoint metadata only copies plain values.
-        "configurable": {"thread_id": thread_id, **settings.public_dict(), "database_url": settings.database_url},
+        # URLs that may hold credentials travel as SecretStr: checkpoint metadata only copies plain values.
+        "configurable": {"thread_id": thread_id, **settings.public_dict(), **settings.credential_values()},
         "max_concurrency": settings.max_concurrency,
         "recursion_limit": recursion_limit,
     }
@@ -170,7 +170,7 @@ def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig,
 def _as_user_error(error: Exception, settings: Settings) -> Exception:
     import openai
 
-    base_url = settings.resolve_model("decompose").base_url
+    base_url = redact_url(settings.resolve_model("decompose").base_url, keep_user=False)  # it may carry a key
     if isinstance(error, openai.AuthenticationError):
         return ConfigError(f"the model server at {base_url} rejected the API key: set ${settings.api_key_env}")
     if isinstance(error, openai.NotFoundError):

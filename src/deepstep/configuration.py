@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -259,9 +260,10 @@ class Settings(BaseSettings):
                 "no model server configured: set OPENAI_BASE_URL (and OPENAI_API_KEY), or start the embedded model "
                 "with `deepstep llm serve` and set OPENAI_BASE_URL to the URL it prints"
             )
-        if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
+        if not _is_http_url(base_url):
             raise ConfigError(
-                f"the model server URL {base_url!r} is not an http(s) URL: set OPENAI_BASE_URL (or `deepstep run --base-url`) to one like http://127.0.0.1:8080/v1"
+                f"the model server URL {redact_url(base_url, keep_user=False)!r} is not an http(s) URL: "
+                "set OPENAI_BASE_URL (or `deepstep run --base-url`) to one like http://127.0.0.1:8080/v1"
             )
         default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
         return ResolvedModel(
@@ -302,8 +304,24 @@ class Settings(BaseSettings):
         )
 
     def public_dict(self) -> dict[str, Any]:
-        """JSON-safe values for state and ``configurable``, without the database URL (it may hold a password)."""
-        return self.model_dump(mode="json", exclude={"database_url"})
+        """JSON-safe values for state and ``configurable``, without credentials: no database URL, and
+        model server URLs redacted (``OPENAI_BASE_URL`` may carry a key as user info or ``?api-key=``)."""
+        values = self.model_dump(mode="json", exclude={"database_url"})
+        if values["base_url"]:
+            values["base_url"] = redact_url(values["base_url"], keep_user=False)
+        for role in values["roles"].values():
+            if role.get("base_url"):
+                role["base_url"] = redact_url(role["base_url"], keep_user=False)
+        return values
+
+    def credential_values(self) -> dict[str, Any]:
+        """The values ``public_dict`` leaves out or redacts, for a run's ``configurable`` only: URLs as
+        ``SecretStr`` and roles as a dict, both of which LangGraph never copies into checkpoint metadata."""
+        return {
+            "database_url": self.database_url,
+            "base_url": SecretStr(self.base_url) if self.base_url else None,
+            "roles": {role: model.model_dump() for role, model in self.roles.items()},
+        }
 
     @classmethod
     def build(cls, **overrides: Any) -> Settings:
@@ -356,6 +374,47 @@ def _refuse_remote_settings(requested: dict[str, Any], *, allow_paths: bool) -> 
 
 
 _ENV_PREFIXES = ("DEEPSTEP_", "OPENAI_")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+
+
+# Query parameters that carry credentials: ?password= (libpq), ?api-key= / ?key= (Azure and others),
+# ?token=, ?sig= (SAS), ?secret=, ?auth=...
+_SECRET_PARAMETER = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential")
+
+
+def redact_url(url: str, *, keep_user: bool = True) -> str:
+    """``url`` without credentials, for messages and stored state: its password, the values of
+    query parameters named like credentials and any fragment become ``***``; with ``keep_user=False``
+    the whole user info does (a model server has no use for a user name but as a token).
+    Works on the text: a multi-host Postgres URL or a port out of range (which make
+    ``urlsplit(...).port`` raise) are redacted too."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "***" if "@" in url or "?" in url else url
+    rest, hash_mark, _fragment = rest.partition("#")
+    rest, question_mark, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    user_info, at, hosts = authority.rpartition("@")
+    if at:
+        user, colon, _password = user_info.partition(":")
+        authority = f"{user}:***@{hosts}" if keep_user and colon else (f"{user}@{hosts}" if keep_user else f"***@{hosts}")
+    if question_mark:
+        query = "&".join(_redact_parameter(part) for part in query.split("&"))
+    return f"{scheme}://{authority}{slash}{path}{question_mark}{query}{hash_mark}{'***' if hash_mark else ''}"
+
+
+def _redact_parameter(part: str) -> str:
+    name, equals, _value = part.partition("=")
+    if not equals:
+        return "***"  # a bare value: nothing says it is harmless
+    return f"{name}=***" if _SECRET_PARAMETER.search(name) else part
 
 
 def _plain_value(value: Any) -> Any:

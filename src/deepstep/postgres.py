@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import openai
 import psycopg
@@ -34,6 +34,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict
 
+from deepstep import configuration
 from deepstep.configuration import Settings
 from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, load_passages
 from deepstep.errors import ConfigError, ModelServerError
@@ -79,27 +80,20 @@ CREATE TABLE IF NOT EXISTS {TERMS_TABLE} (
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its password (also a ``?password=``) replaced by ``***``, for messages and logs."""
+    return configuration.redact_url(url)
 
 
 def connection_error(url: str, error: Exception, *, then: str = "") -> ConfigError:
     """A one-line error for a failed connection that never shows the password; ``then`` is a further hint."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    parts = urlsplit(url)
-    if parts.password:
-        detail = detail.replace(parts.password, "***")
+    detail = detail.replace(url, redact_url(url))  # libpq quotes a URL it cannot parse
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        password = None
+    if password:
+        detail = detail.replace(password, "***")
     if isinstance(error, psycopg.OperationalError):
         return ConfigError(f"cannot use the Postgres database {redact_url(url)}: {detail}; start it or fix DEEPSTEP_DATABASE_URL{then}")
     return ConfigError(f"the Postgres database {redact_url(url)} refused a deepstep query: {detail}; check its version (13 or later) and permissions")
@@ -262,7 +256,12 @@ class EmbeddingModel(BaseModel):
     timeout: float = 120.0
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "not-needed", timeout=self.timeout)
+        from deepstep.model_http import model_http_client
+
+        # A deadline per request, as for chat calls: a server that trickles its vectors cannot hold indexing up.
+        http_client = model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS)
+        api_key = os.environ.get(self.api_key_env) or "not-needed"
+        client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), _EMBED_BATCH):
             reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
@@ -282,6 +281,7 @@ def embedding_model_for(settings: Settings) -> EmbeddingModel | None:
 
 
 _EMBED_BATCH = 64
+_VECTOR_CHARS = 100_000  # one vector in JSON: 3,072 floats at most about 25 characters each
 # Reciprocal rank fusion constant: the usual 60 keeps one list's top hit from drowning the other list.
 _RRF_K = 60
 

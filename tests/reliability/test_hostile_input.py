@@ -8,7 +8,9 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
   (mid-run: at the first checkpoint that cannot wait longer), with the right reason;
 - API arguments of the wrong type raise the DeepstepError a wrong value would, not a TypeError;
 - settings that would fail deep in a run (infinite timeout, token counts past 2^64, JSON nested too
-  deeply, an empty DEEPSTEP_HOME meaning the current directory) are refused before it starts.
+  deeply, an empty DEEPSTEP_HOME meaning the current directory) are refused before it starts;
+- credentials in URLs (user info or ?api-key= in OPENAI_BASE_URL, a Postgres password anywhere)
+  are never stored in checkpoints or printed, whatever the URL's shape.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import deepstep
 from deepstep import tree as step_tree
 from deepstep.api import _open_graph, _run_config, run_tree
 from deepstep.cli import app
-from deepstep.errors import ConfigError, CorpusError, InputError
+from deepstep.errors import ConfigError, CorpusError, DeepstepError, InputError
 from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
 from deepstep.store import read_store
 from deepstep.testing.crash import cli_command, cli_env
@@ -269,3 +271,37 @@ def test_settings_that_would_fail_later_are_refused_up_front(fake_llm, tmp_path,
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert fake_llm.log() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, neither in HOME nor here
+
+
+def test_credentials_in_the_model_server_url_are_never_stored_or_printed(fake_llm, tmp_path):
+    home = tmp_path / "home"
+    with_user_info = fake_llm.base_url.replace("http://", "http://someone:PASSWORD-IN-URL@")
+    done = deepstep.run(QUESTION, thread_id="userinfo", settings=settings_for(with_user_info, home, max_steps=2))
+    assert done.status == "done"
+    with pytest.raises(DeepstepError) as failed:  # the client cannot use such a URL: the server answers 404
+        deepstep.run(QUESTION, thread_id="query", settings=settings_for(fake_llm.base_url + "?api-key=KEY-IN-URL", home, max_steps=2))
+    assert "KEY-IN-URL" not in str(failed.value) and "api-key=***" in str(failed.value)
+    stored = b"".join(path.read_bytes() for path in home.iterdir() if path.name.startswith("checkpoints.sqlite"))
+    assert b"PASSWORD-IN-URL" not in stored  # neither in metadata nor in the state's settings
+    with sqlite3.connect(home / "checkpoints.sqlite") as database:
+        metadata = " ".join(row[0].decode() if isinstance(row[0], bytes) else row[0] for row in database.execute("SELECT metadata FROM checkpoints"))
+    assert "KEY-IN-URL" not in metadata and "PASSWORD-IN-URL" not in metadata
+
+
+POSTGRES_URLS = [
+    ("postgresql://me:PW-IN-URL@127.0.0.1:99999/db", "postgresql://me:***@127.0.0.1:99999/db"),
+    ("postgresql://me:PW-IN-URL@127.0.0.1:1,127.0.0.2:2/db", "postgresql://me:***@127.0.0.1:1,127.0.0.2:2/db"),
+    ("postgresql://me@127.0.0.1:1/db?password=PW-IN-URL&sslmode=disable", "postgresql://me@127.0.0.1:1/db?password=***&sslmode=disable"),
+    ("postgresql://me:PW-IN-URL@[::1/db", "postgresql://me:***@[::1/db"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("url", "shown"), POSTGRES_URLS, ids=["port-out-of-range", "multi-host", "password-parameter", "unclosed-ipv6"])
+def test_postgres_urls_are_redacted_in_errors_whatever_their_shape(tmp_path, url, shown):
+    pytest.importorskip("psycopg")
+    env = cli_env("http://127.0.0.1:9/v1", tmp_path / "home", database_url=url)
+    result = subprocess.run(cli_command("show", "some-thread"), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert shown in result.stderr
+    assert "PW-IN-URL" not in result.stderr and "Traceback" not in result.stderr
