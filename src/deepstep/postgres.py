@@ -256,7 +256,12 @@ class EmbeddingModel(BaseModel):
     timeout: float = 120.0
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "not-needed", timeout=self.timeout)
+        from deepstep.model_http import model_http_client
+
+        # A deadline per request, as for chat calls: a server that trickles its vectors cannot hold indexing up.
+        http_client = model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS)
+        api_key = os.environ.get(self.api_key_env) or "not-needed"
+        client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), _EMBED_BATCH):
             reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
@@ -276,6 +281,7 @@ def embedding_model_for(settings: Settings) -> EmbeddingModel | None:
 
 
 _EMBED_BATCH = 64
+_VECTOR_CHARS = 100_000  # one vector in JSON: 3,072 floats at most about 25 characters each
 # Reciprocal rank fusion constant: the usual 60 keeps one list's top hit from drowning the other list.
 _RRF_K = 60
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 import deepstep
@@ -51,10 +52,11 @@ def assert_all_steps_done(result: deepstep.RunResult) -> None:
 
 
 def settled(server: FakeLLMServer, fault_kind: str, status: int) -> list[dict]:
-    """The log once the faulted request's final status is logged (the server notices a hang-up on its next write)."""
+    """The log once every faulted request's final status is logged (the server notices a hang-up on its next write)."""
     for _ in range(400):
         log = server.log()
-        if any(entry["fault"] == fault_kind and entry["status"] == status for entry in log):
+        faulted = [entry for entry in log if entry["fault"] == fault_kind]
+        if faulted and all(entry["status"] == status for entry in faulted):
             return log
         time.sleep(0.05)
     return server.log()
@@ -102,6 +104,16 @@ def test_a_trickled_reply_cannot_outlive_the_call_timeout(fake_llm, tmp_path, ki
     trickled = [entry for entry in log if entry["fault"] == kind]
     assert [entry["status"] for entry in trickled] == [0]  # the client hung up before the reply was whole
     assert_all_steps_done(result)
+
+
+def test_an_embedding_call_cannot_be_trickled_past_its_timeout(fake_llm):
+    from deepstep.postgres import EmbeddingModel
+
+    fake_llm.set_faults([Fault("trickle", task="embeddings", seconds=20)])
+    with pytest.raises(openai.APITimeoutError):
+        EmbeddingModel(model="fake-embed", base_url=fake_llm.base_url, timeout=1).embed(["a passage about loss functions"])
+    log = settled(fake_llm, "trickle", status=0)
+    assert log and all(entry["status"] == 0 for entry in log)  # the client hung up on every attempt
 
 
 def checkpointed_bytes(settings: deepstep.Settings) -> int:

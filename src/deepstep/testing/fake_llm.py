@@ -212,7 +212,10 @@ def _faulty_content(kind: str, task: str, seq: int) -> str:
 
 
 def _hostile_body(kind: str, completion: dict[str, Any]) -> tuple[str, bytes]:
-    """The content type and body of a hostile reply built around a good ``completion``."""
+    """The content type and body of a hostile reply built around a good ``completion`` (or an embeddings reply:
+    trickle and slow_headers send it as it is)."""
+    if kind in ("trickle", "slow_headers"):
+        return "application/json", json.dumps(completion).encode()
     message = completion["choices"][0]["message"]
     if kind == "error_200":
         error = {"error": {"message": "injected error in an HTTP 200 reply", "type": "server_error", "code": None}}
@@ -460,6 +463,8 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(200, {"ok": True})
             elif self.path.rstrip("/") in ("/v1/chat/completions", "/chat/completions"):
                 self._chat()
+            elif self.path.rstrip("/") in ("/v1/embeddings", "/embeddings"):
+                self._embeddings()
             else:
                 self._error(404, f"no route {self.path}")
 
@@ -565,6 +570,31 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self._respond_hostile(entry, fault, completion)
                 return
             self._respond(entry, 200, completion)
+
+        def _embeddings(self) -> None:
+            """Deterministic 8-dimensional vectors; faults for task ``embeddings`` (http500, timeout, trickle, slow_headers)."""
+            body = self._read_body()
+            texts = [body["input"]] if isinstance(body.get("input"), str) else list(body.get("input") or [])
+            entry: dict[str, Any] = {"task": "embeddings", "hash": _digest(texts), "status": None, "format": None, "fault": None}
+            entry.update(started=time.time(), prompt_tokens=sum(count_tokens(str(text)) for text in texts), completion_tokens=0)
+            fault = server._rules.pick("embeddings", "\n".join(map(str, texts)))
+            entry["fault"] = fault.kind if fault else None
+            if fault and fault.kind == "http500":
+                self._respond_error(entry, 500, "injected server error", "server_error")
+                return
+            if fault and fault.kind == "timeout":
+                time.sleep(fault.seconds)
+            vectors = [[int(digit, 16) / 15 for digit in _digest(str(text))[:8]] for text in texts]
+            reply = {
+                "object": "list",
+                "data": [{"object": "embedding", "index": index, "embedding": vector} for index, vector in enumerate(vectors)],
+                "model": body.get("model", "fake"),
+                "usage": {"prompt_tokens": entry["prompt_tokens"], "total_tokens": entry["prompt_tokens"]},
+            }
+            if fault and fault.kind in ("trickle", "slow_headers"):
+                self._respond_hostile(entry, fault, reply)
+            else:
+                self._respond(entry, 200, reply)
 
         def _respond_hostile(self, entry: dict, fault: Fault, completion: dict[str, Any]) -> None:
             content_type, data = _hostile_body(fault.kind, completion)
