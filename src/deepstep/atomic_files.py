@@ -1,10 +1,15 @@
 """Files written whole or not at all: readers (and a run killed mid-export) see the old
-content or the new, never half of it."""
+content or the new, never half of it.
+
+Temporary files and staging folders carry their writer's process id in their name
+(``PREFIX<pid>-<random>``), so what a killed process left behind is recognised and removed
+by the next writer in the same folder, while a live writer's work is left alone."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +17,51 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def owned_prefix(prefix: str) -> str:
+    """``prefix`` followed by this process's id: the name prefix for its temporary files and folders."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def remove_stale(folder: Path, prefix: str, suffix: str = "") -> int:
+    """Delete the entries of ``folder`` named ``owned_prefix(prefix)...suffix`` by a process that no
+    longer runs (killed mid-write); return how many were removed."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+            continue
+        owner = entry.name[len(prefix) :].split("-", 1)[0]
+        if not owner.isdigit() or _process_alive(int(owner)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def staging_folder(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` to build something in before it is renamed into place; the stale
+    staging folders of killed processes with the same ``prefix`` are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=owned_prefix(prefix), dir=parent))
 
 
 def _through_proc(path: Path) -> bool:
@@ -55,7 +105,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         return
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    remove_stale(path.parent, f".{path.name}.", TEMP_SUFFIX)
+    handle, temp_name = tempfile.mkstemp(prefix=owned_prefix(f".{path.name}."), suffix=TEMP_SUFFIX, dir=path.parent)
     # mkstemp creates 0600; an export is an ordinary file, so keep the target's mode or use 0644.
     os.fchmod(handle, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
     os.close(handle)
@@ -83,4 +134,4 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
 
 
-__all__ = ["atomic_path", "write_bytes_atomically", "write_text_atomically"]
+__all__ = ["atomic_path", "owned_prefix", "remove_stale", "staging_folder", "write_bytes_atomically", "write_text_atomically"]

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import unicodedata
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
+from deepstep.atomic_files import remove_stale, staging_folder
 from deepstep.corpus import (
     CJK_CHARACTERS,
     DEFAULT_CHUNK_OVERLAP,
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 _INDEX_FORMAT = 3
 _PASSAGES_FILE = "passages.json"
 _ORIGIN_FILE = "origin.json"  # [corpus folder, chunk_tokens, chunk_overlap] the index was built from
+_STAGING = ".staging-"  # an index being written; renamed to its fingerprint when complete
 
 _CJK_RUN = re.compile(f"[{CJK_CHARACTERS}]+")
 _TOKEN = re.compile(rf"[{CJK_CHARACTERS}]+|[^\W_{CJK_CHARACTERS}]+")
@@ -151,6 +152,7 @@ class BM25Index:
         target = None
         if cache_dir is not None:
             target = Path(cache_dir) / _fingerprint(content, chunk_tokens, chunk_overlap)
+            remove_stale(target.parent, _STAGING)  # left by an index killed mid-write, even when this one is cached
             if target.is_dir():
                 try:
                     return cls._load(target)
@@ -182,8 +184,7 @@ class BM25Index:
 
     def _save(self, target: Path, origin: str) -> None:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}-", dir=target.parent))
+            staging = staging_folder(target.parent, _STAGING)
         except OSError as exc:
             logger.warning("cannot write retrieval cache under %s: %s", target.parent, exc)
             return

@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import tarfile
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -27,6 +26,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from deepstep.atomic_files import staging_folder
 from deepstep.errors import CorpusError
 
 # BeautifulSoup is imported where HTML is parsed: a cached index, and every command that only
@@ -685,9 +685,8 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
             "dpkg-deb not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; runs use the bundled demo corpus, "
             "or your own folder with `deepstep run --corpus DIR`"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch:
-        work = Path(scratch)
+    work = staging_folder(target.parent, ".fetch-")  # a killed fetch's folder goes here too
+    try:
         report(f"downloading {SKLEARN_PACKAGE} with apt-get")
         deb = download_deb(SKLEARN_PACKAGE, work, home / "apt")
         report(f"converting the user guide pages of {deb.name}")
@@ -708,4 +707,6 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return FetchResult(target, version, pages, time.perf_counter() - started, False)

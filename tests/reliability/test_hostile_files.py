@@ -69,20 +69,29 @@ def test_export_to_a_character_device_leaves_it_a_device(stored_thread, null_dev
     assert not list(null_device.parent.glob("*.tmp"))
 
 
-def test_export_to_dev_stdout_reaches_the_pipe(stored_thread):
+@pytest.fixture
+def stdout_link(tmp_path) -> Path:
+    """A private ``/dev/stdout``: the same link into /proc. A regression run as root must not replace
+    the machine's own /dev/stdout with a file (it did once, while this test was checked against the old code)."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    return link
+
+
+def test_export_to_dev_stdout_reaches_the_pipe(stored_thread, stdout_link):
     result, env = stored_thread
-    finished = deepstep_cli(env, "export", THREAD, "--md", "/dev/stdout")
+    finished = deepstep_cli(env, "export", THREAD, "--md", str(stdout_link))
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout == result.markdown
 
 
-def test_export_to_dev_stdout_redirected_to_a_file_appends_nothing_lost(stored_thread, tmp_path):
+def test_export_to_dev_stdout_redirected_to_a_file_appends_nothing_lost(stored_thread, tmp_path, stdout_link):
     """/dev/stdout redirected to a file: the report lands in that very file (the shell's open file), not a replacement."""
     result, env = stored_thread
     redirected = tmp_path / "out.md"
     with redirected.open("w") as handle:
         finished = subprocess.run(
-            cli_command("export", THREAD, "--md", "/dev/stdout"), env=env, stdout=handle, stderr=subprocess.PIPE, text=True, timeout=120
+            cli_command("export", THREAD, "--md", str(stdout_link)), env=env, stdout=handle, stderr=subprocess.PIPE, text=True, timeout=120
         )
         inode = os.fstat(handle.fileno()).st_ino
     assert finished.returncode == 0, finished.stderr
@@ -450,3 +459,56 @@ def test_a_store_over_max_steps_is_refused_before_any_step_is_read(exported_stor
     finished = deepstep_cli(env, "import", str(folder), "--thread-id", "three-to-answer")  # the environment's max_steps is 2
     assert "has 3 unanswered steps, more than max_steps=2" in one_line_error(finished) and "DEEPSTEP_MAX_STEPS" in finished.stderr
     assert fake_llm.log() == []  # refused before the run: no model call
+
+
+# --- item 25: what a SIGKILL leaves behind is cleaned by the next run ---
+
+# Each snippet starts writing the way deepstep does, then the process SIGKILLs itself mid-write.
+KILLED_MID_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+from deepstep.atomic_files import atomic_path
+with atomic_path(Path(sys.argv[1])) as temp:
+    temp.write_text("half a report")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+KILLED_MID_INDEX = """
+import os, signal, sys
+from pathlib import Path
+from deepstep.atomic_files import staging_folder
+from deepstep.bm25_index import _STAGING
+(staging_folder(Path(sys.argv[1]), _STAGING) / "passages.json").write_text("half an index")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_while_running(snippet: str, *args: str) -> None:
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", snippet, *args], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == -9, finished.stderr
+
+
+def test_temporary_files_of_a_killed_export_are_removed_by_the_next_one(stored_thread, tmp_path):
+    result, env = stored_thread
+    report = tmp_path / "report.md"
+    killed_while_running(KILLED_MID_EXPORT, str(report))
+    killed_while_running(KILLED_MID_EXPORT, str(report))  # removes the first one's file, leaves its own
+    assert len(list(tmp_path.glob(".report.md.*.tmp"))) == 1 and not report.exists()
+    alive = tmp_path / f".report.md.{os.getpid()}-inprogress.tmp"  # a live writer's file is left alone
+    alive.write_text("still being written", encoding="utf-8")
+    finished = deepstep_cli(env, "export", THREAD, "--md", str(report))
+    assert finished.returncode == 0, finished.stderr
+    assert list(tmp_path.glob(".report.md.*.tmp")) == [alive]
+    assert report.read_text(encoding="utf-8") == result.markdown
+
+
+def test_staging_folders_of_a_killed_index_are_removed_by_the_next_one(tmp_path):
+    home = tmp_path / "home"
+    corpus = corpus_with(tmp_path)
+    corpus_index(tmp_path, corpus)  # the cache folder exists and holds this corpus' index
+    cache = next(path.parent.parent for path in home.rglob("origin.json"))
+    killed_while_running(KILLED_MID_INDEX, str(cache))
+    assert len(list(cache.glob(".staging-*"))) == 1
+    assert "reused the cached index" in corpus_index(tmp_path, corpus)
+    assert list(cache.glob(".staging-*")) == []
