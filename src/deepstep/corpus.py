@@ -44,6 +44,8 @@ DEFAULT_CHUNK_OVERLAP = 30
 # Bounds that keep indexing linear in the corpus size: a bigger file, or HTML nested deeper, is
 # skipped with its reason (turning deep nesting into text is quadratic, and real pages nest < 50 deep).
 MAX_FILE_BYTES = 16 * 1024 * 1024
+# HTML costs about 10 µs a byte to parse and flatten (BeautifulSoup), text files far less.
+MAX_HTML_BYTES = 4 * 1024 * 1024
 MAX_HTML_DEPTH = 256
 
 # Why a file was skipped, as `deepstep corpus index` reports it.
@@ -53,6 +55,7 @@ UNREADABLE = "unreadable"
 LINK_OUTSIDE = "links leaving the corpus folder"
 SPECIAL_FILE = "not regular files (FIFOs, devices, sockets)"
 TOO_LARGE = f"larger than {MAX_FILE_BYTES // 2**20} MB"
+HTML_TOO_LARGE = f"HTML larger than {MAX_HTML_BYTES // 2**20} MB"
 TOO_DEEP = f"HTML nested over {MAX_HTML_DEPTH} deep"
 
 # Scripts written without spaces between words; their characters count as one token each.
@@ -268,6 +271,8 @@ def _decode(data: bytes, html: bool) -> str | None:
 def document_text(data: bytes, name: str) -> tuple[str, str] | str:
     """``(title, text)`` of one corpus file's bytes, or why it is skipped (``EMPTY``, ``TOO_DEEP``)."""
     is_html = PurePosixPath(name).suffix.lower() in HTML_SUFFIXES
+    if is_html and len(data) > MAX_HTML_BYTES:
+        return HTML_TOO_LARGE
     text = _decode(data, is_html)
     if text is None:
         return EMPTY

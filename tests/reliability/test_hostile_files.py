@@ -326,10 +326,13 @@ def test_unreadable_files_are_counted_as_permission_denied(tmp_path):
     assert "2 permission denied" in finished.stdout and "3 empty, binary or undecodable" in finished.stdout
 
 
-def test_deeply_nested_html_is_skipped_with_its_reason(tmp_path):
+def test_deeply_nested_and_huge_html_is_skipped_with_its_reason(tmp_path):
     nested = "<html><body>" + "<div>" * 20000 + "The matryoshka loss function." + "</div>" * 20000 + "</body></html>"
-    corpus = corpus_with(tmp_path, **{"nested.html": nested, "flat.html": "<html><body><p>A flat matryoshka page.</p></body></html>"})
-    assert "1 HTML nested over 256 deep" in corpus_index(tmp_path, corpus)
+    huge = "<html><body>" + "<p>A matryoshka paragraph.</p>" * 160_000 + "</body></html>"  # 4.6 MB
+    flat = "<html><body><p>A flat matryoshka page.</p></body></html>"
+    corpus = corpus_with(tmp_path, **{"nested.html": nested, "huge.html": huge, "flat.html": flat})
+    described = corpus_index(tmp_path, corpus)
+    assert "1 HTML nested over 256 deep" in described and "1 HTML larger than 4 MB" in described
     assert [hit["source"] for hit in search_hits(tmp_path, corpus, "matryoshka")] == ["flat.html"]
 
 
