@@ -81,6 +81,16 @@ def test_an_unusable_reply_in_a_step_is_retried(fake_llm, tmp_path, kind):
     assert_all_steps_done(result)  # the step whose answer was unusable asked again
 
 
+def test_a_step_whose_server_keeps_answering_unusably_fails_alone_with_the_reason(fake_llm, tmp_path):
+    fake_llm.set_faults([Fault("error_200", task="answer", match="Aspect 3 of")])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home"))
+
+    failed = [step for step in step_tree.steps(result.tree) if step["status"] == "failed"]
+    assert [step["name"] for step in failed] == [f"Aspect 3 of {QUESTION}"]
+    assert failed[0]["error"] == "answer: the model server answered HTTP 200 with an error: injected error in an HTTP 200 reply after 2 attempt(s)"
+    assert sum(entry["fault"] == "error_200" for entry in fake_llm.log()) == 2  # both attempts of the node asked
+
+
 @pytest.mark.parametrize("kind", ["error_200", "html", "lone_surrogate", "huge_usage"])
 def test_a_server_that_never_answers_usably_while_planning_is_one_line_of_error(fake_llm, tmp_path, kind):
     fake_llm.set_faults([Fault(kind, task="steps")])
