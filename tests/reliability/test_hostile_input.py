@@ -10,12 +10,15 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
 - settings that would fail deep in a run (infinite timeout, token counts past 2^64, JSON nested too
   deeply, an empty DEEPSTEP_HOME meaning the current directory) are refused before it starts;
 - credentials in URLs (user info or ?api-key= in OPENAI_BASE_URL, a Postgres password anywhere)
-  are never stored in checkpoints or printed, whatever the URL's shape.
+  are never stored in checkpoints or printed, whatever the URL's shape;
+- Ctrl-C while the command line starts, or several in a row, exits 130 with one line
+  (tests/reliability/test_interrupts.py covers Ctrl-C during the steps).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -305,3 +308,36 @@ def test_postgres_urls_are_redacted_in_errors_whatever_their_shape(tmp_path, url
     assert result.returncode == 2, result.stderr
     assert shown in result.stderr
     assert "PW-IN-URL" not in result.stderr and "Traceback" not in result.stderr
+
+
+def _loaded(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has mapped ``library`` (a compiled extension it imports)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see how far the start-up got")
+@pytest.mark.parametrize("signals", [1, 3])
+# pydantic_core: the command line imports its commands; ormsgpack: `run` imports LangGraph (the API).
+@pytest.mark.parametrize("library", ["pydantic_core", "ormsgpack"])
+def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(fake_llm, tmp_path, library, signals):
+    """Ctrl-C (once, or several in a row) while the command line still imports its modules, before
+    any model call: one line, exit 130, no traceback."""
+    env = cli_env(fake_llm.base_url, tmp_path / "home", corpus=CORPUS, rollouts=1, max_retries=0)
+    process = subprocess.Popen(cli_command("run", QUESTION), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not _loaded(process.pid, library) and process.poll() is None:
+            pass
+        for _ in range(signals):
+            process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.count("interrupted") == 1
+    assert fake_llm.log() == []

@@ -30,13 +30,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
 @contextmanager
 def user_errors(thread_id: str | None = None) -> Iterator[None]:
     """Turn deepstep's own errors into one line and exit code 2, Ctrl-C into exit code 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # From here on Ctrl-C is a KeyboardInterrupt this handles (`deepstep.cli.main` exits at once until now).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     except DeepstepError as error:
         fail(str(error))
     except KeyboardInterrupt:
-        import signal
-
         # Exiting now: a further Ctrl-C must not cut the exit short (Python would then die of SIGINT).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         hint = f": continue with `deepstep resume {thread_id}`" if thread_id else ""
