@@ -35,6 +35,7 @@ from deepstep.errors import ConfigError, CorpusError, DeepstepError, InputError
 from deepstep.parsing import RefineResponse, ReplyParseError, Score, StepList, parse_reply
 from deepstep.store import read_store
 from deepstep.testing.crash import cli_command, cli_env
+from deepstep.testing.fake_llm import Fault
 
 from .conftest import CORPUS, QUESTION, settings_for
 
@@ -341,3 +342,18 @@ def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(fake_llm, tmp
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert stderr.count("interrupted") == 1
     assert fake_llm.log() == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "task"),
+    [("huge_numbers", "evaluate"), ("deep_json", "evaluate"), ("huge_numbers", "steps"), ("deep_json", "steps"), ("deep_json", "refine")],
+)
+def test_replies_with_huge_numbers_or_deep_nesting_fall_back_and_keep_every_answer(fake_llm, tmp_path, kind, task):
+    """The critic's unusable score falls back to 0 (README), an unusable plan to the outline's, an
+    unusable refinement to the answer it refines: the run finishes with every step answered."""
+    fake_llm.set_faults([Fault(kind=kind, task=task)])
+    result = deepstep.run(QUESTION, settings=settings_for(fake_llm.base_url, tmp_path / "home", max_steps=2))
+    assert result.status == "done" and result.failed_steps == []
+    assert all(step["status"] == "done" and step["answer"] for step in step_tree.steps(result.tree))
+    role = {"steps": "decompose"}.get(task, task)
+    assert result.usage[role]["fallbacks"] >= 1

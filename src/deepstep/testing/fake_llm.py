@@ -54,6 +54,8 @@ FAULT_KINDS = (
     "length",
     "http401",  # rejects the key and echoes it in the error message, as some servers do
     "crash",  # the server process dies of SIGSEGV, as a llama.cpp built for another CPU does (run it as its own process)
+    "huge_numbers",  # JSON content with numbers past float range and Python's 4300-digit int limit
+    "deep_json",  # JSON content nested far past Python's recursion limit
     *HOSTILE_KINDS,
 )
 
@@ -208,6 +210,12 @@ def _faulty_content(kind: str, task: str, seq: int) -> str:
         return '{"thought": "Tightened the definition.", "answer": "A loss function scores a prediction against the target [1]'
     if kind == "bad_score":
         return "Score: excellent" if seq % 2 == 0 else '{"score": 250}'
+    if kind == "huge_numbers":
+        if task == "evaluate":
+            return '{"score": 1e999}' if seq % 2 == 0 else '{"score": ' + "9" * 5000 + "}"
+        return '{"steps": [{"name": "Huge", "level": ' + "9" * 5000 + '}], "answer": ' + "9" * 5000 + "}"
+    if kind == "deep_json":
+        return '{"steps": ' + "[" * 100_000 + "]" * 100_000 + "}"
     raise AssertionError(kind)
 
 
