@@ -104,7 +104,7 @@ def test_export_to_a_fifo_is_written_straight(stored_thread, tmp_path):
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)  # never blocks pytest's exit
     reader.start()
     finished = deepstep_cli(env, "export", THREAD, "--md", str(fifo))
     reader.join(timeout=60)
