@@ -106,7 +106,10 @@ def _cannot_write(path: Path, error: sqlite3.OperationalError) -> str:
         return f"the disk holding the checkpoint database {path} is full: free some space, or set DEEPSTEP_HOME to a folder on another disk"
     if code == sqlite3.SQLITE_READONLY:
         return f"the checkpoint database {path} is read-only: make it writable, or set DEEPSTEP_HOME to a writable folder"
-    return f"cannot write the checkpoint database {path} ({error}): check the disk, or set DEEPSTEP_HOME to another folder"
+    # A disk that is full may also show as an I/O error (e.g. a file-size limit or quota).
+    return (
+        f"cannot write the checkpoint database {path} ({error}): check that its disk has free space and works, or set DEEPSTEP_HOME to another folder"
+    )
 
 
 @contextmanager

@@ -18,6 +18,7 @@ clear line (exit 2) or a typed DeepstepError, never a traceback, and never cost 
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -357,3 +358,23 @@ def test_replies_with_huge_numbers_or_deep_nesting_fall_back_and_keep_every_answ
     assert all(step["status"] == "done" and step["answer"] for step in step_tree.steps(result.tree))
     role = {"steps": "decompose"}.get(task, task)
     assert result.usage[role]["fallbacks"] >= 1
+
+
+@pytest.mark.slow
+def test_a_database_that_cannot_grow_is_reported_before_any_model_call(locked_home, fake_llm):
+    """A file-size limit makes every write past 8 KB fail, as a full disk does: the run stops before
+    its first model call with what to check, not "unreadable ... move it away"."""
+    settings, kept, _ = locked_home
+    env = cli_env(fake_llm.base_url, settings.home, corpus=CORPUS, rollouts=1, max_retries=0, max_steps=2)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # Python ignores SIGXFSZ: writes fail instead
+
+    refused = subprocess.run(
+        cli_command("run", QUESTION, "--thread-id", "next"), env=env, capture_output=True, text=True, timeout=120, preexec_fn=small_files
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot write the checkpoint database" in refused.stderr and "free space" in refused.stderr
+    assert "unreadable" not in refused.stderr and "Traceback" not in refused.stderr
+    assert fake_llm.log() == []
+    assert step_tree.trees_equal(deepstep.load("kept", settings=settings).tree, kept.tree)
