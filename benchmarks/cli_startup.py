@@ -8,7 +8,8 @@ warm-up (which also builds the corpus index, so every measured search reuses it,
 The figure is the CPU time (user + sys, from ``os.wait4``) of the whole process: almost all of it is
 imports, it counts what the machine spends whatever else runs on it, and the target is 1 s per command.
 Two reference processes without deepstep put the figures in scale: a bare interpreter, and one that only
-imports LangGraph (``show``, ``export`` and ``graph`` need the compiled graph, so that is their floor).
+imports LangGraph's graph module (``graph`` needs the compiled graph, so that is its floor; ``show`` and
+``export`` read a finished thread with the checkpointer alone).
 """
 
 from __future__ import annotations
