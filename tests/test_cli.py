@@ -47,8 +47,6 @@ def test_run_show_and_resume(cli_env, fake_llm):
     assert again.exit_code == 0 and len(fake_llm.log()) == calls
 
 
-
-
 @pytest.mark.parametrize("how", ["export", "run", "show"])
 def test_storyboard_csv_holds_contexts_as_json(cli_env, how):
     import pandas as pd
