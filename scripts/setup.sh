@@ -46,7 +46,7 @@ llama_cmake_args() {
 }
 LLAMA_CMAKE_ARGS=$(llama_cmake_args)
 LLAMA_KEY=$(printf '%s %s %s' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" "$(.venv/bin/python -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-12)
-WHEEL_DIR="${DEEPSTEP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deepstep/wheels}/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
+WHEEL_DIR="${DEEPSTEP_WHEEL_CACHE:-${XDG_CACHE_HOME:-${HOME:?set HOME or DEEPSTEP_WHEEL_CACHE}/.cache}/deepstep/wheels}/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
 
 llama_is_portable() {
   # The installed build's own report: a native build here says AVX512 = 1 or AMX_INT8 = 1.
@@ -60,7 +60,7 @@ if ! ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   say "compiling llama-cpp-python $LLAMA_VERSION (llama.cpp) for a portable CPU baseline:"
   say "  CMAKE_ARGS=$LLAMA_CMAKE_ARGS"
   say "  this takes 5-10 minutes on 2 cores, once; the wheel is kept in $WHEEL_DIR"
-  mkdir -p "$WHEEL_DIR.partial"
+  rm -rf "$WHEEL_DIR.partial" && mkdir -p "$WHEEL_DIR.partial"  # nothing an interrupted build left
   started=$(date +%s)
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
     .venv/bin/python -m pip wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \

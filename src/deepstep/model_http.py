@@ -19,6 +19,7 @@ import json
 import threading
 import time
 import urllib.request
+import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,13 +118,27 @@ class ModelTransport(httpx.HTTPTransport):
                 response.status_code, headers=response.headers, stream=httpx.ByteStream(body), extensions=response.extensions, request=request
             )
 
-        decoded = whole()
-        decoded.read()  # undone gzip (...) to check what the OpenAI client will parse
-        if len(decoded.content) > self.max_body_bytes:
-            raise self._too_big()
-        if decoded.status_code == 200 and request.url.path.rstrip("/").endswith("/chat/completions"):
-            check_chat_completion(decoded)
+        content = self._inflated(body, response.headers.get("content-encoding", ""))
+        if response.status_code == 200 and request.url.path.rstrip("/").endswith("/chat/completions"):
+            check_chat_completion(httpx.Response(200, headers={"content-type": response.headers.get("content-type", "")}, content=content))
         return whole()
+
+    def _inflated(self, body: bytes, encoding: str) -> bytes:
+        """What the OpenAI client will parse, inflated no further than the cap: a few hundred
+        kilobytes of gzip can inflate to gigabytes (httpx's own decoder inflates all at once)."""
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise UnusableReplyError(f"the model server sent its reply in an encoding deepstep does not read ({encoding[:40]})")
+        inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # a gzip or zlib stream
+        try:
+            content = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error:
+            raise UnusableReplyError(f"the model server sent a damaged {encoding} reply") from None
+        if len(content) > self.max_body_bytes:
+            raise self._too_big()
+        return content
 
     def _too_big(self) -> UnusableReplyError:
         return UnusableReplyError(f"the model server sent a reply over {self.max_body_bytes} bytes (max_reply_chars is {self.max_reply_chars})")

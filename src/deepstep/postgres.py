@@ -259,13 +259,15 @@ class EmbeddingModel(BaseModel):
         from deepstep.model_http import model_http_client
 
         # A deadline per request, as for chat calls: a server that trickles its vectors cannot hold indexing up.
-        http_client = model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS)
         api_key = os.environ.get(self.api_key_env) or "not-needed"
-        client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client)
         vectors: list[list[float]] = []
-        for start in range(0, len(texts), _EMBED_BATCH):
-            reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
-            vectors.extend(item.embedding for item in sorted(reply.data, key=lambda item: item.index))
+        with (
+            model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS) as http_client,
+            openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client) as client,
+        ):
+            for start in range(0, len(texts), _EMBED_BATCH):
+                reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
+                vectors.extend(item.embedding for item in sorted(reply.data, key=lambda item: item.index))
         if len(vectors) != len(texts):
             raise ModelServerError(f"the embedding model {self.model} returned {len(vectors)} vectors for {len(texts)} texts")
         return vectors

@@ -22,6 +22,7 @@ from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.parsing import load_json
+from deepstep.threads import settings_or_default
 
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
@@ -279,7 +280,8 @@ def import_store(
     """
     from deepstep import api  # the run machinery, only when a store is imported (exporting needs none of it)
 
-    tree = read_store(directory, max_steps=(settings or Settings.build()).max_steps)
+    settings = settings_or_default(settings)  # a wrong type is a ConfigError, before the store is read
+    tree = read_store(directory, max_steps=settings.max_steps)
     return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
 
 

@@ -234,6 +234,7 @@ WRONG_TYPES = [
     (lambda s: deepstep.load(None, settings=s), InputError, "thread id must be text"),
     (lambda s: deepstep.load("kept", settings="home"), ConfigError, "settings must be a deepstep.Settings"),
     (lambda s: deepstep.import_store(None, settings=s), InputError, "path of its folder"),
+    (lambda s: deepstep.import_store(CORPUS, settings={"rollouts": 1}), ConfigError, "settings must be a deepstep.Settings"),
     (lambda s: run_tree({"nodes": []}, settings=s), InputError, "tree must be a step tree"),
 ]
 

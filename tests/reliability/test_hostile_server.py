@@ -264,3 +264,45 @@ def test_a_run_does_not_stop_the_embedded_server_another_run_still_uses(tmp_path
     assert other.returncode == 0, stderr
     assert "2/2 steps done" in stderr
     assert left.is_set() and not llm_server.is_ready(info.base_url, api_key=info.api_key)  # stopped once its last user left
+
+
+def test_a_small_compressed_reply_cannot_inflate_past_the_cap():
+    """50 MB of gzip-compressed zeros (about 50 KB on the wire) is refused without inflating it whole."""
+    import gzip
+    import http.server
+    import threading
+    import tracemalloc
+
+    from deepstep.model_http import UnusableReplyError, model_http_client
+
+    bomb = gzip.compress(b"0" * 50_000_000)
+
+    class Bomb(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bomb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        tracemalloc.start()
+        with model_http_client(base_url, timeout=30, max_reply_chars=1000) as client, pytest.raises(UnusableReplyError, match="over"):
+            client.post(f"{base_url}/chat/completions", json={"messages": []})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+    assert peak < 5_000_000  # the cap is about 76 KB; inflating the reply whole took 50 MB

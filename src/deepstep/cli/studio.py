@@ -182,7 +182,7 @@ def server_environment(settings: Settings, model_env: Mapping[str, str], *, allo
         **OFFLINE_ENV,
         **model_env,
         **({"DEEPSTEP_ALLOW_REMOTE_PATHS": "true"} if allow_remote_paths else {}),
-        # The server runs in the config's folder: keep HOME (indexes, embedded model state) where this command sees it.
+        # The server runs in its own private folder: keep HOME (indexes, embedded model state) where this command sees it.
         "DEEPSTEP_HOME": str(settings.home.resolve()),
         # The server logs every request at INFO; warnings and run errors are what a Studio user needs.
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
