@@ -13,6 +13,7 @@ the mark; a second Ctrl-C raises it in the main thread at once.
 from __future__ import annotations
 
 import contextvars
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -54,6 +55,7 @@ def stop_on_ctrl_c() -> Iterator[None]:
 
     def on_sigint(signum: int, frame: Any) -> None:
         if stop.requested:
+            _quiet_abandoned_workers()
             raise RunInterrupted("interrupted again while stopping")
         stop.requested = True
 
@@ -66,6 +68,14 @@ def stop_on_ctrl_c() -> Iterator[None]:
             # None: the handler was not set from Python; Python's own is the closest to restore.
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         _current.reset(token)
+
+
+def _quiet_abandoned_workers() -> None:
+    """A second Ctrl-C tears the run down under its worker threads: a step finishing then cannot save
+    its writes into the shut executor, and Python would print that as a traceback. The answers in
+    flight are lost either way (the resume repeats them); the traceback would only alarm the user."""
+    logging.getLogger("concurrent.futures").disabled = True  # "exception calling callback for <Future>"
+    threading.excepthook = lambda args: None
 
 
 def unless_stopped(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
