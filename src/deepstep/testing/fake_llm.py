@@ -326,6 +326,18 @@ class FakeLLMServer:
     def serve_forever(self) -> None:
         self._httpd.serve_forever(poll_interval=0.02)
 
+    def serve_until_signalled(self, banner: str) -> None:
+        """Serve in the foreground of its own process, print ``banner``, stop on SIGTERM or SIGINT."""
+
+        def stop(*_: Any) -> None:
+            # shutdown() waits for serve_forever, which runs in this very thread: ask from another.
+            threading.Thread(target=self.stop, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(banner, flush=True)
+        self.serve_forever()
+
     def stop(self) -> None:
         self._open.set()  # requests kept by hold() finish
         self._httpd.shutdown()
@@ -647,14 +659,7 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeLLMServer(
         port=args.port, latency_ms=args.latency_ms, faults=faults, steps=args.steps, json_schema=not args.no_json_schema, log_path=args.log
     )
-
-    def stop(*_: Any) -> None:
-        threading.Thread(target=server.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"listening on {server.base_url}", flush=True)
-    server.serve_forever()
+    server.serve_until_signalled(f"listening on {server.base_url}")
 
 
 if __name__ == "__main__":

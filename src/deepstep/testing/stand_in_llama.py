@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
-from typing import Any
 
 from deepstep.testing.fake_llm import FakeLLMServer, parse_fault
 
@@ -38,14 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeLLMServer(
         port=args.port, faults=faults, json_schema=False, log_path=os.environ.get(LOG_VARIABLE), api_key=os.environ.get(API_KEY_VARIABLE) or None
     )
-
-    def stop(*_: Any) -> None:
-        threading.Thread(target=server.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"stand-in llama server on {server.base_url}", flush=True)
-    server.serve_forever()
+    server.serve_until_signalled(f"stand-in llama server on {server.base_url}")
 
 
 if __name__ == "__main__":
