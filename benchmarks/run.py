@@ -186,7 +186,7 @@ def malformed_run(plan: Plan) -> dict[str, Any]:
 
 def resume_cost(plan: Plan) -> dict[str, Any]:
     import deepstep
-    from deepstep import tree as step_tree
+    from deepstep import step_tree
     from deepstep.configuration import Settings
     from deepstep.testing import FakeLLMServer, crash
 

@@ -36,7 +36,7 @@ from deepstep.parsing import (
     StepList,
     parse_reply,
 )
-from deepstep.tree import steps_from_outline
+from deepstep.step_tree import steps_from_outline
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "smollm2_replies.json"
 QUESTIONS = [

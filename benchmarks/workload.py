@@ -26,7 +26,7 @@ import httpx
 import deepstep
 from benchmarks.harness import QUESTION, checkpoint_stats
 from deepstep import checkpoint as checkpoint_module
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.nodes.retrieve import corpus_retriever
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import deepstep
 from deepstep import corpus as corpus_module
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.cli import app
 from deepstep.configuration import Settings
 from deepstep.corpus import (

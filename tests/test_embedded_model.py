@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 import deepstep
-from deepstep import llm_server
-from deepstep import tree as step_tree
+from deepstep import llm_server, step_tree
 from deepstep.configuration import Settings
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import networkx as nx
 import pytest
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.render import TABLE_COLUMNS
 from deepstep.testing import FakeLLMServer, Fault

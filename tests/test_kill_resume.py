@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.testing import FakeLLMServer, crash
 from deepstep.testing.crash import cli_command as deepstep_cli

@@ -24,7 +24,7 @@ import pytest
 from conftest import POSTGRES_TEST_PASSWORD, TEST_CORPUS
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.checkpoint import open_checkpointer
 from deepstep.configuration import Settings
 from deepstep.corpus import load_passages

@@ -19,8 +19,7 @@ import networkx as nx
 import pandas as pd
 import pytest
 
-from deepstep import render
-from deepstep import tree as step_tree
+from deepstep import render, step_tree
 from deepstep.cli.outputs import write_parquet
 from deepstep.errors import ConfigError
 

@@ -305,8 +305,7 @@ def test_code_is_never_mistaken_for_a_citation():
 
 
 def test_references_list_the_title_and_source_of_each_cited_passage(demo):
-    from deepstep import render
-    from deepstep import tree as step_tree
+    from deepstep import render, step_tree
 
     contexts = contexts_from_documents(demo.invoke("hinge loss margin"))
     tree = step_tree.new_tree("q")

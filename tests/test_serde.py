@@ -6,10 +6,10 @@ import networkx as nx
 import pytest
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.checkpoint import sqlite_checkpointer
 from deepstep.serde import TreeSerializer
-from deepstep.tree import StepSpec
+from deepstep.step_tree import StepSpec
 
 
 def sample_tree():

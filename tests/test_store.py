@@ -20,8 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import store
-from deepstep import tree as step_tree
+from deepstep import step_tree, store
 from deepstep.cli import app
 from deepstep.errors import InputError
 

@@ -23,7 +23,7 @@ import ormsgpack
 import pytest
 from typer.testing import CliRunner
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.cli import app
 from deepstep.cli.studio import OFFLINE_ENV, find_config, server_command
 from deepstep.errors import InputError
@@ -180,7 +180,7 @@ def test_runtime_stores_the_tree_as_msgpack_never_pickle(server, client, assista
     assert trees, f"no checkpointed tree in the dev server's store {store}: files {files}, {len(blobs)} values"
     assert not [kind for kind, _ in blobs if kind == "pickle"]
     decoded = ormsgpack.unpackb(trees[-1], ext_hook=lambda code, data: ormsgpack.unpackb(data), option=ormsgpack.OPT_NON_STR_KEYS)
-    assert decoded[:2] == ["deepstep.tree", "StepTree"] and {"nodes", "edges"} <= set(decoded[2])
+    assert decoded[:2] == ["deepstep.step_tree", "StepTree"] and {"nodes", "edges"} <= set(decoded[2])
 
 
 @pytest.mark.slow
@@ -276,7 +276,7 @@ def _typed_values(value):
 RUNTIME_SERDE_PROBE = """
 import json, networkx as nx
 from langgraph_api.serde import Serializer, json_dumpb
-from deepstep.tree import new_tree
+from deepstep.step_tree import new_tree
 serde, plain, tree = Serializer(), nx.DiGraph([("a", "b")]), new_tree("q")
 kind, data = serde.dumps_typed(plain)
 try:
@@ -363,7 +363,7 @@ def test_tree_channel_rebuilds_node_link_data():
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
     from deepstep.graph import build_graph
-    from deepstep.tree import StepSpec
+    from deepstep.step_tree import StepSpec
 
     strict = InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=None))
     graph = build_graph(strict)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepstep import api, threads
-from deepstep import tree as step_tree
+from deepstep import api, step_tree, threads
 from deepstep.testing import Fault
 
 QUESTION = "What is a loss function?"

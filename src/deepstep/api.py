@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from langgraph.types import Command
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings, redact_url
 from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir

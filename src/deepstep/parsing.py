@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from deepstep.tree import normalize_level
+from deepstep.step_tree import normalize_level
 
 T = TypeVar("T", bound=BaseModel)
 

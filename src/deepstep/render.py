@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from deepstep import json_text
-from deepstep import tree as step_tree
+from deepstep import json_text, step_tree
 from deepstep.citations import cited_numbers
 
 if TYPE_CHECKING:

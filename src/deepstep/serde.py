@@ -6,7 +6,7 @@ before encoding and swaps it back after decoding, so a checkpoint holds only msg
 and loading it imports no class named by the data.
 
 Checkpointers we do not configure (the ``langgraph dev`` runtime behind Studio) use their
-own serializer: there the tree relies on ``tree.StepTree``, which such serializers store as
+own serializer: there the tree relies on ``step_tree.StepTree``, which such serializers store as
 node-link msgpack and the LangGraph API shows as JSON nodes and edges.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import networkx as nx
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 
 _TAG = "__deepstep_digraph__"
 

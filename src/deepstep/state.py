@@ -17,10 +17,10 @@ from langgraph.channels import LastValue
 # typing_extensions' TypedDict: pydantic builds Studio's JSON schemas from these on Python 3.11.
 from typing_extensions import TypedDict
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.errors import InputError
 from deepstep.mcts import Search
-from deepstep.tree import StepTree
+from deepstep.step_tree import StepTree
 
 USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "retries", "repairs", "fallbacks", "seconds")
 
@@ -85,7 +85,7 @@ class RunOutput(TypedDict, total=False):
 class RunState(TypedDict, total=False):
     question: str
     outline: str
-    tree: Annotated[StepTree, TreeChannel(StepTree)]  # replaced as a whole; tree.py functions return new graphs
+    tree: Annotated[StepTree, TreeChannel(StepTree)]  # replaced as a whole; step_tree functions return new graphs
     warnings: Annotated[list[str], operator.add]
     step_results: Annotated[dict[str, dict[str, Any]], merge_by_step_id]
     usage: Annotated[dict[str, dict[str, float]], add_usage]

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from deepstep import json_text, mcts
-from deepstep import tree as step_tree
+from deepstep import json_text, mcts, step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError

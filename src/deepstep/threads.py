@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from langgraph.constants import TASKS
 
-from deepstep import render
-from deepstep import tree as step_tree
+from deepstep import render, step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError, InputError, UnknownThreadError

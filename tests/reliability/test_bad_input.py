@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.cli import app
 from deepstep.errors import ConfigError, CorpusError, DeepstepError, InputError, ModelServerError, UnknownThreadError
 from deepstep.testing import FakeLLMServer

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.errors import DeepstepError, ThreadBusyError
 from deepstep.testing import FakeLLMServer, Fault
 from deepstep.testing.crash import answered, cli_command, cli_env, integrity_check

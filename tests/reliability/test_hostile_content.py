@@ -12,8 +12,7 @@ from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import render
-from deepstep import tree as step_tree
+from deepstep import render, step_tree
 from deepstep.cli import app
 from deepstep.testing.crash import cli_env
 

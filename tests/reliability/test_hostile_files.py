@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 import deepstep
-from deepstep import api
-from deepstep import tree as step_tree
+from deepstep import api, step_tree
 from deepstep.testing.crash import cli_command, cli_env
 
 from .conftest import CORPUS, QUESTION, settings_for

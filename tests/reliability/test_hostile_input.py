@@ -29,7 +29,7 @@ from langgraph.types import Command
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.api import _open_graph, _run_config, run_tree
 from deepstep.cli import app
 from deepstep.errors import ConfigError, CorpusError, DeepstepError, InputError

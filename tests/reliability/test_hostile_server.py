@@ -23,8 +23,7 @@ import openai
 import pytest
 
 import deepstep
-from deepstep import llm_server
-from deepstep import tree as step_tree
+from deepstep import llm_server, step_tree
 from deepstep.testing import FakeLLMServer, Fault
 from deepstep.testing.crash import cli_command, cli_env
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import answered, cli_command, cli_env, repeated_calls
 

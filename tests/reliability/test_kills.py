@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import (
     KillPoint,

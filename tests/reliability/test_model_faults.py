@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.cli import app
 from deepstep.mcts import REWARD_MIN, SUPPRESS_ABOVE
 from deepstep.testing import FakeLLMServer, Fault

@@ -10,11 +10,10 @@ import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepstep import mcts
-from deepstep import tree as step_tree
+from deepstep import mcts, step_tree
 from deepstep.mcts import REWARD_MAX, REWARD_MIN, SUPPRESS_BY, MCTSParams
 from deepstep.serde import TreeSerializer
-from deepstep.tree import ROOT_ID, StepSpec
+from deepstep.step_tree import ROOT_ID, StepSpec
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOP_REWARD = REWARD_MAX - SUPPRESS_BY  # 95: the highest reward after full-score suppression

@@ -40,7 +40,7 @@ def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) 
 
 
 def _print_summary(result: api.RunResult, report: Path | None, settings: Settings) -> None:
-    from deepstep import tree as step_tree
+    from deepstep import step_tree
 
     table = Table(title="model usage", show_edge=False)
     for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
@@ -157,7 +157,7 @@ def show(
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
 ) -> None:
     """Print a stored thread as Markdown, JSON or CSV."""
-    from deepstep import tree as step_tree
+    from deepstep import step_tree
     from deepstep.threads import load
 
     with user_errors():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepstep import render
-from deepstep import tree as step_tree
+from deepstep import render, step_tree
 from deepstep.state import RunState
 
 

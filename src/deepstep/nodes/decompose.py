@@ -10,8 +10,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from deepstep import prompts
-from deepstep import tree as step_tree
+from deepstep import prompts, step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.models import call_structured, call_text

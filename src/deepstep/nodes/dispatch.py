@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.types import Send
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.state import RunState, StepInput
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
-from deepstep import tree as step_tree
+from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.state import RunState

@@ -2,8 +2,8 @@
 
 import networkx as nx
 
-from deepstep import tree as step_tree
-from deepstep.tree import ROOT_ID, StepSpec
+from deepstep import step_tree
+from deepstep.step_tree import ROOT_ID, StepSpec
 
 
 def specs(*levels):
