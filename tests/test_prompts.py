@@ -1,4 +1,6 @@
-"""Prompts fit small context windows: token estimates, caps, and context budgets."""
+"""Prompts fit small context windows (token estimates, caps, context budgets) and treat retrieved contexts as data."""
+
+from langchain_core.prompts import ChatPromptTemplate
 
 from deepstep import prompts
 
@@ -23,3 +25,18 @@ def test_fit_contexts_shares_the_budget_and_counts_cuts():
     assert contexts[0]["text"] == "x " * 500  # inputs untouched
     text = prompts.format_contexts(fitted)
     assert text.startswith("[1] ") and "\n[2] " in text
+
+
+def _templates_showing_contexts() -> dict[str, ChatPromptTemplate]:
+    templates = {name: value for name, value in vars(prompts).items() if isinstance(value, ChatPromptTemplate)}
+    return {name: template for name, template in templates.items() if "contexts" in template.input_variables}
+
+
+def test_every_prompt_showing_contexts_says_they_are_data_not_instructions():
+    showing = _templates_showing_contexts()
+    assert {"ANSWER", "CRITIQUE", "REFINE", "EVALUATE"} <= showing.keys()  # the scan finds the prompts it must check
+    for name, template in showing.items():
+        messages = template.format_messages(**{variable: f"<{variable}>" for variable in template.input_variables})
+        system = [message.content for message in messages if message.type == "system"]
+        # In the system message, which no retrieved text can impersonate.
+        assert system and prompts.CONTEXTS_ARE_DATA in system[0], f"prompts.{name} shows contexts without prompts.CONTEXTS_ARE_DATA"
