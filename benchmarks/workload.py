@@ -28,7 +28,7 @@ from benchmarks.harness import QUESTION, checkpoint_stats
 from deepstep import checkpoint as checkpoint_module
 from deepstep import step_tree
 from deepstep.configuration import Settings
-from deepstep.nodes.retrieve import corpus_retriever
+from deepstep.retrieval import corpus_retriever
 
 CHECKPOINT_SECONDS = {"put": 0.0, "put_writes": 0.0}
 

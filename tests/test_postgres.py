@@ -30,9 +30,8 @@ from deepstep.configuration import Settings
 from deepstep.corpus import load_passages
 from deepstep.errors import ConfigError, ThreadBusyError, UnknownThreadError
 from deepstep.locks import thread_lock
-from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.postgres import PostgresRetriever, connect, load_corpus, redact_url, schema_lock
-from deepstep.retrieval import BM25Retriever, tokenize
+from deepstep.retrieval import BM25Retriever, corpus_retriever, tokenize
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import cli_command
 

@@ -32,7 +32,6 @@ from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
 from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
-from deepstep.nodes.retrieve import corpus_retriever
 from deepstep.nodes.review import checked_answer
 from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
 
@@ -236,6 +235,8 @@ def _prepare(settings: Settings | None, corpus: str | Path | None, retriever: Ba
     if corpus is not None:
         settings = Settings.build(**{**settings.model_dump(), "corpus": Path(corpus)})
     if retriever is None:
+        from deepstep.retrieval import corpus_retriever  # bm25s and numpy: only a run over the corpus needs them
+
         corpus_retriever(settings)  # fail early (CorpusError) and index once, before any model call
     return settings
 
@@ -320,6 +321,8 @@ def resume(
         else:
             return _result(graph, config)
         if retriever is None:
+            from deepstep.retrieval import corpus_retriever
+
             corpus_retriever(merged)
         return _execute(graph, graph_input, thread_id, merged, on_progress)
 

@@ -1,10 +1,14 @@
 """LangChain retrieval over a corpus folder: ``BM25Retriever`` wraps a ``bm25_index.BM25Index``
-(built once, cached on disk by content) and returns passages as Documents."""
+(built once, cached on disk by content) and returns passages as Documents.
+
+This is the one place that picks a step's retriever (the caller's own, else BM25 or Postgres over
+the configured corpus: ``corpus_retriever``) and applies ``top_k`` to it (``top_contexts``)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -12,7 +16,12 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from deepstep.bm25_index import BM25Index, passage_context, tokenize
-from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, demo_corpus_dir, load_passages
+from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, default_corpus_dir, demo_corpus_dir, load_passages
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import Callbacks
+
+    from deepstep.configuration import Settings
 
 
 class BM25Retriever(BaseRetriever):
@@ -83,4 +92,57 @@ def contexts_from_documents(docs: list[Document]) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["BM25Retriever", "Passage", "contexts_from_documents", "passage_document", "demo_corpus_dir", "load_passages", "tokenize"]
+@functools.lru_cache(maxsize=8)
+def _corpus_retriever(corpus: Path, cache_dir: Path, chunk_tokens: int, chunk_overlap: int) -> BM25Retriever:
+    # Indexing is the slow part; one index per corpus per process serves every step.
+    return BM25Retriever.from_directory(corpus, cache_dir=cache_dir, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+
+
+@functools.lru_cache(maxsize=8)
+def _postgres_retriever(database_url: str, corpus: Path, chunk_tokens: int, chunk_overlap: int, embedding: Any) -> BaseRetriever:
+    from deepstep.postgres_retrieval import PostgresRetriever  # psycopg is optional: only a Postgres retriever needs it
+
+    # Loads the corpus (and its embeddings) into the database once per content (a no-op when another worker did).
+    return PostgresRetriever.from_directory(database_url, corpus, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedding=embedding)
+
+
+def corpus_retriever(settings: Settings) -> BaseRetriever:
+    """The retriever over the configured corpus (default: the fetched scikit-learn user guide, else the
+    bundled demo corpus): BM25, or Postgres full-text search when ``settings.retriever`` resolves to postgres.
+    It returns ``settings.top_k`` passages."""
+    corpus = (settings.corpus or default_corpus_dir(settings.home)).resolve()
+    if settings.uses_postgres_retriever and settings.database_url is not None:
+        from deepstep.postgres_retrieval import embedding_model_for
+
+        embedding = embedding_model_for(settings)
+        retriever = _postgres_retriever(settings.database_url.get_secret_value(), corpus, settings.chunk_tokens, settings.chunk_overlap, embedding)
+    else:
+        retriever = _corpus_retriever(corpus, settings.index_dir.resolve(), settings.chunk_tokens, settings.chunk_overlap)
+    # The cached retriever is shared; each caller gets a cheap copy with its own number of hits.
+    return retriever.model_copy(update={"k": settings.top_k})
+
+
+def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None, *, callbacks: Callbacks = None) -> list[dict[str, Any]]:
+    """The ``settings.top_k`` best passages for ``query`` from ``retriever`` (a caller's own), or from
+    the configured corpus when it is ``None``, as context dicts for the graph state."""
+    if retriever is None:
+        source = corpus_retriever(settings)
+    elif isinstance(retriever, BM25Retriever):
+        source = retriever.model_copy(update={"k": settings.top_k})  # a caller's own BM25 index searches for top_k hits
+    else:
+        source = retriever  # any other retriever returns its own number of hits, cut to top_k below
+    documents = source.invoke(query, config={"callbacks": callbacks})
+    return contexts_from_documents(documents[: settings.top_k])
+
+
+__all__ = [
+    "BM25Retriever",
+    "Passage",
+    "contexts_from_documents",
+    "corpus_retriever",
+    "top_contexts",
+    "passage_document",
+    "demo_corpus_dir",
+    "load_passages",
+    "tokenize",
+]

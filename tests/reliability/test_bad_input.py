@@ -215,13 +215,13 @@ def test_a_corrupt_index_cache_is_rebuilt(fake_llm, tmp_path):
     assert cached, "the first run saved no index"
     for path in cached:
         path.write_bytes(b"\x00garbage{" + path.read_bytes()[:7])
-    from deepstep.nodes import retrieve
+    from deepstep import retrieval
 
-    retrieve._corpus_retriever.cache_clear()  # a new process: the index comes from disk
+    retrieval._corpus_retriever.cache_clear()  # a new process: the index comes from disk
     second = deepstep.run(QUESTION, thread_id="second", settings=settings)
     assert second.status == "done"
     assert [s["contexts"] for s in step_tree.steps(second.tree)] == [s["contexts"] for s in step_tree.steps(first.tree)]
-    retrieve._corpus_retriever.cache_clear()
+    retrieval._corpus_retriever.cache_clear()
     from deepstep.retrieval import BM25Retriever
 
     # The rebuilt cache loads again.

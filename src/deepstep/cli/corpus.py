@@ -73,10 +73,9 @@ def _matching_contexts(settings: Settings, query: str) -> list[dict[str, Any]]:
     from deepstep.corpus import default_corpus_dir
 
     if settings.uses_postgres_retriever:
-        from deepstep.nodes.retrieve import corpus_retriever
-        from deepstep.retrieval import contexts_from_documents
+        from deepstep.retrieval import top_contexts
 
-        return contexts_from_documents(corpus_retriever(settings).invoke(query))
+        return top_contexts(query, settings)
     corpus = settings.corpus or default_corpus_dir(settings.home)
     index = BM25Index.from_directory(
         corpus.resolve(), cache_dir=settings.index_dir.resolve(), chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap
