@@ -143,12 +143,12 @@ def bm25_backend(corpus: Path, settings: Settings) -> tuple[BaseRetriever, dict[
 
 def postgres_backend(corpus: Path, settings: Settings, url: str) -> tuple[BaseRetriever, dict[str, float]]:
     try:
-        from deepstep import postgres  # noqa: PLC0415  (optional dependency, only for this backend)
-    except ImportError as error:
+        from deepstep import postgres_retrieval  # noqa: PLC0415  (optional dependency, only for this backend)
+    except (ImportError, DeepstepError) as error:
         raise SystemExit(f"the postgres backend is not available ({error}): install deepstep[postgres]") from None
     passages, _ = load_passages(corpus, chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
-    (corpus_hash, _), load_seconds = _timed(lambda: postgres.load_corpus(url, passages))
-    retriever = postgres.PostgresRetriever(database_url=url, corpus_hash=corpus_hash)
+    (corpus_hash, _), load_seconds = _timed(lambda: postgres_retrieval.load_corpus(url, passages))
+    retriever = postgres_retrieval.PostgresRetriever(database_url=url, corpus_hash=corpus_hash)
     return retriever, {"passages": len(passages), "load_s (0 when already loaded)": load_seconds}
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from deepstep.configuration import Settings
 from deepstep.corpus import load_passages
 from deepstep.errors import ConfigError, ThreadBusyError, UnknownThreadError
 from deepstep.locks import thread_lock
-from deepstep.postgres import PostgresRetriever, connect, load_corpus, redact_url, schema_lock
+from deepstep.postgres import connect, redact_url, schema_lock
+from deepstep.postgres_retrieval import PostgresRetriever, load_corpus
 from deepstep.retrieval import BM25Retriever, corpus_retriever, tokenize
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import cli_command
@@ -64,7 +66,7 @@ def test_settings_validate_the_database_url_and_retriever(tmp_path):
         Settings.build(retriever="postgres")
     settings = Settings.build(database_url=f"postgresql://u:{POSTGRES_TEST_PASSWORD}@127.0.0.1/db")
     assert settings.uses_postgres_retriever
-    assert "database_url" not in settings.public_dict()
+    assert "database_url" not in settings.run_settings()
     assert POSTGRES_TEST_PASSWORD not in repr(settings)
     assert not Settings.build(database_url="postgresql://u@127.0.0.1/db", retriever="bm25").uses_postgres_retriever
 
@@ -81,6 +83,23 @@ def test_unreachable_database_is_a_config_error_without_the_password(tmp_path):
         with pytest.raises(ConfigError) as raised:
             deepstep.run("What is a loss function?", settings=settings)
         assert POSTGRES_TEST_PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize("missing", ["psycopg", "psycopg_pool"])
+def test_a_database_url_without_the_postgres_extra_says_how_to_install_it(tmp_path, monkeypatch, missing):
+    # As if the extra were not installed: a fresh import of deepstep's Postgres modules finds no `missing`.
+    for name in ("postgres", "postgres_retrieval"):
+        monkeypatch.delitem(sys.modules, f"deepstep.{name}", raising=False)
+        monkeypatch.delattr(deepstep, name, raising=False)
+    monkeypatch.setitem(sys.modules, missing, None)
+    settings = Settings.build(home=tmp_path, database_url="postgresql://me@127.0.0.1:9/db", base_url="http://127.0.0.1:9/v1")
+    hint = rf"the Postgres support is not installed \({missing} is missing\): pip install 'deepstep\[postgres\]'"
+    opened = {"psycopg": lambda: open_checkpointer(settings), "psycopg_pool": lambda: nullcontext(corpus_retriever(settings))}[missing]
+    with pytest.raises(ConfigError, match=hint), opened():
+        pass
+    if missing == "psycopg":
+        with pytest.raises(ConfigError, match=hint), thread_lock(settings, "t"):
+            pass
 
 
 class socket_closed_port:

@@ -3,12 +3,10 @@ when ``database_url`` is set (several workers sharing one database)."""
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -115,7 +113,8 @@ def _cannot_write(path: Path, error: sqlite3.OperationalError) -> str:
 @contextmanager
 def postgres_checkpointer(database_url: str) -> Iterator[BaseCheckpointSaver]:
     """A ``PostgresSaver`` on its own connection (tables created on first use), closed on exit."""
-    postgres = postgres_module()
+    # deepstep.postgres first: without the optional Postgres support it raises a ConfigError saying how to install it.
+    from deepstep import postgres  # noqa: I001
     from langgraph.checkpoint.postgres import PostgresSaver
     from psycopg.rows import dict_row
 
@@ -149,16 +148,7 @@ def open_checkpointer(settings: Settings, *, check_writable: bool = False) -> It
 def checkpoint_location(settings: Settings) -> str:
     """Where threads are stored, for messages (the database password is never shown)."""
     if settings.database_url is not None:
-        return f"the Postgres database {postgres_module().redact_url(settings.database_url.get_secret_value())}"
+        from deepstep import postgres
+
+        return f"the Postgres database {postgres.redact_url(settings.database_url.get_secret_value())}"
     return str(settings.checkpoint_file)
-
-
-def postgres_module() -> ModuleType:
-    """``deepstep.postgres``, or a ``ConfigError`` saying how to install its dependencies."""
-    try:
-        return importlib.import_module("deepstep.postgres")
-    except ImportError as error:
-        raise ConfigError(
-            f"DEEPSTEP_DATABASE_URL is set but the Postgres support is not installed ({error.name} is missing): "
-            "pip install 'deepstep[postgres]', or unset DEEPSTEP_DATABASE_URL to use SQLite"
-        ) from None

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deepstep.checkpoint import postgres_module
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError, ThreadBusyError
 
@@ -90,7 +89,8 @@ def _file_lock(path: Path, thread_id: str) -> Iterator[None]:
 
 @contextmanager
 def _advisory_lock(database_url: str, thread_id: str) -> Iterator[None]:
-    postgres = postgres_module()
+    from deepstep import postgres  # optional: a ConfigError saying how to install it if missing
+
     key = advisory_key(thread_id)
     # A dedicated connection: the lock lives exactly as long as this session, and the
     # application name tells a refused worker which process holds it.

@@ -1,82 +1,40 @@
-"""Postgres backend for scale-out: connection handling, the passages table and its full-text retriever.
+"""Postgres connections for scale-out: connecting without ever showing the password, one-line errors, and
+the advisory lock that serializes schema creation between workers (used by the checkpointer and the retriever).
 
-Many workers share one database: each corpus is loaded once (keyed by a hash of its passages, so
-loading the same corpus again is a no-op) and searched with Postgres full-text search. The text
-is analyzed by deepstep's own tokenizer (stemmed English words, CJK characters and character
-bigrams) and stored in a ``simple``-configuration ``tsvector``, so English and Chinese queries
-match the same terms as the BM25 retriever. Ranking sums each query term's ``ts_rank`` weighted
-by the term's IDF (kept per corpus in a small table). With an embedding model configured, the
-passages are also embedded into a pgvector column and both rankings are fused.
+Postgres support is optional (``pip install 'deepstep[postgres]'``): importing this module without it
+raises a ``ConfigError`` that says how to install it, so callers import it only when a database is configured.
+The retriever is in ``deepstep.postgres_retrieval``.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import re
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import openai
-import psycopg
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
-from langchain_core.documents import Document
-from langchain_core.retrievers import BaseRetriever
-from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, ConfigDict
-
 from deepstep import configuration
-from deepstep.configuration import Settings
-from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, load_passages
-from deepstep.errors import ConfigError, ModelServerError
-from deepstep.retrieval import passage_document, tokenize
+from deepstep.errors import ConfigError
 
-PASSAGES_TABLE = "deepstep_passages"
-CORPORA_TABLE = "deepstep_corpora"
-EMBEDDINGS_TABLE = "deepstep_embeddings"  # pgvector, only when an embedding model is configured
-TERMS_TABLE = "deepstep_terms"  # document frequency of each term, for the IDF weights of a query
-# Bump when the table layout or the analysis of the text changes, so old rows are not reused.
-_LOAD_FORMAT = 1
+
+def not_installed(error: ImportError) -> ConfigError:
+    """The error for a missing dependency of the optional Postgres support: how to install it, or to do without."""
+    return ConfigError(
+        f"DEEPSTEP_DATABASE_URL is set but the Postgres support is not installed ({error.name} is missing): "
+        "pip install 'deepstep[postgres]', or unset DEEPSTEP_DATABASE_URL to use SQLite"
+    )
+
+
+try:
+    import psycopg
+    from psycopg.rows import tuple_row
+except ImportError as error:
+    raise not_installed(error) from None
+
 # Session advisory-lock key that serializes schema creation and checkpointer migrations between workers.
 SCHEMA_LOCK_KEY = 0x64656570_73746570  # "deepstep"
 SCHEMA_LOCK_WAIT_SECONDS = 120
-_TERM = re.compile(r"^\w+$")
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {CORPORA_TABLE} (
-    content_hash text PRIMARY KEY,
-    passages integer NOT NULL,
-    skipped_files integer NOT NULL,
-    loaded_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {PASSAGES_TABLE} (
-    content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE,
-    position integer NOT NULL,
-    ref_id text NOT NULL,
-    chunk_id text NOT NULL,
-    title text NOT NULL,
-    source text NOT NULL,
-    text text NOT NULL,
-    terms tsvector NOT NULL,
-    PRIMARY KEY (content_hash, position)
-);
-CREATE INDEX IF NOT EXISTS {PASSAGES_TABLE}_terms ON {PASSAGES_TABLE} USING gin (terms);
-CREATE TABLE IF NOT EXISTS {TERMS_TABLE} (
-    content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE,
-    term text NOT NULL,
-    passages integer NOT NULL,
-    PRIMARY KEY (content_hash, term)
-);
-"""
 
 
 def redact_url(url: str) -> str:
@@ -131,300 +89,4 @@ def schema_lock(connection: psycopg.Connection[Any]) -> Iterator[None]:
         connection.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
-def ensure_schema(connection: psycopg.Connection[Any]) -> None:
-    with schema_lock(connection):
-        connection.execute(_SCHEMA)
-
-
-def content_hash(passages: list[Passage]) -> str:
-    """A hash of the passages (so of the files and the chunking), the identity of a loaded corpus."""
-    digest = hashlib.sha256(str(_LOAD_FORMAT).encode())
-    for passage in passages:
-        digest.update(json.dumps(asdict(passage), ensure_ascii=False, sort_keys=True).encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _analyzed(passages: list[Passage]) -> tuple[list[tuple[str, str]], Counter[str]]:
-    """Per passage its title and body terms (space-joined), and how many passages hold each term."""
-    analyzed = []
-    document_frequency: Counter[str] = Counter()
-    for passage in passages:
-        title, body = tokenize(passage.title), tokenize(passage.text)
-        analyzed.append((" ".join(title), " ".join(body)))
-        document_frequency.update(set(title) | set(body))
-    return analyzed, document_frequency
-
-
-def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0) -> tuple[str, bool]:
-    """Store ``passages`` in the passages table unless the same content is already there.
-
-    Returns the corpus' content hash and whether rows were written. Safe to call from many
-    workers at once: a transaction-level advisory lock on the hash lets one of them load.
-    """
-    corpus_hash = content_hash(passages)
-    with connect(url) as connection:
-        try:
-            ensure_schema(connection)
-            if _is_loaded(connection, corpus_hash):
-                return corpus_hash, False
-            with connection.transaction():
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (corpus_hash,))
-                if _is_loaded(connection, corpus_hash):
-                    return corpus_hash, False
-                connection.execute(
-                    f"INSERT INTO {CORPORA_TABLE} (content_hash, passages, skipped_files) VALUES (%s, %s, %s)",
-                    (corpus_hash, len(passages), skipped_files),
-                )
-                analyzed, document_frequency = _analyzed(passages)
-                with connection.cursor() as cursor:
-                    # The title is indexed with every chunk (as for BM25), weighted above the body.
-                    cursor.executemany(
-                        f"INSERT INTO {PASSAGES_TABLE} (content_hash, position, ref_id, chunk_id, title, source, text, terms) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, setweight(to_tsvector('simple', %s), 'A') || to_tsvector('simple', %s))",
-                        [
-                            (corpus_hash, i, p.ref_id, p.chunk_id, p.title, p.source, p.text, title, body)
-                            for i, (p, (title, body)) in enumerate(zip(passages, analyzed, strict=True))
-                        ],
-                    )
-                    cursor.executemany(
-                        f"INSERT INTO {TERMS_TABLE} (content_hash, term, passages) VALUES (%s, %s, %s)",
-                        [(corpus_hash, term, df) for term, df in document_frequency.items()],
-                    )
-        except psycopg.Error as error:
-            raise connection_error(url, error) from None
-    return corpus_hash, True
-
-
-def _is_loaded(connection: psycopg.Connection[Any], corpus_hash: str) -> bool:
-    return connection.execute(f"SELECT 1 FROM {CORPORA_TABLE} WHERE content_hash = %s", (corpus_hash,)).fetchone() is not None
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(url: str) -> ConnectionPool:
-    # One small pool per database per process: graph nodes retrieve from several worker threads.
-    # Connections are checked when lent, so a restarted server costs one reconnect, not a failed step.
-    pool = ConnectionPool(
-        url,
-        min_size=1,
-        max_size=4,
-        kwargs={"autocommit": True, "application_name": "deepstep-retriever"},
-        check=ConnectionPool.check_connection,
-        open=False,
-    )
-    try:
-        pool.open(wait=True, timeout=15)
-    except psycopg.Error as error:
-        pool.close()
-        raise connection_error(url, error) from None
-    return pool
-
-
-def _query_terms(query: str) -> list[str]:
-    # Plain word characters only, so a term can never be read as tsquery syntax.
-    return [term for term in dict.fromkeys(tokenize(query)) if _TERM.match(term)]
-
-
-# Each query term's ts_rank (length-normalized, title weight 'A' counted above body text) times the
-# term's BM25 IDF: plain ts_rank has no IDF, so common words would outweigh rare, telling ones.
-_SEARCH = f"""
-WITH query AS (
-    SELECT to_tsquery('simple', quote_literal(t.term)) AS lexeme,
-           ln(1 + (c.passages - t.passages + 0.5) / (t.passages + 0.5)) AS idf
-    FROM {TERMS_TABLE} t JOIN {CORPORA_TABLE} c USING (content_hash)
-    WHERE t.content_hash = %(corpus)s AND t.term = ANY(%(terms)s)
-)
-SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, sum(query.idf * ts_rank(%(weights)s::float4[], p.terms, query.lexeme, 1)) AS score
-FROM {PASSAGES_TABLE} p JOIN query ON p.terms @@ query.lexeme
-WHERE p.content_hash = %(corpus)s AND p.terms @@ to_tsquery('simple', %(any_term)s)
-GROUP BY p.content_hash, p.position
-ORDER BY score DESC, p.position
-LIMIT %(k)s
-"""
-# ts_rank weights for labels D, C, B, A: body text is D, titles are A.
-_WEIGHTS = [0.5, 0.5, 0.5, 1.0]
-
-
-class EmbeddingModel(BaseModel):
-    """An embedding model on an OpenAI-compatible server; the key is read from ``api_key_env`` at call time."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model: str
-    base_url: str
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        from deepstep.model_http import model_http_client
-
-        # A deadline per request, as for chat calls: a server that trickles its vectors cannot hold indexing up.
-        api_key = os.environ.get(self.api_key_env) or "not-needed"
-        vectors: list[list[float]] = []
-        with (
-            model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS) as http_client,
-            openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client) as client,
-        ):
-            for start in range(0, len(texts), _EMBED_BATCH):
-                reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
-                vectors.extend(item.embedding for item in sorted(reply.data, key=lambda item: item.index))
-        if len(vectors) != len(texts):
-            raise ModelServerError(f"the embedding model {self.model} returned {len(vectors)} vectors for {len(texts)} texts")
-        return vectors
-
-
-def embedding_model_for(settings: Settings) -> EmbeddingModel | None:
-    """The configured embedding model, served by the global model server; ``None`` when not configured."""
-    if settings.embedding_model is None:
-        return None
-    if not settings.base_url:
-        raise ConfigError("embedding_model needs an OpenAI-compatible server with /embeddings: set OPENAI_BASE_URL (or DEEPSTEP_BASE_URL)")
-    return EmbeddingModel(model=settings.embedding_model, base_url=settings.base_url, api_key_env=settings.api_key_env, timeout=settings.timeout)
-
-
-_EMBED_BATCH = 64
-_VECTOR_CHARS = 100_000  # one vector in JSON: 3,072 floats at most about 25 characters each
-# Reciprocal rank fusion constant: the usual 60 keeps one list's top hit from drowning the other list.
-_RRF_K = 60
-
-_VECTOR_SCHEMA = f"""
-CREATE EXTENSION IF NOT EXISTS vector;
-CREATE TABLE IF NOT EXISTS {EMBEDDINGS_TABLE} (
-    content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE,
-    model text NOT NULL,
-    position integer NOT NULL,
-    embedding vector NOT NULL,
-    PRIMARY KEY (content_hash, model, position)
-);
-"""
-
-_NEAREST = f"""
-SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, 1 - (e.embedding <=> %(vector)s::vector) AS score
-FROM {EMBEDDINGS_TABLE} e JOIN {PASSAGES_TABLE} p USING (content_hash, position)
-WHERE e.content_hash = %(corpus)s AND e.model = %(model)s
-ORDER BY e.embedding <=> %(vector)s::vector, e.position
-LIMIT %(k)s
-"""
-
-
-def _vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(value)) for value in vector) + "]"
-
-
-def load_embeddings(url: str, corpus_hash: str, passages: list[Passage], embedding: EmbeddingModel) -> bool:
-    """Embed and store the passages of a loaded corpus unless ``embedding.model`` already did; True when written."""
-    with connect(url) as connection:
-        try:
-            with schema_lock(connection):
-                connection.execute(_VECTOR_SCHEMA)
-        except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as error:
-            raise ConfigError(
-                f"the Postgres database {redact_url(url)} has no pgvector extension ({error}); install pgvector there "
-                "or unset DEEPSTEP_EMBEDDING_MODEL"
-            ) from None
-        except psycopg.Error as error:
-            raise connection_error(url, error) from None
-        count_sql = f"SELECT count(*) FROM {EMBEDDINGS_TABLE} WHERE content_hash = %s AND model = %s"
-        if connection.execute(count_sql, (corpus_hash, embedding.model)).fetchone()[0] == len(passages):
-            return False
-        # Embed outside any transaction: model calls can be slow, and a failure leaves nothing half-written.
-        vectors = embedding.embed([f"{p.title}\n{p.text}" for p in passages])
-        try:
-            with connection.transaction():
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (corpus_hash + embedding.model,))
-                if connection.execute(count_sql, (corpus_hash, embedding.model)).fetchone()[0] == len(passages):
-                    return False
-                connection.execute(f"DELETE FROM {EMBEDDINGS_TABLE} WHERE content_hash = %s AND model = %s", (corpus_hash, embedding.model))
-                with connection.cursor() as cursor:
-                    cursor.executemany(
-                        f"INSERT INTO {EMBEDDINGS_TABLE} (content_hash, model, position, embedding) VALUES (%s, %s, %s, %s::vector)",
-                        [(corpus_hash, embedding.model, i, _vector_literal(vector)) for i, vector in enumerate(vectors)],
-                    )
-        except psycopg.Error as error:
-            raise connection_error(url, error) from None
-    return True
-
-
-class PostgresRetriever(BaseRetriever):
-    """Full-text retriever over one loaded corpus, fused with pgvector similarity when ``embedding`` is set.
-
-    Documents carry the same metadata as ``BM25Retriever``'s; with an embedding model the score is
-    the reciprocal-rank-fusion score of the full-text and the vector ranking.
-    """
-
-    database_url: str
-    corpus_hash: str
-    k: int = 4
-    embedding: EmbeddingModel | None = None
-
-    def __repr_args__(self) -> Any:
-        # The URL may hold a password: never show it in reprs, tracebacks or traces.
-        return [(name, redact_url(value) if name == "database_url" else value) for name, value in super().__repr_args__()]
-
-    @classmethod
-    def from_directory(
-        cls,
-        database_url: str,
-        corpus_dir: str | Path,
-        *,
-        k: int = 4,
-        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
-        embedding: EmbeddingModel | None = None,
-    ) -> PostgresRetriever:
-        """Load ``corpus_dir`` (and its embeddings) into the database if new there, and search it."""
-        passages, skipped = load_passages(corpus_dir, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
-        corpus_hash, _ = load_corpus(database_url, passages, skipped_files=skipped)
-        if embedding is not None:
-            load_embeddings(database_url, corpus_hash, passages, embedding)
-        return cls(database_url=database_url, corpus_hash=corpus_hash, k=k, embedding=embedding)
-
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        if self.k <= 0 or not query.strip():
-            return []
-        if self.embedding is None:
-            return self._full_text(query, self.k)
-        # Each list contributes its top 2k; a passage found by both ranks above one found by either.
-        lexical = self._full_text(query, 2 * self.k)
-        semantic = self._nearest(self.embedding.embed([query])[0], 2 * self.k)
-        fused: dict[str, tuple[Document, float]] = {}
-        for ranking in (lexical, semantic):
-            for rank, document in enumerate(ranking):
-                key = document.metadata["chunk_id"]
-                previous = fused.get(key, (document, 0.0))
-                fused[key] = (previous[0], previous[1] + 1 / (_RRF_K + rank + 1))
-        best = sorted(fused.values(), key=lambda item: -item[1])[: self.k]
-        return [Document(page_content=d.page_content, metadata={**d.metadata, "score": score}) for d, score in best]
-
-    def _full_text(self, query: str, limit: int) -> list[Document]:
-        terms = _query_terms(query)
-        if not terms:
-            return []
-        parameters = {"corpus": self.corpus_hash, "terms": terms, "any_term": " | ".join(f"'{t}'" for t in terms), "weights": _WEIGHTS, "k": limit}
-        return self._documents(_SEARCH, parameters)
-
-    def _nearest(self, vector: list[float], limit: int) -> list[Document]:
-        assert self.embedding is not None
-        return self._documents(_NEAREST, {"corpus": self.corpus_hash, "model": self.embedding.model, "vector": _vector_literal(vector), "k": limit})
-
-    def _documents(self, sql: str, parameters: dict[str, Any]) -> list[Document]:
-        try:
-            with _pool(self.database_url).connection() as connection:
-                rows = connection.execute(sql, parameters).fetchall()
-        except psycopg.Error as error:
-            raise connection_error(self.database_url, error) from None
-        # The queries select ref_id, chunk_id, title, source, text (Passage's fields, in order), then the score.
-        return [passage_document(Passage(*fields), float(score)) for *fields, score in rows]
-
-
-__all__ = [
-    "EmbeddingModel",
-    "PostgresRetriever",
-    "connect",
-    "content_hash",
-    "embedding_model_for",
-    "ensure_schema",
-    "load_corpus",
-    "load_embeddings",
-    "redact_url",
-]
+__all__ = ["connect", "connection_error", "not_installed", "redact_url", "schema_lock"]

@@ -116,7 +116,7 @@ def test_a_trickled_reply_cannot_outlive_the_call_timeout(fake_llm, tmp_path, ki
 
 
 def test_an_embedding_call_cannot_be_trickled_past_its_timeout(fake_llm):
-    from deepstep.postgres import EmbeddingModel
+    from deepstep.postgres_retrieval import EmbeddingModel
 
     fake_llm.set_faults([Fault("trickle", task="embeddings", seconds=20)])
     with pytest.raises(openai.APITimeoutError):
