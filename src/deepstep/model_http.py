@@ -146,7 +146,9 @@ class ModelTransport(httpx.HTTPTransport):
     def _read_capped(self, response: httpx.Response) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.stream:
+        stream = response.stream
+        assert isinstance(stream, httpx.SyncByteStream), "HTTPTransport, a sync transport, replies with a sync stream"
+        for chunk in stream:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise self._too_big()

@@ -70,7 +70,9 @@ def settings_or_default(settings: Settings | None) -> Settings:
 
 def result_from_state(thread_id: str, values: dict[str, Any], *, review_request: dict[str, Any] | None, tasks_pending: bool) -> RunResult:
     """The result of a thread whose state is ``values``; ``tasks_pending``: the graph has work left."""
-    tree = values.get("tree") if values.get("tree") is not None else step_tree.new_tree(values.get("question", ""))
+    tree = values.get("tree")
+    if tree is None:
+        tree = step_tree.new_tree(values.get("question", ""))
     status: Status = "awaiting_review" if review_request is not None else ("incomplete" if tasks_pending else "done")
     return RunResult(
         thread_id=thread_id,

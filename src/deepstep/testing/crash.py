@@ -69,6 +69,7 @@ class Killed:
 def run_and_kill(command: list[str], env: Mapping[str, str], server: FakeLLMServer, point: KillPoint, *, timeout: float = 90) -> Killed:
     """Start ``command``, SIGKILL it at ``point``, and wait for it to be gone."""
     process = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None  # stderr=PIPE
     try:
         deadline = time.monotonic() + timeout
         while len(answered(server.log())) < point.calls:
@@ -86,7 +87,6 @@ def run_and_kill(command: list[str], env: Mapping[str, str], server: FakeLLMServ
         if process.poll() is None:
             process.kill()
             process.wait()
-        assert process.stderr is not None
         process.stderr.close()
     return Killed(returncode=process.returncode, calls_before_kill=len(server.log()), finished_before_kill=finished)
 
