@@ -1,4 +1,4 @@
-"""MCTSr: Monte Carlo tree self-refine over candidate answers (SPEC section 3).
+"""MCTSr: Monte Carlo tree self-refine over candidate answers (docs/mcts.md: the algorithm, its formulas and calls).
 
 A pure, deterministic algorithm: given the scores it is fed, it always makes the same
 choices. The search is a plain dict (``Search``) so it can live in checkpointed graph
