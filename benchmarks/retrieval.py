@@ -28,7 +28,8 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from deepstep.configuration import Settings
-from deepstep.corpus import fetch_sklearn, is_fetched, load_passages, sklearn_corpus_dir
+from deepstep.corpus import load_passages
+from deepstep.corpus_fetch import fetch_sklearn, is_fetched, sklearn_corpus_dir
 from deepstep.errors import DeepstepError
 from deepstep.retrieval import BM25Retriever
 

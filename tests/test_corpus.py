@@ -13,20 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 import deepstep
-from deepstep import corpus as corpus_module
-from deepstep import step_tree
+from deepstep import corpus_fetch, step_tree
 from deepstep.cli import app
 from deepstep.configuration import Settings
-from deepstep.corpus import (
-    UNIT,
-    default_corpus_dir,
-    demo_corpus_dir,
-    html_to_text,
-    load_passages,
-    read_document,
-    ref_id_for,
-    user_guide_page,
-)
+from deepstep.corpus import UNIT, demo_corpus_dir, html_to_text, load_passages, read_document, ref_id_for
+from deepstep.corpus_fetch import default_corpus_dir, user_guide_page
 from deepstep.errors import CorpusError
 
 runner = CliRunner()
@@ -364,7 +355,7 @@ def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     # An empty PATH: apt-get cannot be found, as on a system without apt.
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(CorpusError, match="(apt-get|dpkg-deb) not found.*`deepstep run --corpus DIR`"):
-        corpus_module.fetch_sklearn(tmp_path / "home")
+        corpus_fetch.fetch_sklearn(tmp_path / "home")
     result = runner.invoke(app, ["corpus", "fetch", "sklearn"])
     assert result.exit_code == 2 and "not found: `deepstep corpus fetch sklearn` needs a Debian" in result.stderr
 
@@ -384,6 +375,6 @@ def test_fetch_falls_back_to_private_package_lists(tmp_path, monkeypatch):
     )
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}:{Path(real_apt_get).parent}:/usr/bin:/bin")
-    result = corpus_module.fetch_sklearn(tmp_path / "home")
+    result = corpus_fetch.fetch_sklearn(tmp_path / "home")
     assert result.pages >= 40 and not result.reused
     assert any((tmp_path / "home" / "apt" / "lists").glob("*_Packages*"))

@@ -16,7 +16,8 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from deepstep.bm25_index import BM25Index, passage_context, tokenize
-from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, default_corpus_dir, demo_corpus_dir, load_passages
+from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, demo_corpus_dir, load_passages
+from deepstep.corpus_fetch import default_corpus_dir
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import Callbacks

@@ -70,7 +70,7 @@ def _matching_contexts(settings: Settings, query: str) -> list[dict[str, Any]]:
     BM25 searches its cached index directly: LangChain's retriever machinery (it loads LangSmith)
     costs far more than the search itself, and this command should answer at once."""
     from deepstep.bm25_index import BM25Index, passage_context
-    from deepstep.corpus import default_corpus_dir
+    from deepstep.corpus_fetch import default_corpus_dir
 
     if settings.uses_postgres_retriever:
         from deepstep.retrieval import top_contexts
@@ -91,7 +91,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as a JSON list.")] = False,
 ) -> None:
     """Print the passages that best match QUERY, best first."""
-    from deepstep.corpus import DEMO_CORPUS_NOTICE, default_corpus_dir, demo_corpus_dir
+    from deepstep.corpus import demo_corpus_dir
+    from deepstep.corpus_fetch import DEMO_CORPUS_NOTICE, default_corpus_dir
 
     with user_errors():
         if not 1 <= k <= 50:  # the top_k setting's range, reported under the option's own name
@@ -118,7 +119,7 @@ def fetch(
     force: Annotated[bool, typer.Option("--force", help="Download again even when already fetched.")] = False,
 ) -> None:
     """Download a demo corpus into DEEPSTEP_HOME/corpora/NAME (no root needed) and index it."""
-    from deepstep.corpus import fetch_sklearn
+    from deepstep.corpus_fetch import fetch_sklearn
 
     with user_errors():
         if name not in FETCHABLE:
