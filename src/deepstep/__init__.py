@@ -26,10 +26,10 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, resume, run
+    from deepstep.api import Progress, import_store, resume, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
-    from deepstep.store import export_store, import_store
+    from deepstep.store import export_store
     from deepstep.threads import RunResult, load
 
 # Public name -> the module that defines it.
@@ -42,7 +42,7 @@ _LAZY_NAMES = {
     "Settings": "deepstep.configuration",
     "build_graph": "deepstep.graph",
     "export_store": "deepstep.store",
-    "import_store": "deepstep.store",
+    "import_store": "deepstep.api",
 }
 
 __all__ = [

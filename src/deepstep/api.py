@@ -19,7 +19,8 @@ from langgraph.types import Command
 from deepstep import step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings, redact_url
-from deepstep.corpus import announce_demo_corpus, default_corpus_dir, demo_corpus_dir
+from deepstep.corpus import demo_corpus_dir
+from deepstep.corpus_fetch import announce_demo_corpus, default_corpus_dir
 from deepstep.errors import (
     ConfigError,
     InputError,
@@ -33,6 +34,7 @@ from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALI
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.review import checked_answer
+from deepstep.store import read_store
 from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
 
 if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
@@ -289,6 +291,24 @@ def run_tree(
         return _execute(graph, None, thread_id, settings, on_progress)
 
 
+def import_store(
+    directory: str | Path,
+    thread_id: str | None = None,
+    settings: Settings | None = None,
+    *,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Load a dreamsboard store into a new thread and complete its unanswered steps.
+
+    Answered steps are kept as they are (no model call is made for them). Returns the
+    thread's ``RunResult``.
+    """
+    settings = settings_or_default(settings)  # a wrong type is a ConfigError, before the store is read
+    tree = read_store(directory, max_steps=settings.max_steps)
+    return run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
+
+
 def resume(
     thread_id: str,
     *,
@@ -327,4 +347,4 @@ def resume(
         return _execute(graph, graph_input, thread_id, merged, on_progress)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "load", "resume", "run", "run_tree"]
+__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "resume", "run", "run_tree"]

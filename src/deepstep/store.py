@@ -2,7 +2,8 @@
 
 Export writes a thread's step tree so dreamsboard's ``SimpleTaskStepStore.from_persist_dir``
 loads it; import reads such a store (also one written by dreamsboard, where some steps have
-no answer yet) into a new thread and completes only the unanswered steps.
+no answer yet) into a step tree, which ``deepstep.api.import_store`` runs as a new thread,
+completing only the unanswered steps.
 Fields deepstep does not know are kept on the step (``dreamsboard_fields``) and written
 back unchanged on re-export.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 
@@ -21,12 +22,6 @@ from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.parsing import load_json
-from deepstep.threads import settings_or_default
-
-if TYPE_CHECKING:
-    from langchain_core.retrievers import BaseRetriever
-
-    from deepstep import api
 
 STORE_FILE = "task_step_store.json"
 NAMESPACE = "task_step_store"
@@ -264,24 +259,4 @@ def read_store(directory: str | Path, *, max_steps: int | None = None) -> nx.DiG
     return tree
 
 
-def import_store(
-    directory: str | Path,
-    thread_id: str | None = None,
-    settings: Settings | None = None,
-    *,
-    retriever: BaseRetriever | None = None,
-    on_progress: api.ProgressCallback | None = None,
-) -> api.RunResult:
-    """Load a dreamsboard store into a new thread and complete its unanswered steps.
-
-    Answered steps are kept as they are (no model call is made for them). Returns the
-    thread's ``RunResult``.
-    """
-    from deepstep import api  # the run machinery, only when a store is imported (exporting needs none of it)
-
-    settings = settings_or_default(settings)  # a wrong type is a ConfigError, before the store is read
-    tree = read_store(directory, max_steps=settings.max_steps)
-    return api.run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
-
-
-__all__ = ["STORE_FILE", "export_store", "import_store", "read_store", "store_document", "write_json_atomically"]
+__all__ = ["STORE_FILE", "export_store", "read_store", "store_document", "write_json_atomically"]

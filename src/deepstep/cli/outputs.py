@@ -84,7 +84,7 @@ def import_(
     """Load a dreamsboard store into a new thread and answer only its unanswered steps."""
     import uuid
 
-    from deepstep import store
+    from deepstep.api import import_store
 
     # Chosen here, not by the import: an interrupted import must name the thread to resume.
     thread_id = thread_id or uuid.uuid4().hex[:12]
@@ -92,7 +92,7 @@ def import_(
         settings = load_settings(corpus=corpus)
         stderr.print(f"thread {thread_id}")
         with progress_display() as on_progress:
-            result = store.import_store(directory, thread_id, settings, on_progress=on_progress)
+            result = import_store(directory, thread_id, settings, on_progress=on_progress)
         finish_run(result, out, settings)
 
 
