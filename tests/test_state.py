@@ -2,7 +2,8 @@
 
 import copy
 
-from deepstep.state import add_usage, merge_by_step_id
+from deepstep.state import merge_by_step_id
+from deepstep.usage import add_usage
 
 
 def test_add_usage_sums_per_role_without_mutating():

@@ -22,7 +22,7 @@ from deepstep.configuration import ResolvedModel, Role, Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.interrupts import unless_stopped
 from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
-from deepstep.state import USAGE_FIELDS, add_usage
+from deepstep.usage import USAGE_FIELDS, Usage, add_usage
 
 # The OpenAI client and ChatOpenAI (about a second of imports) are imported where a call is made or
 # its error is classified: building the graph to draw it or to read a stored thread never loads them.
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
 
 T = TypeVar("T", bound=BaseModel)
-Usage = dict[str, dict[str, float]]
 
 TASK_ROLES: dict[str, Role] = {
     "outline": "decompose",

@@ -21,19 +21,7 @@ from deepstep import step_tree
 from deepstep.errors import InputError
 from deepstep.mcts import Search
 from deepstep.step_tree import StepTree
-
-USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "retries", "repairs", "fallbacks", "seconds")
-
-
-def add_usage(left: dict[str, dict[str, float]] | None, right: dict[str, dict[str, float]] | None) -> dict[str, dict[str, float]]:
-    """Sum usage per role and field."""
-    total = {role: dict(fields) for role, fields in (left or {}).items()}
-    for role, fields in (right or {}).items():
-        merged = dict(total.get(role, {}))
-        for field, value in fields.items():
-            merged[field] = merged.get(field, 0) + value
-        total[role] = merged
-    return total
+from deepstep.usage import add_usage
 
 
 def merge_by_step_id(left: dict[str, dict] | None, right: dict[str, dict] | None) -> dict[str, dict]:

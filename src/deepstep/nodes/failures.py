@@ -20,7 +20,7 @@ from langgraph.types import RetryPolicy
 from deepstep.configuration import Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.models import describe_error, is_transient
-from deepstep.state import add_usage
+from deepstep.usage import add_usage
 
 MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
 STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
