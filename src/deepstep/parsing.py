@@ -3,7 +3,8 @@
 Small models wrap JSON in code fences, add prose around it, use single quotes or
 trailing commas, or give a score as "85/100". ``parse_reply`` recovers what it can and
 validates with pydantic; what it cannot recover raises ``ReplyParseError`` with a
-message that can be sent back to the model as a repair request.
+message that can be sent back to the model as a repair request. ``require_usable_text``
+rejects a free-text reply that is empty or declines the task, so the node retries it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from deepstep.errors import StructuredOutputError
 from deepstep.step_tree import normalize_level
 
 T = TypeVar("T", bound=BaseModel)
@@ -229,3 +231,25 @@ def schema_instructions(schema: type[BaseModel]) -> str:
     return "Reply with one JSON object only, no prose and no code fences, matching this JSON schema:\n" + json.dumps(
         schema.model_json_schema(), ensure_ascii=False
     )
+
+
+# A short reply that declines the task ("I'm sorry, but I can't help with that.") instead of doing it.
+_REFUSAL = re.compile(
+    r"^\W*(?:(?:(?:I'?m|I am) )?sorry|I apologi[sz]e|as an ai(?: language model)?)\b.{0,120}?\b(?:can(?:no|['’])?t|unable|won['’]t|not able)\b"
+    r"|^\W*I (?:can(?:no|['’])?t|won['’]t|am unable to|['’]m unable to|am not able to) (?:help|assist|comply|answer|provide|do that)",
+    re.IGNORECASE | re.DOTALL,
+)
+MAX_REFUSAL_CHARS = 300
+
+
+def looks_like_refusal(text: str) -> bool:
+    return len(text) <= MAX_REFUSAL_CHARS and _REFUSAL.search(text.strip()) is not None
+
+
+def require_usable_text(task: str, text: str) -> str:
+    """``text``, unless it is empty or a refusal: then a ``StructuredOutputError``, retried like an unparsable reply."""
+    if not text.strip():
+        raise StructuredOutputError(f"{task}: the model returned an empty reply")
+    if looks_like_refusal(text):
+        raise StructuredOutputError(f"{task}: the model refused the task ({text.strip()[:80]!r})")
+    return text

@@ -10,7 +10,7 @@ from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
 from deepstep.models import call_text
-from deepstep.nodes.failures import require_usable_text
+from deepstep.parsing import require_usable_text
 from deepstep.state import StepState
 
 

@@ -8,7 +8,6 @@ in the step state instead of raising; the step then finishes as ``failed``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy
 
 from deepstep.configuration import Settings
-from deepstep.errors import StructuredOutputError
 from deepstep.models import describe_error, is_transient
 from deepstep.usage import add_usage
 
@@ -26,28 +24,6 @@ MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops ea
 STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
 
 StepNode = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
-
-# A short reply that declines the task ("I'm sorry, but I can't help with that.") instead of doing it.
-_REFUSAL = re.compile(
-    r"^\W*(?:(?:(?:I'?m|I am) )?sorry|I apologi[sz]e|as an ai(?: language model)?)\b.{0,120}?\b(?:can(?:no|['’])?t|unable|won['’]t|not able)\b"
-    r"|^\W*I (?:can(?:no|['’])?t|won['’]t|am unable to|['’]m unable to|am not able to) (?:help|assist|comply|answer|provide|do that)",
-    re.IGNORECASE | re.DOTALL,
-)
-MAX_REFUSAL_CHARS = 300
-
-
-def looks_like_refusal(text: str) -> bool:
-    return len(text) <= MAX_REFUSAL_CHARS and _REFUSAL.search(text.strip()) is not None
-
-
-def require_usable_text(task: str, text: str) -> str:
-    """``text``, unless it is empty or a refusal: then a ``StructuredOutputError``, retried like an unparsable reply."""
-    if not text.strip():
-        raise StructuredOutputError(f"{task}: the model returned an empty reply")
-    if looks_like_refusal(text):
-        raise StructuredOutputError(f"{task}: the model refused the task ({text.strip()[:80]!r})")
-    return text
-
 
 MIN_KEY_CHARS = 12  # shorter values (placeholders like "x") would blank out ordinary words
 

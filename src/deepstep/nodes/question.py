@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableConfig
 from deepstep import prompts
 from deepstep.configuration import Settings
 from deepstep.models import call_text
-from deepstep.nodes.failures import require_usable_text
+from deepstep.parsing import require_usable_text
 from deepstep.state import StepState
 
 

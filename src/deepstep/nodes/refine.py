@@ -16,8 +16,7 @@ from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
 from deepstep.models import call_structured, call_text
-from deepstep.nodes.failures import looks_like_refusal, require_usable_text
-from deepstep.parsing import RefineResponse, Score
+from deepstep.parsing import RefineResponse, Score, looks_like_refusal, require_usable_text
 from deepstep.state import StepState
 
 # The last-resort score when the critic's reply never parses: neutral, and counted as a fallback.
