@@ -107,7 +107,7 @@ def _draw_png(drawable: Graph, path: Path) -> None:
         fail("PNG needs matplotlib: pip install 'deepstep[notebooks]', or use --format mermaid and render it in any Mermaid viewer")
     import networkx as nx
 
-    picture = nx.DiGraph()
+    picture: nx.DiGraph[str] = nx.DiGraph()
     picture.add_nodes_from(drawable.nodes)
     picture.add_edges_from((edge.source, edge.target, {"conditional": edge.conditional}) for edge in drawable.edges)
     # Rows by distance from the start: works with the refine loop's cycles, unlike a topological order.
