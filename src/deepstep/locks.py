@@ -17,9 +17,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError, ThreadBusyError
+
+if TYPE_CHECKING:
+    import psycopg
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _HOLDER = re.compile(r"pid=(\d+) host=(\S+)")
@@ -96,8 +100,8 @@ def _advisory_lock(database_url: str, thread_id: str) -> Iterator[None]:
     # application name tells a refused worker which process holds it.
     with postgres.connect(database_url, application_name=f"deepstep-lock {_holder_label()}"[:63]) as connection:
         try:
-            acquired = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-            if not acquired:
+            row = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if not (row and row[0]):  # its one row says whether this session took the lock
                 raise _busy(thread_id, _advisory_holder(connection, key))
         except postgres.psycopg.Error as error:
             raise postgres.connection_error(database_url, error) from None
@@ -110,10 +114,10 @@ def _advisory_lock(database_url: str, thread_id: str) -> Iterator[None]:
                 pass  # the connection is gone, and the server released the lock with it
 
 
-def _advisory_holder(connection: object, key: int) -> str | None:
+def _advisory_holder(connection: psycopg.Connection[Any], key: int) -> str | None:
     # pg_locks shows a bigint advisory key as two unsigned 32-bit halves.
     unsigned = key & 0xFFFFFFFFFFFFFFFF
-    row = connection.execute(  # type: ignore[attr-defined]
+    row = connection.execute(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = %s::bigint::oid "
         "AND l.objid = %s::bigint::oid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
