@@ -15,26 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from deepstep import dreamsboard_fields as dreamsboard
 from deepstep import json_text, step_tree
 from deepstep.citations import cited_numbers
 
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_COLUMNS = [
-    "task_step_id",
-    "shot_number",
-    "scene_number",
-    "start_task_context",
-    "aemo_representation_context",
-    "task_step_name",
-    "task_step_description",
-    "task_step_level",
-    "task_step_question",
-    "task_step_question_context",
-    "task_step_question_answer",
-    "ref_task_step_id",
-]
+TABLE_COLUMNS = dreamsboard.TABLE_COLUMNS
 
 
 def _answer_text(step: dict[str, Any]) -> str:
@@ -70,7 +58,7 @@ def cited_passages(tree: nx.DiGraph) -> list[dict[str, Any]]:
 
 
 def _reference_line(passage: dict[str, Any]) -> str:
-    title = passage.get("title") or passage.get("paper_title") or passage.get("source") or "untitled"
+    title = passage.get("title") or passage.get(dreamsboard.CONTEXT_TITLE) or passage.get("source") or "untitled"
     source = f" ({passage['source']})" if passage.get("source") else ""
     return f"- [{passage['level']}] [{passage['number']}] {title}{source}, ref_id:{passage.get('ref_id', '')}, chunk_id:{passage.get('chunk_id', '')}"
 
@@ -104,25 +92,29 @@ def storyboard_table(tree: nx.DiGraph) -> pd.DataFrame:
     """The seed's storyboard table: one row per step in tree order."""
     import pandas as pd  # only the table needs pandas (a third of a second of imports); the report does not
 
-    question, outline = step_tree.question_of(tree), step_tree.outline_of(tree)
-    rows = [
-        {
-            "task_step_id": step["id"],
-            "shot_number": index + 1,
-            "scene_number": f"story_board{index}",
-            "start_task_context": question,
-            "aemo_representation_context": outline,
-            "task_step_name": step["name"],
-            "task_step_description": step.get("description") or "",
-            "task_step_level": step["level"],
-            "task_step_question": step.get("question") or "",
-            "task_step_question_context": [dict(context) for context in step.get("contexts") or []],
-            "task_step_question_answer": step.get("answer") or "",
-            "ref_task_step_id": (step.get("dreamsboard_fields") or {}).get("ref_task_step_id") or "",
-        }
-        for index, step in enumerate(step_tree.steps(tree))
-    ]
+    run_fields = dreamsboard.renamed({"question": step_tree.question_of(tree), "outline": step_tree.outline_of(tree)}, dreamsboard.RUN_FIELDS)
+    rows = [_table_row(step, index, run_fields) for index, step in enumerate(step_tree.steps(tree))]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _table_row(step: dict[str, Any], index: int, run_fields: dict[str, str]) -> dict[str, Any]:
+    # Unlike the store, the table shows every step's question, passages and answer, whatever its status.
+    step_fields = {
+        "name": step["name"],
+        "description": step.get("description") or "",
+        "level": step["level"],
+        "question": step.get("question") or "",
+        "contexts": [dict(context) for context in step.get("contexts") or []],
+        "answer": step.get("answer") or "",
+    }
+    return {
+        dreamsboard.TABLE_ID: step["id"],
+        dreamsboard.SHOT_NUMBER: index + 1,
+        dreamsboard.SCENE_NUMBER: f"story_board{index}",
+        **run_fields,
+        **dreamsboard.renamed(step_fields, dreamsboard.STEP_FIELDS),
+        dreamsboard.REF_STEP_ID: (step.get(dreamsboard.EXTRA_FIELDS) or {}).get(dreamsboard.REF_STEP_ID) or "",
+    }
 
 
 def storyboard_csv(tree: nx.DiGraph) -> str:

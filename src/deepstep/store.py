@@ -1,4 +1,4 @@
-"""dreamsboard task-step stores (``task_step_store.json``, see STORE_FORMAT.md): export and import.
+"""dreamsboard task-step stores (``task_step_store.json``, see docs/store_format.md): export and import.
 
 Export writes a thread's step tree so dreamsboard's ``SimpleTaskStepStore.from_persist_dir``
 loads it; import reads such a store (also one written by dreamsboard, where some steps have
@@ -17,6 +17,7 @@ from typing import Any
 
 import networkx as nx
 
+from deepstep import dreamsboard_fields as dreamsboard
 from deepstep import json_text, mcts, step_tree
 from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
@@ -29,31 +30,17 @@ DATA_COLLECTION = f"{NAMESPACE}/data"
 METADATA_COLLECTION = f"{NAMESPACE}/metadata"
 REF_COLLECTION = f"{NAMESPACE}/ref_task_step_info"
 NODE_TYPE = "task_step_node"
-EXTRA_FIELDS = "dreamsboard_fields"  # step attribute holding the store fields deepstep does not map
 # dreamsboard stores nest a few levels (collection, step, field, list item); far deeper is not a store
 # and would overflow serializers later (msgpack in the checkpoint, JSON on export).
 MAX_STORE_NESTING = 64
 # The largest max_steps setting allowed (its Field's le=), named in the "too many steps" message.
 MAX_STEPS_LIMIT = next(bound.le for bound in Settings.model_fields["max_steps"].metadata if hasattr(bound, "le"))
 
-# dreamsboard fields deepstep maps to and from its own step fields.
-_MAPPED = {
-    "id_",
-    "start_task_context",
-    "aemo_representation_context",
-    "task_step_name",
-    "task_step_description",
-    "task_step_level",
-    "task_step_question",
-    "task_step_question_context",
-    "task_step_question_answer",
-}
-
 
 def _context_to_store(context: dict[str, Any]) -> dict[str, Any]:
     item = {
         "ref_id": str(context.get("ref_id", "")),
-        "paper_title": str(context.get("title") or context.get("paper_title") or ""),
+        dreamsboard.CONTEXT_TITLE: str(context.get("title") or context.get(dreamsboard.CONTEXT_TITLE) or ""),
         "chunk_id": str(context.get("chunk_id", "")),
         "score": float(context.get("score") or 0.0),
         "text": str(context.get("text", "")),
@@ -65,7 +52,7 @@ def _context_to_store(context: dict[str, Any]) -> dict[str, Any]:
 
 def _context_from_store(item: Any, where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
-        raise InputError(f"{where}: each task_step_question_context item must be an object with ref_id, chunk_id, text")
+        raise InputError(f"{where}: each {dreamsboard.STEP_FIELDS['contexts']} item must be an object with ref_id, chunk_id, text")
     try:
         score = float(item.get("score") or 0.0)
         if not math.isfinite(score):
@@ -75,7 +62,7 @@ def _context_from_store(item: Any, where: str) -> dict[str, Any]:
     return {
         "ref_id": str(item.get("ref_id", "")),
         "chunk_id": str(item.get("chunk_id", "")),
-        "title": str(item.get("paper_title") or ""),
+        "title": str(item.get(dreamsboard.CONTEXT_TITLE) or ""),
         "source": str(item.get("source") or ""),
         "score": score,
         "text": str(item.get("text", "")),
@@ -91,25 +78,24 @@ def _search_trace(step: dict[str, Any]) -> dict[str, Any] | None:
 
 def step_record(step: dict[str, Any], question: str, outline: str) -> dict[str, Any]:
     """One step as a dreamsboard ``task_step_node`` ``__data__`` object."""
-    extra = dict(step.get(EXTRA_FIELDS) or {})
+    extra = dict(step.get(dreamsboard.EXTRA_FIELDS) or {})
     answered = step.get("status") == "done"
-    record: dict[str, Any] = {"metadata": {}, "relationships": {}, "hash": "", "ref_task_step_id": "", **extra}
-    record.update(
-        id_=step["id"],
-        start_task_context=question,
-        aemo_representation_context=outline,
-        task_step_name=step.get("name", ""),
-        task_step_description=step.get("description", ""),
-        task_step_level=step["level"],
+    record: dict[str, Any] = {**dreamsboard.unmapped_defaults(), **extra, dreamsboard.STORE_ID: step["id"]}
+    record.update(dreamsboard.renamed({"question": question, "outline": outline}, dreamsboard.RUN_FIELDS))
+    step_fields = {
+        "name": step.get("name", ""),
+        "description": step.get("description", ""),
+        "level": step["level"],
         # A failed step is written as not answered yet, so an import runs it again.
-        task_step_question=step.get("question", "") if answered else "",
-        task_step_question_context=[_context_to_store(c) for c in step.get("contexts") or []] if answered else [],
-        task_step_question_answer=step.get("answer", "") if answered else "",
-    )
+        "question": step.get("question", "") if answered else "",
+        "contexts": [_context_to_store(c) for c in step.get("contexts") or []] if answered else [],
+        "answer": step.get("answer", "") if answered else "",
+    }
+    record.update(dreamsboard.renamed(step_fields, dreamsboard.STEP_FIELDS))
     trace = _search_trace(step) if answered else None
     if trace is not None:
-        record.update(task_step_critiques=trace["critiques"], task_step_refinements=trace["refinements"], task_step_rewards=trace["rewards"])
-    for key in ("task_step_critiques", "task_step_refinements", "task_step_rewards"):
+        record.update(dreamsboard.renamed(trace, dreamsboard.TRACE_FIELDS))
+    for key in dreamsboard.TRACE_FIELDS.values():
         record.setdefault(key, [])
     return record
 
@@ -122,8 +108,8 @@ def store_document(tree: nx.DiGraph) -> dict[str, Any]:
     for step in step_tree.steps(tree):
         record = step_record(step, question, outline)
         data[step["id"]] = {"__type__": NODE_TYPE, "__data__": record}
-        metadata[step["id"]] = {"task_step_hash": record.get("hash", "")}
-    graph_extra = tree.graph.get(EXTRA_FIELDS) or {}
+        metadata[step["id"]] = {dreamsboard.METADATA_HASH: record.get(dreamsboard.HASH, "")}
+    graph_extra = tree.graph.get(dreamsboard.EXTRA_FIELDS) or {}
     return {
         DATA_COLLECTION: data,
         METADATA_COLLECTION: {**graph_extra.get("metadata", {}), **metadata},
@@ -184,7 +170,7 @@ def _nesting(value: Any) -> int:
 
 def _answer_of(entry: Any) -> str:
     data = entry.get("__data__") if isinstance(entry, dict) else None
-    return str(data.get("task_step_question_answer") or "") if isinstance(data, dict) else ""
+    return str(data.get(dreamsboard.STEP_FIELDS["answer"]) or "") if isinstance(data, dict) else ""
 
 
 def read_store(directory: str | Path, *, max_steps: int | None = None) -> nx.DiGraph:
@@ -212,43 +198,49 @@ def read_store(directory: str | Path, *, max_steps: int | None = None) -> nx.DiG
         data = entry.get("__data__") if isinstance(entry, dict) else None
         if not isinstance(data, dict) or entry.get("__type__", NODE_TYPE) != NODE_TYPE:
             raise InputError(f"store entry {key!r} is not a {NODE_TYPE} with a __data__ object")
-        records.append({**data, "id_": str(data.get("id_") or key)})
+        records.append({**data, dreamsboard.STORE_ID: str(data.get(dreamsboard.STORE_ID) or key)})
 
     first = records[0]
-    tree = step_tree.new_tree(str(first.get("start_task_context") or ""), str(first.get("aemo_representation_context") or ""))
+    run_field = dreamsboard.RUN_FIELDS
+    tree = step_tree.new_tree(str(first.get(run_field["question"]) or ""), str(first.get(run_field["outline"]) or ""))
     if not step_tree.question_of(tree).strip():
-        raise InputError(f"the store in {folder} has no start_task_context (the question)")
-    tree.graph[EXTRA_FIELDS] = {"metadata": document.get(METADATA_COLLECTION) or {}, "ref_task_step_info": document.get(REF_COLLECTION) or {}}
+        raise InputError(f"the store in {folder} has no {run_field['question']} (the question)")
+    tree.graph[dreamsboard.EXTRA_FIELDS] = {
+        "metadata": document.get(METADATA_COLLECTION) or {},
+        "ref_task_step_info": document.get(REF_COLLECTION) or {},
+    }
 
     by_level: dict[str, str] = {}
+    field = dreamsboard.STEP_FIELDS  # deepstep's step field -> its name in the store
     for record in records:
-        where = f"step {record['id_']} ({record.get('task_step_name', '')!r})"
-        level = step_tree.normalize_level(record.get("task_step_level", ""))
+        step_id = record[dreamsboard.STORE_ID]
+        where = f"step {step_id} ({record.get(field['name'], '')!r})"
+        level = step_tree.normalize_level(record.get(field["level"], ""))
         if level is None:
-            raise InputError(f"{where}: task_step_level {str(record.get('task_step_level'))[:40]!r} is not like 0, 0>1, 0>1>2")
+            raise InputError(f"{where}: {field['level']} {str(record.get(field['level']))[:40]!r} is not like 0, 0>1, 0>1>2")
         if level in by_level:
             raise InputError(f"{where}: level {level} is used twice in the store")
-        if record["id_"] in tree or record["id_"] == step_tree.ROOT_ID:
+        if step_id in tree or step_id == step_tree.ROOT_ID:
             raise InputError(f"{where}: the id is used twice in the store")
-        contexts = record.get("task_step_question_context") or []
+        contexts = record.get(field["contexts"]) or []
         if not isinstance(contexts, list):
-            raise InputError(f"{where}: task_step_question_context must be a list")
-        answer = str(record.get("task_step_question_answer") or "")
+            raise InputError(f"{where}: {field['contexts']} must be a list")
+        answer = str(record.get(field["answer"]) or "")
         tree.add_node(
-            record["id_"],
+            step_id,
             **{
                 **step_tree.STEP_DEFAULTS,
-                "name": str(record.get("task_step_name") or ""),
-                "description": str(record.get("task_step_description") or ""),
+                "name": str(record.get(field["name"]) or ""),
+                "description": str(record.get(field["description"]) or ""),
                 "level": level,
-                "question": str(record.get("task_step_question") or ""),
+                "question": str(record.get(field["question"]) or ""),
                 "contexts": [_context_from_store(item, where) for item in contexts],
                 "answer": answer,
                 "status": "done" if answer.strip() else "pending",
-                EXTRA_FIELDS: {k: v for k, v in record.items() if k not in _MAPPED},
+                dreamsboard.EXTRA_FIELDS: {k: v for k, v in record.items() if k not in dreamsboard.MAPPED_STORE_FIELDS},
             },
         )
-        by_level[level] = record["id_"]
+        by_level[level] = step_id
 
     for level, step_id in by_level.items():
         # The parent is the step one level up; a missing one (dreamsboard allows gaps) means the nearest ancestor.
