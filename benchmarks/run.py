@@ -327,15 +327,15 @@ def profile(plan: Plan) -> dict[str, Any]:
 
 
 def construction_costs(repeats: int = 300) -> dict[str, float]:
-    """Milliseconds per ``Settings.from_config`` and per ``models.chat_model``, timed in isolation:
-    both run for every model call (settings once per node and route, a ChatOpenAI per call)."""
+    """Milliseconds per ``Settings.for_run`` from plain ``configurable`` values (how Studio and a hand-made
+    ``graph.invoke`` pass settings; the Python API passes resolved ones) and per ``models.chat_model``."""
     from deepstep.configuration import Settings
     from deepstep.models import chat_model
 
     settings = Settings.build(base_url="http://127.0.0.1:9/v1", home=Path(tempfile.gettempdir()) / "deepstep-bench-micro")
-    config = {"configurable": {"thread_id": "micro", **settings.public_dict()}}
+    config = {"configurable": {"thread_id": "micro", **settings.run_settings()}}
     costs = {}
-    for name, build in (("from_config_ms", lambda: Settings.from_config(config)), ("chat_model_ms", lambda: chat_model(settings, "evaluate"))):
+    for name, build in (("for_run_ms", lambda: Settings.for_run(config)), ("chat_model_ms", lambda: chat_model(settings, "evaluate"))):
         build()
         started = time.perf_counter()
         for _ in range(repeats):
@@ -547,13 +547,14 @@ def render(results: dict[str, Any]) -> str:
     costs, largest_run = results.get("construction_costs"), runs[-1]
     if costs and "settings_builds" in largest_run:
         builds_per_call = largest_run["settings_builds"] / largest_run["calls"]
-        avoidable = builds_per_call * costs["from_config_ms"] + costs["chat_model_ms"]
+        avoidable = builds_per_call * costs["for_run_ms"] + costs["chat_model_ms"]
         out += [
             "",
             f"Fixed: each node rebuilt its `Settings` from the run config and each call a new `ChatOpenAI` and its schema's JSON "
-            f"schema (about 3 ms of CPU per call, the largest share after checkpointing); `deepstep.configuration` and "
-            f"`deepstep.models` now build them once per distinct input. Timed in isolation now: `Settings.from_config` "
-            f"{costs['from_config_ms']:.2f} ms x {builds_per_call:.2f} per call, `models.chat_model` {costs['chat_model_ms']:.2f} ms: "
+            f"schema (about 3 ms of CPU per call, the largest share after checkpointing); the Python API now resolves a run's "
+            f"settings once and passes them as LangGraph's runtime context, and `deepstep.models` builds a client once per distinct "
+            f"input. Timed in isolation now: `Settings.for_run` from plain values (Studio's path) "
+            f"{costs['for_run_ms']:.2f} ms x {builds_per_call:.2f} builds per call in this run, `models.chat_model` {costs['chat_model_ms']:.2f} ms: "
             f"together {avoidable:.2f} ms of the {largest_run['client_ms_per_call']:.1f} ms client time per call at N = {largest_run['steps']}.",
         ]
     malformed = results["malformed"]

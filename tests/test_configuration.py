@@ -12,8 +12,8 @@ def test_environment_and_overrides(monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     settings = Settings.build(max_steps=4)
     assert (settings.rollouts, settings.max_steps, settings.base_url) == (1, 4, "http://127.0.0.1:1/v1")
-    from_config = Settings.from_config({"configurable": {"thread_id": "t", "rollouts": 3, "unknown": 1}})
-    assert from_config.rollouts == 3 and from_config.max_steps == 3
+    resolved = Settings.for_run({"configurable": {"thread_id": "t", "rollouts": 3, "unknown": 1}})
+    assert resolved.rollouts == 3 and resolved.max_steps == 3
 
 
 def test_roles_resolve_with_overrides():
@@ -46,7 +46,7 @@ def test_no_server_configured_says_what_to_do():
 
 def test_settings_hold_no_secrets(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-marker-123")
-    assert "sk-marker-123" not in str(Settings.build(base_url="http://x/v1").public_dict())
+    assert "sk-marker-123" not in str(Settings.build(base_url="http://x/v1").run_settings())
 
 
 def test_cost_estimate_from_the_price_table():

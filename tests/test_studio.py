@@ -23,7 +23,7 @@ import ormsgpack
 import pytest
 from typer.testing import CliRunner
 
-from deepstep import step_tree
+from deepstep import step_tree, tree_encoding
 from deepstep.cli import app
 from deepstep.cli.studio import OFFLINE_ENV, find_config, server_command
 from deepstep.errors import InputError
@@ -106,7 +106,7 @@ def stream_run(client, thread_id, assistant_id, **kwargs):
 def node_link(tree):
     """The tree as Studio receives it: plain node-link JSON, rebuilt here to check its shape."""
     assert set(tree) == {"directed", "multigraph", "graph", "nodes", "edges"}
-    return step_tree.from_data(tree)
+    return tree_encoding.from_data(tree)
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -149,8 +149,11 @@ def test_assistant_graph_and_schemas(client, assistant_id):
     tree_schema = schemas["output_schema"]["$defs"]["NodeLinkData"]["properties"]
     assert {"nodes", "edges"} <= set(tree_schema)
     context = schemas["context_schema"]["properties"]
-    assert context["rollouts"]["default"] == 2 and "MCTSr" in context["rollouts"]["description"]
-    assert context["review"]["default"] is False and context["review"]["description"]
+    # Unset by default (a default in Studio's form would be sent back and override the server's
+    # DEEPSTEP_* values); the description names the value an unset field gets.
+    assert context["rollouts"]["default"] is None and "MCTSr" in context["rollouts"]["description"]
+    assert "Unset: DEEPSTEP_ROLLOUTS, else 2." in context["rollouts"]["description"]
+    assert context["review"]["default"] is None and "else False" in context["review"]["description"]
     assert all(field.get("description") for field in context.values()), [k for k, f in context.items() if not f.get("description")]
 
 
@@ -180,7 +183,7 @@ def test_runtime_stores_the_tree_as_msgpack_never_pickle(server, client, assista
     assert trees, f"no checkpointed tree in the dev server's store {store}: files {files}, {len(blobs)} values"
     assert not [kind for kind, _ in blobs if kind == "pickle"]
     decoded = ormsgpack.unpackb(trees[-1], ext_hook=lambda code, data: ormsgpack.unpackb(data), option=ormsgpack.OPT_NON_STR_KEYS)
-    assert decoded[:2] == ["deepstep.step_tree", "StepTree"] and {"nodes", "edges"} <= set(decoded[2])
+    assert decoded[:2] == ["deepstep.tree_encoding", "StepTree"] and {"nodes", "edges"} <= set(decoded[2])
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_a_thread_stopped_part_way(settings, updates):
     """Planning done or not, some steps answered: the graph has tasks left, and so does the loaded thread."""
     config = api._run_config("partial", settings)
     with api._open_graph(settings, None) as graph:
-        for seen, _ in enumerate(graph.stream({"question": QUESTION}, config, stream_mode="updates"), start=1):
+        for seen, _ in enumerate(graph.stream({"question": QUESTION}, config, context=settings, stream_mode="updates"), start=1):
             if seen == updates:
                 break
     assert assert_same(settings, "partial").status == "incomplete"

@@ -77,8 +77,9 @@ def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
     # Each rollout is three supersteps per evaluator sample; leave room for retries.
     recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples
     return {
-        # URLs that may hold credentials travel as SecretStr: checkpoint metadata only copies plain values.
-        "configurable": {"thread_id": thread_id, **settings.public_dict(), **settings.credential_values()},
+        # Only the thread id: the settings reach the nodes as the run's context (``_stream``), which
+        # LangGraph never copies into checkpoints or their metadata.
+        "configurable": {"thread_id": thread_id},
         "max_concurrency": settings.max_concurrency,
         "recursion_limit": recursion_limit,
     }
@@ -141,7 +142,8 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
     return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
 
 
-def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, on_progress: ProgressCallback | None) -> None:
+def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, settings: Settings, on_progress: ProgressCallback | None) -> None:
+    """Run the graph with ``settings`` resolved once for the whole run: nodes get them as LangGraph's runtime context."""
     import openai  # here, not at the top: `deepstep show` loads threads without the model client
 
     from deepstep.interrupts import stop_on_ctrl_c
@@ -154,7 +156,7 @@ def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig,
         with stop_on_ctrl_c():
             # Not subgraphs=True: LangGraph then parks a stream waiter on one of the
             # max_concurrency worker threads, so one step fewer would run at a time.
-            for update in graph.stream(graph_input, config, stream_mode="updates"):
+            for update in graph.stream(graph_input, config, context=settings, stream_mode="updates"):
                 for node, values in update.items():
                     if isinstance(values, dict) and values.get("tree") is not None:
                         progress.steps_total = len(step_tree.step_ids(values["tree"]))
@@ -165,7 +167,7 @@ def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig,
                     if on_progress:
                         on_progress(progress)
     except (openai.OpenAIError, StructuredOutputError) as error:
-        raise _as_user_error(error, Settings.from_config(config)) from None
+        raise _as_user_error(error, settings) from None
 
 
 def _as_user_error(error: Exception, settings: Settings) -> Exception:
@@ -209,7 +211,7 @@ def _execute(graph: CompiledStateGraph, graph_input: Any, thread_id: str, settin
         config = _run_config(thread_id, served)
         if on_progress is not None and settings.needs_embedded_model:
             on_progress = _with_calls_in_flight(on_progress, served.max_concurrency)
-        _stream(graph, graph_input, config, on_progress)
+        _stream(graph, graph_input, config, served, on_progress)
         return _result(graph, config)
 
 
@@ -283,10 +285,10 @@ def run_tree(
         if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
             raise InputError(f"thread {thread_id} already exists: pick a new thread id for the import")
         config = _run_config(thread_id, settings)
-        plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.public_dict()}
+        plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.run_settings()}
         graph.update_state(config, plan, as_node="decompose")  # as if planned: review and the fan-out come next
         if all(tree.nodes[n]["status"] == "done" for n in step_tree.step_ids(tree)):
-            _stream(graph, None, config, on_progress)  # nothing to answer: no model server needed
+            _stream(graph, None, config, settings, on_progress)  # nothing to answer: no model server needed
             return _result(graph, config)
         return _execute(graph, None, thread_id, settings, on_progress)
 
@@ -328,6 +330,7 @@ def resume(
         if not snapshot.values and not snapshot.next:
             raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
         # Keep the settings that shape the result as the thread started; explicit settings win.
+        # (Threads from before RunSettings stored every setting: only the run-shaping ones count.)
         stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
         merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
         config = _run_config(thread_id, merged)

@@ -1,17 +1,18 @@
-"""All settings in one pydantic-settings object.
+"""All settings in one pydantic-settings object, and the one way a run resolves them.
 
 Precedence, lowest first: defaults < environment (``DEEPSTEP_<FIELD>``, plus the standard
-``OPENAI_BASE_URL``) < CLI options < ``RunnableConfig["configurable"]``. API keys are
-never settings: a role names the environment variable that holds its key
+``OPENAI_BASE_URL``) < CLI options < ``RunnableConfig["configurable"]`` < LangGraph's runtime
+context (``graph.invoke(..., context={...})``). ``Settings.for_run`` applies that order; the
+Python API resolves a run's settings once and hands the result to the graph as its context.
+API keys are never settings: a role names the environment variable that holds its key
 (``api_key_env``), so keys stay out of checkpoints, logs and exports.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -26,7 +27,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from typing_extensions import TypedDict
 
 from deepstep.errors import ConfigError
 from deepstep.mcts import MCTSParams
@@ -34,27 +37,32 @@ from deepstep.mcts import MCTSParams
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-# Settings that shape a thread's result: a resumed thread keeps the values it started with.
-# Everything else (model server, home, timeouts) comes from the resuming environment.
-RUN_SHAPING_FIELDS = (
-    "corpus",
-    "rollouts",
-    "exploration_c",
-    "max_children",
-    "reward_samples",
-    "early_stop_q",
-    "top_k",
-    "context_tokens",
-    "chunk_tokens",
-    "chunk_overlap",
-    "outline_tokens",
-    "max_steps",
-    "max_depth",
-    "review",
-    "language",
-    "structured_output",
-    "max_repairs",
-)
+
+class RunSettings(TypedDict, total=False):
+    """The settings that shape a thread's result, as JSON values: kept in the thread's state so a
+    resumed thread goes on as it started. Everything else (model server, home, timeouts) comes
+    from the resuming environment."""
+
+    corpus: str | None
+    rollouts: int
+    exploration_c: float
+    max_children: int
+    reward_samples: int
+    early_stop_q: float | None
+    top_k: int
+    context_tokens: int
+    chunk_tokens: int
+    chunk_overlap: int
+    outline_tokens: int
+    max_steps: int
+    max_depth: int
+    review: bool
+    language: str | None
+    structured_output: str
+    max_repairs: int
+
+
+RUN_SHAPING_FIELDS = tuple(RunSettings.__annotations__)
 ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
@@ -303,25 +311,9 @@ class Settings(BaseSettings):
             early_stop_q=self.early_stop_q,
         )
 
-    def public_dict(self) -> dict[str, Any]:
-        """JSON-safe values for state and ``configurable``, without credentials: no database URL, and
-        model server URLs redacted (``OPENAI_BASE_URL`` may carry a key as user info or ``?api-key=``)."""
-        values = self.model_dump(mode="json", exclude={"database_url"})
-        if values["base_url"]:
-            values["base_url"] = redact_url(values["base_url"], keep_user=False)
-        for role in values["roles"].values():
-            if role.get("base_url"):
-                role["base_url"] = redact_url(role["base_url"], keep_user=False)
-        return values
-
-    def credential_values(self) -> dict[str, Any]:
-        """The values ``public_dict`` leaves out or redacts, for a run's ``configurable`` only: URLs as
-        ``SecretStr`` and roles as a dict, both of which LangGraph never copies into checkpoint metadata."""
-        return {
-            "database_url": self.database_url,
-            "base_url": SecretStr(self.base_url) if self.base_url else None,
-            "roles": {role: model.model_dump() for role, model in self.roles.items()},
-        }
+    def run_settings(self) -> RunSettings:
+        """The run-shaping settings as JSON values, for the thread's state (never a credential)."""
+        return self.model_dump(mode="json", include=set(RUN_SHAPING_FIELDS))  # type: ignore[return-value]
 
     @classmethod
     def build(cls, **overrides: Any) -> Settings:
@@ -336,17 +328,27 @@ class Settings(BaseSettings):
             raise ConfigError("invalid settings: a DEEPSTEP_* JSON value is nested too deeply; roles and prices are flat objects") from None
 
     @classmethod
-    def from_config(cls, config: RunnableConfig | None) -> Settings:
-        """Settings for a graph run: environment, overridden by known ``configurable`` keys."""
+    def for_run(cls, config: RunnableConfig | None, context: Any = None) -> Settings:
+        """A graph run's settings: environment < known ``configurable`` keys < the runtime context.
+
+        The Python API resolves a run's settings once and passes that ``Settings`` object as the
+        context, so nodes get it as is. Anyone else (``graph.invoke``, Studio) passes plain values
+        in ``configurable`` and/or a ``RunContext``, merged here on every call: validation is
+        cheap next to a model call, and no cache keeps credentials around.
+        """
+        if isinstance(context, Settings):
+            return context
         configurable = (config or {}).get("configurable", {})
-        known = {k: v for k, v in configurable.items() if k in cls.model_fields}
-        # Every node asks for its settings; validating them anew each time was a measurable share
-        # of the per-call overhead, so identical inputs (configurable + environment) share one result.
-        environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+        requested = {k: v for k, v in configurable.items() if k in cls.model_fields}
+        if isinstance(context, BaseModel):
+            requested.update(context.model_dump(exclude_none=True))
+        elif isinstance(context, Mapping):
+            requested.update({k: v for k, v in context.items() if v is not None})
+        elif context is not None:
+            raise ConfigError(f"the run context must be a deepstep RunContext or a dict of its fields, not {type(context).__name__}")
         if serves_remote_callers():
-            _refuse_remote_settings(known, allow_paths=_settings_for("{}", environment).allow_remote_paths)
-        key = json.dumps(known, sort_keys=True, default=_plain_value)
-        return _settings_for(key, environment).model_copy()
+            _refuse_remote_settings(requested, allow_paths=cls.build().allow_remote_paths)
+        return cls.build(**requested)
 
 
 # Run-shaping settings that name files on the server's machine: a remote caller may set them only
@@ -371,9 +373,6 @@ def _refuse_remote_settings(requested: dict[str, Any], *, allow_paths: bool) -> 
             f"a run through the LangGraph server cannot set {', '.join(refused)}: set DEEPSTEP_"
             f"{refused[0].upper()} in the server's environment or .env{hint}"
         )
-
-
-_ENV_PREFIXES = ("DEEPSTEP_", "OPENAI_")
 
 
 def _is_http_url(url: str) -> bool:
@@ -417,22 +416,26 @@ def _redact_parameter(part: str) -> str:
     return f"{name}=***" if _SECRET_PARAMETER.search(name) else part
 
 
-def _plain_value(value: Any) -> Any:
-    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-
-
-@functools.lru_cache(maxsize=64)
-def _settings_for(configurable_json: str, environment: tuple[tuple[str, str], ...]) -> Settings:
-    del environment  # part of the cache key only: Settings reads the environment itself
-    return Settings.build(**json.loads(configurable_json))
-
-
 def _run_context_schema() -> type[BaseModel]:
-    """The graph's context schema (what LangGraph Studio lets you set per run or assistant):
-    the settings that shape a result, with Settings' defaults, limits and descriptions.
-    The LangGraph API mirrors the context into ``configurable``, where ``from_config`` reads it."""
-    fields: dict[str, Any] = {name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in RUN_SHAPING_FIELDS}
-    return create_model("RunContext", __doc__="Settings of one deepstep run; unset ones come from DEEPSTEP_* variables.", **fields)
+    """The graph's context schema (what LangGraph Studio lets you set per run or assistant, and what
+    ``graph.invoke(..., context={...})`` takes): the settings that shape a result, with Settings'
+    limits and descriptions. Every field defaults to unset (None), which leaves the value from
+    ``configurable``, the environment or the default in place; an unknown field is an error."""
+    fields: dict[str, Any] = {}
+    for name in RUN_SHAPING_FIELDS:
+        field = Settings.model_fields[name]
+        # A copy with Settings' limits (ge, le) but no default: a default shown in Studio's form would be
+        # sent back with every run and override the server's DEEPSTEP_* values.
+        unset = FieldInfo.merge_field_infos(field, default=None)
+        default = field.get_default(call_default_factory=True)
+        unset.description = f"{field.description or ''} Unset: DEEPSTEP_{name.upper()}, else {default!r}.".strip()
+        fields[name] = (field.annotation | None, unset)
+    return create_model(
+        "RunContext",
+        __doc__="Settings of one deepstep run; unset ones come from configurable, DEEPSTEP_* variables or the defaults.",
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+        **fields,
+    )
 
 
 RunContext = _run_context_schema()

@@ -30,6 +30,7 @@ from deepstep.nodes.question import question
 from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
 from deepstep.nodes.retrieve import make_retrieve
 from deepstep.nodes.review import review
+from deepstep.nodes.run_settings import with_settings
 from deepstep.state import (
     RunInput,
     RunOutput,
@@ -69,7 +70,7 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)
     builder.add_node("outline", count_retries(outline, "decompose"), retry_policy=plan_retry)
     builder.add_node("decompose", count_retries(decompose, "decompose"), retry_policy=plan_retry)
-    builder.add_node("review", review)
+    builder.add_node("review", with_settings(review))
     builder.add_node("step", build_step_graph(retriever))
     builder.add_node("collect", collect)
     builder.add_node("report", report)

@@ -109,10 +109,10 @@ def test_bad_answer_given_to_the_graph_itself_asks_again(awaiting_review):
     with _open_graph(settings, None) as graph:
         config = _run_config("plan", settings)
         for bad in ({"steps": []}, [[[[]]]], {"steps": [{"name": "x", "level": HUGE}]}):
-            graph.invoke(Command(resume=bad), config)
+            graph.invoke(Command(resume=bad), config, context=settings)
             request = next(i.value for task in graph.get_state(config).tasks for i in task.interrupts)
             assert request["error"] and request["steps"]
-        graph.invoke(Command(resume={"steps": EDITED}), config)
+        graph.invoke(Command(resume={"steps": EDITED}), config, context=settings)
     done = deepstep.load("plan", settings=settings)
     assert done.status == "done"
     assert [s["name"] for s in step_tree.steps(done.tree)] == ["Only this step"]

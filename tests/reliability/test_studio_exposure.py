@@ -183,20 +183,20 @@ def test_run_settings_from_a_langgraph_server_are_limited_to_run_shaping_ones(mo
     monkeypatch.setenv("LANGSERVE_GRAPHS", '{"deepstep": "deepstep.graph:graph"}')
     for name in set(Settings.model_fields) - {"corpus"}:
         monkeypatch.delenv(f"DEEPSTEP_{name.upper()}", raising=False)
-    shaping = Settings.from_config({"configurable": {"max_steps": 2, "review": True, "thread_id": "t", "corpus": None}})
+    shaping = Settings.for_run({"configurable": {"max_steps": 2, "review": True, "thread_id": "t", "corpus": None}})
     assert shaping.max_steps == 2 and shaping.review is True
     for name, value in [("corpus", str(tmp_path)), ("home", str(tmp_path)), ("checkpoint_path", str(tmp_path / "c.sqlite")),
                         ("base_url", "http://127.0.0.1:9/v1"), ("api_key_env", "HOME"), ("allow_remote_paths", True),
                         ("database_url", "postgresql://u@127.0.0.1/db"), ("llama_server_module", "http.server"),
                         ("roles", {"answer": {"base_url": "http://127.0.0.1:9/v1"}})]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"cannot set {name}"):
-            Settings.from_config({"configurable": {name: value}})
+            Settings.for_run({"configurable": {name: value}})
     monkeypatch.setenv("DEEPSTEP_ALLOW_REMOTE_PATHS", "true")
-    assert Settings.from_config({"configurable": {"corpus": str(tmp_path)}}).corpus == tmp_path
+    assert Settings.for_run({"configurable": {"corpus": str(tmp_path)}}).corpus == tmp_path
     with pytest.raises(ConfigError, match="cannot set home"):
-        Settings.from_config({"configurable": {"home": str(tmp_path)}})
+        Settings.for_run({"configurable": {"home": str(tmp_path)}})
     monkeypatch.delenv("LANGSERVE_GRAPHS")  # in-process callers (the API, tests) still set everything
-    assert Settings.from_config({"configurable": {"home": str(tmp_path)}}).home == tmp_path
+    assert Settings.for_run({"configurable": {"home": str(tmp_path)}}).home == tmp_path
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
@@ -14,8 +12,8 @@ from deepstep.parsing import require_usable_text
 from deepstep.state import StepState
 
 
-def answer(state: StepState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def answer(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Draft a cited answer from the retrieved passages (one model call); it roots the MCTSr search."""
     text, usage = call_text(
         settings,
         "answer",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-
 from deepstep import prompts, step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
@@ -23,26 +21,26 @@ def _has_plan(state: RunState) -> bool:
     return existing is not None and bool(step_tree.step_ids(existing))
 
 
-def outline(state: RunState, config: RunnableConfig) -> dict[str, Any]:
+def outline(state: RunState, settings: Settings) -> dict[str, Any]:
+    """Write an outline of the topic (one model call) and keep the run-shaping settings for resumes."""
     if _has_plan(state) or state.get("outline"):
         return {}  # a re-run on this thread keeps its plan
     question = (state.get("question") or "").strip()
     if not question:
         raise InputError('the question is empty: pass a question, e.g. deepstep run "What is a loss function?"')
-    settings = Settings.from_config(config)
     text, usage = call_text(
         settings, "outline", prompts.OUTLINE.format_messages(question=question, language_rule=prompts.language_rule(settings.language))
     )
     # The outline goes into every step's prompts: keep it within its token budget.
     text, cut = prompts.cap_text(text, settings.outline_tokens)
     warnings = [f"the outline was cut to about {settings.outline_tokens} tokens"] if cut else []
-    return {"question": question, "outline": text, "usage": usage, "settings": settings.public_dict(), "warnings": warnings}
+    return {"question": question, "outline": text, "usage": usage, "settings": settings.run_settings(), "warnings": warnings}
 
 
-def decompose(state: RunState, config: RunnableConfig) -> dict[str, Any]:
+def decompose(state: RunState, settings: Settings) -> dict[str, Any]:
+    """Turn the outline into a validated step tree (one structured model call)."""
     if _has_plan(state):
         return {}  # never duplicate steps on a re-run
-    settings = Settings.from_config(config)
     question = state["question"]
     outline_text = state.get("outline", "")
 

@@ -18,12 +18,11 @@ from langgraph.types import RetryPolicy
 
 from deepstep.configuration import Settings
 from deepstep.models import describe_error, is_transient
+from deepstep.nodes.run_settings import GraphNode, NodeWithSettings, as_graph_node, settings_of
 from deepstep.usage import add_usage
 
 MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
 STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
-
-StepNode = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
 
 MIN_KEY_CHARS = 12  # shorter values (placeholders like "x") would blank out ordinary words
 
@@ -42,7 +41,7 @@ def without_api_keys(text: str, settings: Settings) -> str:
     return text
 
 
-def _attempt(runtime: Runtime) -> int:
+def _attempt(runtime: Runtime[Any]) -> int:
     return runtime.execution_info.node_attempt if runtime.execution_info else 1
 
 
@@ -53,37 +52,36 @@ def _count_retries(update: dict[str, Any], role: str | None, attempt: int) -> di
     return {**update, "usage": add_usage(update.get("usage"), {role: {"retries": attempt - 1}})}
 
 
-def count_retries(node: StepNode, role: str) -> Callable[..., dict[str, Any]]:
-    """Record the node's retries (attempts beyond the first) in the usage of ``role``."""
+def count_retries(node: NodeWithSettings, role: str) -> GraphNode:
+    """A graph node that calls ``node(state, settings)`` and records its retries (attempts beyond
+    the first) in the usage of ``role``."""
 
-    def counted(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
-        return _count_retries(node(state, config), role, _attempt(runtime))
+    def counted(state: Any, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
+        return _count_retries(node(state, settings_of(config, runtime)), role, _attempt(runtime))
 
-    counted.__name__ = node.__name__
-    counted.__doc__ = node.__doc__
-    return counted
+    return as_graph_node(counted, node)
 
 
-def fail_softly(node: StepNode, role: str | None = None) -> Callable[..., dict[str, Any]]:
-    """Retry transient errors via the node's RetryPolicy; record the last failure in the step state."""
+def fail_softly(node: NodeWithSettings, role: str | None = None) -> GraphNode:
+    """A graph node that calls ``node(state, settings)``: transient errors are retried via the node's
+    RetryPolicy, and the last failure is recorded in the step state instead of raised."""
 
-    def guarded(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
+    def guarded(state: Any, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
+        settings = settings_of(config, runtime)  # outside the try: bad settings fail the run, not one step
         attempt = _attempt(runtime)
         try:
-            return _count_retries(node(state, config), role, attempt)
+            return _count_retries(node(state, settings), role, attempt)
         except GraphBubbleUp:
             raise
         except Exception as error:
-            attempts = min(Settings.from_config(config).step_attempts, MAX_ATTEMPTS)
+            attempts = min(settings.step_attempts, MAX_ATTEMPTS)
             if is_transient(error) and attempt < attempts:
                 raise
             tries = f" after {attempt} attempt(s)" if is_transient(error) else ""
-            reason = without_api_keys(f"{node.__name__}: {describe_error(error)}{tries}", Settings.from_config(config))
+            reason = without_api_keys(f"{node.__name__}: {describe_error(error)}{tries}", settings)
             return _count_retries({"error": reason}, role, attempt)
 
-    guarded.__name__ = node.__name__
-    guarded.__doc__ = node.__doc__
-    return guarded
+    return as_graph_node(guarded, node)
 
 
 def route_unless_failed(next_node: str) -> Callable[[dict[str, Any]], str]:

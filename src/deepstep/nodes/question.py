@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-
 from deepstep import prompts
 from deepstep.configuration import Settings
 from deepstep.models import call_text
@@ -13,8 +11,8 @@ from deepstep.parsing import require_usable_text
 from deepstep.state import StepState
 
 
-def question(state: StepState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def question(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Write one focused research question for the step (one model call)."""
     step = state["step"]
     text, usage = call_text(
         settings,

@@ -11,11 +11,13 @@ import re
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
 from deepstep.configuration import Settings
 from deepstep.models import call_structured, call_text
+from deepstep.nodes.run_settings import settings_of
 from deepstep.parsing import RefineResponse, Score, looks_like_refusal, require_usable_text
 from deepstep.state import StepState
 
@@ -23,8 +25,8 @@ from deepstep.state import StepState
 FALLBACK_SCORE = 0
 
 
-def evaluate(state: StepState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def evaluate(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Score the answer that still needs a reward (one model call), and backpropagate once it has all its samples."""
     params = settings.mcts_params()
     search = state["search"]
     node_id = mcts.needs_reward(search, params)
@@ -47,8 +49,8 @@ def evaluate(state: StepState, config: RunnableConfig) -> dict[str, Any]:
     return {"search": search, "usage": usage}
 
 
-def critique(state: StepState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def critique(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Select the answer to refine (UCT) and critique it (one model call)."""
     search = state["search"]
     parent_id = mcts.select(search, settings.mcts_params())
     parent = search["nodes"][parent_id]
@@ -69,8 +71,8 @@ def critique(state: StepState, config: RunnableConfig) -> dict[str, Any]:
     return {"pending_expansion": {"parent": parent_id, "critique": text}, "usage": usage}
 
 
-def refine(state: StepState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def refine(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Rewrite the selected answer following its critique (one structured model call): a new search node."""
     search = state["search"]
     pending = state["pending_expansion"]
     parent_answer = search["nodes"][pending["parent"]]["answer"]
@@ -86,7 +88,7 @@ def refine(state: StepState, config: RunnableConfig) -> dict[str, Any]:
             language_rule=prompts.language_rule(settings.language),
         ),
         RefineResponse,
-        fallback=lambda reply: _unparsed_refinement(reply, parent_answer),
+        fallback=lambda reply: unparsed_refinement(reply, parent_answer),
     )
     new_answer, removed = remove_invalid_citations(refined.answer, len(state["contexts"]))
     search, _ = mcts.expand(search, pending["parent"], critique=pending["critique"], thought=refined.thought, answer=new_answer)
@@ -96,18 +98,24 @@ def refine(state: StepState, config: RunnableConfig) -> dict[str, Any]:
 _BROKEN_JSON = re.compile(r"\{\s*[\"']?(?:thought|answer)\b")
 
 
-def _unparsed_refinement(reply: str, parent_answer: str) -> RefineResponse:
-    # A reply that never parses may still carry the model's rewrite as prose; broken JSON,
-    # an empty reply or a refusal carries none, so the answer stays as it was.
+def unparsed_refinement(reply: str, parent_answer: str) -> RefineResponse:
+    """The refinement kept when the model's reply never parses: the reply itself when it reads as a
+    rewrite in prose; the parent's answer unchanged for broken JSON, an empty reply or a refusal."""
     text = reply.strip()
     unusable = not text or text.startswith(("{", "[", "```")) or _BROKEN_JSON.search(text) or looks_like_refusal(text)
     return RefineResponse(thought="(unparsed reply)", answer=parent_answer if unusable else text)
 
 
-def after_evaluate(state: StepState, config: RunnableConfig) -> Literal["evaluate", "critique", "finish"]:
+def after_evaluate(state: StepState, config: RunnableConfig, runtime: Runtime[Any]) -> Literal["evaluate", "critique", "finish"]:
+    """Route after a score: another reward sample, another rollout, or the step's end."""
+    return next_after_evaluate(state, settings_of(config, runtime).mcts_params())
+
+
+def next_after_evaluate(state: StepState, params: mcts.MCTSParams) -> Literal["evaluate", "critique", "finish"]:
+    """``evaluate`` while the newest answer lacks reward samples, ``finish`` once the search is done
+    (or the step failed), else ``critique`` for the next rollout."""
     if state.get("error"):
         return "finish"
-    params = Settings.from_config(config).mcts_params()
     if mcts.needs_reward(state["search"], params) is not None:
         return "evaluate"
     return "finish" if mcts.is_done(state["search"], params) else "critique"

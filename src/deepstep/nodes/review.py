@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
 from deepstep import step_tree
@@ -22,8 +21,8 @@ from deepstep.state import RunState
 ANSWER_FORMAT = 'true (approve) or {"steps": [{"name", "description", "level"}, ...]}'
 
 
-def review(state: RunState, config: RunnableConfig) -> dict[str, Any]:
-    settings = Settings.from_config(config)
+def review(state: RunState, settings: Settings) -> dict[str, Any]:
+    """Pause for a human to approve or edit the plan (when ``review`` is on); the fan-out follows."""
     tree = state["tree"]
     # The run that started the thread decides: a resume (e.g. from Studio) need not repeat the setting.
     wanted = settings.review or bool(state.get("settings", {}).get("review"))
