@@ -31,8 +31,9 @@ from deepstep.configuration import Settings
 from deepstep.corpus import load_passages
 from deepstep.errors import ConfigError, ThreadBusyError, UnknownThreadError
 from deepstep.locks import thread_lock
-from deepstep.postgres import connect, redact_url, schema_lock
+from deepstep.postgres import connect, schema_lock
 from deepstep.postgres_retrieval import PostgresRetriever, load_corpus
+from deepstep.redaction import redact_url
 from deepstep.retrieval import BM25Retriever, corpus_retriever, tokenize
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import cli_command

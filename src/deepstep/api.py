@@ -18,7 +18,7 @@ from langgraph.types import Command
 
 from deepstep import step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
-from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings, redact_url
+from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
 from deepstep.corpus import demo_corpus_dir
 from deepstep.corpus_fetch import announce_demo_corpus, default_corpus_dir
 from deepstep.errors import (
@@ -34,6 +34,7 @@ from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALI
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.review import checked_answer
+from deepstep.redaction import redact_url
 from deepstep.store import read_store
 from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
 

@@ -14,6 +14,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
+from deepstep.redaction import redact_url
 from deepstep.serde import TreeSerializer
 
 T = TypeVar("T")
@@ -148,7 +149,5 @@ def open_checkpointer(settings: Settings, *, check_writable: bool = False) -> It
 def checkpoint_location(settings: Settings) -> str:
     """Where threads are stored, for messages (the database password is never shown)."""
     if settings.database_url is not None:
-        from deepstep import postgres
-
-        return f"the Postgres database {postgres.redact_url(settings.database_url.get_secret_value())}"
+        return f"the Postgres database {redact_url(settings.database_url.get_secret_value())}"
     return str(settings.checkpoint_file)

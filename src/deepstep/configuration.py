@@ -11,7 +11,6 @@ API keys are never settings: a role names the environment variable that holds it
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +32,7 @@ from typing_extensions import TypedDict
 
 from deepstep.errors import ConfigError
 from deepstep.mcts import MCTSParams
+from deepstep.redaction import redact_url
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
@@ -381,39 +381,6 @@ def _is_http_url(url: str) -> bool:
         return parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:  # e.g. an unclosed IPv6 bracket
         return False
-
-
-# Query parameters that carry credentials: ?password= (libpq), ?api-key= / ?key= (Azure and others),
-# ?token=, ?sig= (SAS), ?secret=, ?auth=...
-_SECRET_PARAMETER = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential")
-
-
-def redact_url(url: str, *, keep_user: bool = True) -> str:
-    """``url`` without credentials, for messages and stored state: its password, the values of
-    query parameters named like credentials and any fragment become ``***``; with ``keep_user=False``
-    the whole user info does (a model server has no use for a user name but as a token).
-    Works on the text: a multi-host Postgres URL or a port out of range (which make
-    ``urlsplit(...).port`` raise) are redacted too."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return "***" if "@" in url or "?" in url else url
-    rest, hash_mark, _fragment = rest.partition("#")
-    rest, question_mark, query = rest.partition("?")
-    authority, slash, path = rest.partition("/")
-    user_info, at, hosts = authority.rpartition("@")
-    if at:
-        user, colon, _password = user_info.partition(":")
-        authority = f"{user}:***@{hosts}" if keep_user and colon else (f"{user}@{hosts}" if keep_user else f"***@{hosts}")
-    if question_mark:
-        query = "&".join(_redact_parameter(part) for part in query.split("&"))
-    return f"{scheme}://{authority}{slash}{path}{question_mark}{query}{hash_mark}{'***' if hash_mark else ''}"
-
-
-def _redact_parameter(part: str) -> str:
-    name, equals, _value = part.partition("=")
-    if not equals:
-        return "***"  # a bare value: nothing says it is harmless
-    return f"{name}=***" if _SECRET_PARAMETER.search(name) else part
 
 
 def _run_context_schema() -> type[BaseModel]:

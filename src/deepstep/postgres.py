@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from deepstep import configuration
 from deepstep.errors import ConfigError
+from deepstep.redaction import redact_url
 
 
 def not_installed(error: ImportError) -> ConfigError:
@@ -35,11 +35,6 @@ except ImportError as error:
 # Session advisory-lock key that serializes schema creation and checkpointer migrations between workers.
 SCHEMA_LOCK_KEY = 0x64656570_73746570  # "deepstep"
 SCHEMA_LOCK_WAIT_SECONDS = 120
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (also a ``?password=``) replaced by ``***``, for messages and logs."""
-    return configuration.redact_url(url)
 
 
 def connection_error(url: str, error: Exception, *, then: str = "") -> ConfigError:
@@ -89,4 +84,4 @@ def schema_lock(connection: psycopg.Connection[Any]) -> Iterator[None]:
         connection.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
-__all__ = ["connect", "connection_error", "not_installed", "redact_url", "schema_lock"]
+__all__ = ["connect", "connection_error", "not_installed", "schema_lock"]

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict
 from deepstep.configuration import Settings
 from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, load_passages
 from deepstep.errors import ConfigError, ModelServerError
-from deepstep.postgres import connect, connection_error, not_installed, redact_url, schema_lock
+from deepstep.postgres import connect, connection_error, not_installed, schema_lock
+from deepstep.redaction import redact_url
 from deepstep.retrieval import passage_document, tokenize
 
 try:

@@ -146,7 +146,7 @@ def test_the_embedded_server_listens_on_loopback_only(tmp_path):
 
 
 def test_a_key_cut_off_by_a_shortened_message_is_still_removed(monkeypatch):
-    from deepstep.nodes.failures import without_api_keys
+    from deepstep.redaction import without_api_keys
 
     key = marker_key()
     monkeypatch.setenv("OPENAI_API_KEY", key)

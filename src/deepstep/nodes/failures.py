@@ -7,7 +7,6 @@ in the step state instead of raising; the step then finishes as ``failed``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,29 +15,13 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy
 
-from deepstep.configuration import Settings
 from deepstep.models import describe_error, is_transient
 from deepstep.nodes.run_settings import GraphNode, NodeWithSettings, as_graph_node, settings_of
+from deepstep.redaction import without_api_keys
 from deepstep.usage import add_usage
 
 MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
 STEP_RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=0.2, max_interval=5.0, retry_on=is_transient)
-
-MIN_KEY_CHARS = 12  # shorter values (placeholders like "x") would blank out ordinary words
-
-
-def without_api_keys(text: str, settings: Settings) -> str:
-    """``text`` with the API keys of every role replaced by ``***``: some servers echo a rejected key
-    in their error message, and step errors are stored in checkpoints and shown in reports."""
-    names = {settings.api_key_env, *(role.api_key_env for role in settings.roles.values() if role.api_key_env)}
-    for key in filter(lambda value: len(value) >= MIN_KEY_CHARS, (os.environ.get(name, "") for name in names)):
-        text = text.replace(key, "***")
-        # A long message is cut to one line, which may cut a key too: its start is still the key.
-        for cut in range(len(key) - 1, MIN_KEY_CHARS - 1, -1):
-            if key[:cut] in text:
-                text = text.replace(key[:cut], "***")
-                break
-    return text
 
 
 def _attempt(runtime: Runtime[Any]) -> int:
