@@ -2,7 +2,7 @@
 
 import networkx as nx
 
-from deepstep import step_tree
+from deepstep import step_tree, tree_encoding
 from deepstep.step_tree import ROOT_ID, StepSpec
 
 
@@ -89,7 +89,7 @@ def test_ancestors_and_node_link_roundtrip():
     tree = build("0", "0>1", "0>1>1").tree
     leaf = step_tree.step_ids(tree)[-1]
     assert [a["level"] for a in step_tree.ancestors(tree, leaf)] == ["0", "0>1"]
-    again = step_tree.from_data(step_tree.to_data(tree))
+    again = tree_encoding.from_data(tree_encoding.to_data(tree))
     assert isinstance(again, nx.DiGraph) and step_tree.trees_equal(tree, again)
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 import ormsgpack
 import pytest
+from conftest import free_port, running_studio
 from typer.testing import CliRunner
 
 from deepstep import step_tree, tree_encoding
 from deepstep.cli import app
 from deepstep.cli.studio import OFFLINE_ENV, find_config, server_command
-from deepstep.errors import InputError
 from deepstep.testing import FakeLLMServer
 
 pytest.importorskip("langgraph_sdk", reason="the studio extra is not installed")
@@ -36,12 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "corpus"
 QUESTION = "What is a loss function?"
 READY_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,30 +50,14 @@ def server(tmp_path_factory):
             OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="test", DEEPSTEP_HOME=str(folder / "home"), DEEPSTEP_CORPUS=str(CORPUS),
             DEEPSTEP_ROLLOUTS="1", DEEPSTEP_MAX_RETRIES="0",
         )  # fmt: skip
-        log = open(folder / "studio.log", "wb")  # noqa: SIM115 - closed below
-        started = time.monotonic()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deepstep.cli", "studio", "--port", str(port), "--config", str(folder / "langgraph.json")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
-        )  # fmt: skip
+        command = [sys.executable, "-m", "deepstep.cli", "studio", "--port", str(port), "--config", str(folder / "langgraph.json")]
         url = f"http://127.0.0.1:{port}"
-        try:
-            while "Studio: " not in (folder / "studio.log").read_text(errors="replace"):
-                assert process.poll() is None, (folder / "studio.log").read_text(errors="replace")
-                assert time.monotonic() - started < READY_TIMEOUT, "deepstep studio did not get ready"
-                time.sleep(0.2)
+        started = time.monotonic()
+        with running_studio(command, env=env, cwd=folder, log_path=folder / "studio.log", ready_timeout=READY_TIMEOUT) as process:
             ready_seconds = time.monotonic() - started
             print(f"deepstep studio ready in {ready_seconds:.1f} s")
             assert httpx.get(f"{url}/ok", timeout=5).status_code == 200
             yield {"url": url, "folder": folder, "fake": fake, "process": process, "ready_seconds": ready_seconds}
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
 
 
 @pytest.fixture(scope="module")
@@ -357,28 +335,6 @@ def test_studio_starts_the_embedded_model_when_none_is_configured(tmp_path):
     assert llm_server.running_server(home) is None and not llm_server.is_ready(model.base_url)
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)
-
-
-def test_tree_channel_rebuilds_node_link_data():
-    """A serializer that returns the tree as plain data (LANGGRAPH_STRICT_MSGPACK=true blocks
-    unregistered classes) or a JSON state edit still gives the nodes a StepTree."""
-    from langgraph.checkpoint.memory import InMemorySaver
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-
-    from deepstep.graph import build_graph
-    from deepstep.step_tree import StepSpec
-
-    strict = InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=None))
-    graph = build_graph(strict)
-    config = {"configurable": {"thread_id": "strict"}}
-    tree = step_tree.build_tree("q", "", [StepSpec("a", "", "0"), StepSpec("b", "", "0>1")], max_steps=3, max_depth=3).tree
-    graph.update_state(config, {"question": "q", "tree": tree}, as_node="decompose")
-    loaded = graph.get_state(config).values["tree"]
-    assert type(loaded) is step_tree.StepTree and step_tree.trees_equal(loaded, tree)
-    graph.update_state(config, {"tree": step_tree.to_data(tree)}, as_node="decompose")
-    assert type(graph.get_state(config).values["tree"]) is step_tree.StepTree
-    with pytest.raises(InputError):
-        graph.update_state(config, {"tree": ["not", "a", "tree"]}, as_node="decompose")
 
 
 def test_offline_flags_and_loopback_command(tmp_path):

@@ -15,7 +15,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
 from deepstep.redaction import redact_url
-from deepstep.serde import TreeSerializer
+from deepstep.tree_encoding import TreeSerializer
 
 T = TypeVar("T")
 

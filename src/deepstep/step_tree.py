@@ -5,6 +5,8 @@ parent -> child. Levels are path strings (``0``, ``0>1``, ``0>1>1``): the parent
 is the step whose level is its own minus the last ``>n``. Every function here is pure:
 it returns a new graph and never changes the one it is given, so reducers and nodes can
 use them on checkpointed state.
+
+The tree's class, ``StepTree``, and how it is checkpointed are in ``deepstep.tree_encoding``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import core_schema
-from typing_extensions import TypedDict
+
+# Also read as step_tree.StepTree, and the class path of trees checkpointed before it moved.
+from deepstep.tree_encoding import StepTree
 
 ROOT_ID = "root"
 LEVEL_PATTERN = re.compile(r"^\d+(>\d+)*$")
@@ -38,48 +40,6 @@ STEP_DEFAULTS: dict[str, Any] = {
     "error": "",
     "mcts": {},
 }
-
-
-class NodeLinkData(TypedDict):
-    """A tree as networkx node-link data: what checkpoints store and Studio shows."""
-
-    directed: bool
-    multigraph: bool
-    graph: dict[str, Any]
-    nodes: list[dict[str, Any]]  # {"id": ..., **step fields}
-    edges: list[dict[str, Any]]  # {"source": parent id, "target": child id}
-
-
-_NODE_LINK_KEYS = frozenset(NodeLinkData.__annotations__)
-
-
-class StepTree(nx.DiGraph):
-    """The class of every step tree: a ``DiGraph`` that serializes itself as node-link data.
-
-    LangGraph's serializers treat an object with ``model_dump`` like a pydantic model, so the
-    ``langgraph dev`` runtime checkpoints the tree as msgpack node-link data (never pickle)
-    and rebuilds it with ``StepTree(**data)``, and the LangGraph API sends it to Studio as
-    JSON nodes and edges instead of an opaque value.
-    """
-
-    def __init__(self, incoming_graph_data: Any = None, **attr: Any) -> None:
-        if incoming_graph_data is None and attr and attr.keys() == _NODE_LINK_KEYS:
-            incoming_graph_data, attr = _node_link_graph(attr), {}
-        super().__init__(incoming_graph_data, **attr)
-
-    def model_dump(self, **_: Any) -> dict[str, Any]:
-        return to_data(self)
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        # JSON schemas (Studio's input/output/state views) describe the node-link form.
-        from_node_link = core_schema.no_info_after_validator_function(from_data, handler.generate_schema(NodeLinkData))
-        from_graph = core_schema.no_info_after_validator_function(cls, core_schema.is_instance_schema(nx.DiGraph))
-        return core_schema.json_or_python_schema(
-            json_schema=from_node_link,
-            python_schema=core_schema.union_schema([from_graph, from_node_link]),
-            serialization=core_schema.plain_serializer_function_ser_schema(to_data),
-        )
 
 
 @dataclass(frozen=True)
@@ -292,19 +252,6 @@ def with_step_updates(tree: nx.DiGraph, updates: Iterable[Mapping[str, Any]]) ->
         if step_id in updated:
             updated.nodes[step_id].update({k: v for k, v in update.items() if k != "id"})
     return updated
-
-
-def to_data(tree: nx.DiGraph) -> dict[str, Any]:
-    """A plain, JSON-safe encoding of the tree (networkx node-link format)."""
-    return nx.node_link_data(tree, edges="edges")
-
-
-def _node_link_graph(data: Mapping[str, Any]) -> nx.DiGraph:
-    return nx.node_link_graph(dict(data), directed=True, multigraph=False, edges="edges")
-
-
-def from_data(data: Mapping[str, Any]) -> StepTree:
-    return StepTree(_node_link_graph(data))
 
 
 def trees_equal(left: nx.DiGraph, right: nx.DiGraph) -> bool:

@@ -10,9 +10,8 @@ import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepstep import mcts, step_tree
+from deepstep import mcts, step_tree, tree_encoding
 from deepstep.mcts import REWARD_MAX, REWARD_MIN, SUPPRESS_BY, MCTSParams
-from deepstep.serde import TreeSerializer
 from deepstep.step_tree import ROOT_ID, StepSpec
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,10 +110,10 @@ def filled_trees(draw):
 @PROPERTY_SETTINGS
 @given(tree=filled_trees())
 def test_serialization_round_trips_are_the_identity(tree):
-    data = step_tree.to_data(tree)
-    assert step_tree.trees_equal(step_tree.from_data(data), tree)
-    assert step_tree.trees_equal(step_tree.from_data(json.loads(json.dumps(data))), tree)  # the JSON export path
-    serializer = TreeSerializer()
+    data = tree_encoding.to_data(tree)
+    assert step_tree.trees_equal(tree_encoding.from_data(data), tree)
+    assert step_tree.trees_equal(tree_encoding.from_data(json.loads(json.dumps(data))), tree)  # the JSON export path
+    serializer = tree_encoding.TreeSerializer()
     restored = serializer.loads_typed(serializer.dumps_typed({"tree": tree, "trees": [tree]}))
     assert step_tree.trees_equal(restored["tree"], tree) and step_tree.trees_equal(restored["trees"][0], tree)
     assert isinstance(restored["tree"], nx.DiGraph)

@@ -5,87 +5,15 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from deepstep import json_text
-from deepstep.atomic_files import write_text_atomically
-from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, stdout, user_errors
-from deepstep.configuration import Settings
+from deepstep.cli.common import app, fail, finish_run, load_settings, progress_display, stderr, user_errors
 
 # The API (LangGraph, the checkpointer, the model client) is imported inside the commands
 # that use it, so `deepstep --help` and the other commands do not load it.
-if TYPE_CHECKING:
-    from deepstep import api
-
-
-def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
-    from deepstep.render import storyboard_csv
-
-    folder = out or settings.home / "runs" / result.thread_id
-    report = folder / "report.md"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # Atomic writes: a run killed while exporting never leaves a truncated report or table.
-        write_text_atomically(report, result.markdown)
-        write_text_atomically(folder / "table.csv", storyboard_csv(result.tree))
-    except OSError as error:
-        fail(
-            f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
-            f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`"
-        )
-    return report
-
-
-def _print_summary(result: api.RunResult, report: Path | None, settings: Settings) -> None:
-    from deepstep import step_tree
-
-    table = Table(title="model usage", show_edge=False)
-    for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
-        table.add_column(column, justify="right" if column != "role" else "left")
-    for role, fields in result.usage.items():
-        table.add_row(
-            role,
-            *(str(int(fields.get(k, 0))) for k in ("calls", "prompt_tokens", "completion_tokens", "repairs", "fallbacks")),
-            f"{fields.get('seconds', 0):.1f}",
-        )
-    stderr.print(table)
-    cost = settings.estimate_cost(result.usage)
-    if cost is not None and settings.prices:
-        stderr.print(f"estimated cost: ${cost:.4f}")
-    steps = step_tree.steps(result.tree)
-    done = sum(1 for s in steps if s["status"] == "done")
-    stderr.print(f"thread {result.thread_id}: {done}/{len(steps)} steps done, {len(result.failed_steps)} failed")
-    for failed in result.failed_steps:
-        stderr.print(f"  failed {failed['level']} {failed['name']}: {failed['error']}", highlight=False)
-    _print_warnings(result)
-    if report:
-        stderr.print(f"report: {report}")
-
-
-def _print_warnings(result: api.RunResult) -> None:
-    """What the run recorded as worth knowing (a plan taken from the outline, a cut outline), each once."""
-    from rich.markup import escape
-
-    for warning in dict.fromkeys(result.warnings):
-        stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-
-
-def finish(result: api.RunResult, out: Path | None, settings: Settings) -> None:
-    if result.status == "awaiting_review":
-        stdout.print_json(json_text.dumps(result.review_request, ensure_ascii=False))
-        _print_warnings(result)
-        stderr.print(
-            f"plan waiting for review: approve with `deepstep resume {result.thread_id}`, "
-            f"or edit it with `deepstep resume {result.thread_id} --steps FILE.json`"
-        )
-        return
-    report = _write_outputs(result, out, settings)
-    _print_summary(result, report, settings)
-    if result.failed_steps:
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -119,7 +47,7 @@ def run(
         stderr.print(f"thread {thread_id}")
         with progress_display() as on_progress:
             result = api.run(question, thread_id=thread_id, settings=settings, on_progress=on_progress)
-        finish(result, out, settings)
+        finish_run(result, out, settings)
 
 
 @app.command()
@@ -148,7 +76,7 @@ def resume(
         settings = load_settings()
         with progress_display() as on_progress:
             result = api.resume(thread_id, review=review, on_progress=on_progress)
-        finish(result, out, settings)
+        finish_run(result, out, settings)
 
 
 @app.command()
@@ -157,8 +85,8 @@ def show(
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",
 ) -> None:
     """Print a stored thread as Markdown, JSON or CSV."""
-    from deepstep import step_tree
     from deepstep.threads import load
+    from deepstep.tree_encoding import to_data
 
     with user_errors():
         if format not in ("md", "json", "csv"):
@@ -174,7 +102,7 @@ def show(
             payload = {
                 "thread_id": result.thread_id,
                 "status": result.status,
-                "tree": step_tree.to_data(result.tree),
+                "tree": to_data(result.tree),
                 "usage": result.usage,
                 "failed_steps": result.failed_steps,
                 "warnings": result.warnings,
