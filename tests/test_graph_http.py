@@ -273,3 +273,16 @@ def test_replies_cut_off_by_max_tokens_are_recovered(settings, fake_llm):
     refined = [n["answer"] for s in step_tree.steps(result.tree) for n in s["mcts"]["nodes"][1:]]
     assert "A loss function scores a prediction against the target [1]" in refined  # the cut-off JSON was closed
     assert result.usage["evaluate"]["repairs"] == 1  # '{"score": 4' could be 4 or 40: asked again
+
+
+def test_the_final_state_holds_each_step_once(settings, fake_llm):
+    """collect merges the fan-in buffer into the tree and clears it: the final checkpoint keeps
+    every step's passages and search in the tree only, and the tree alone says a step is done."""
+    from deepstep.checkpoint import sqlite_checkpointer
+
+    result = deepstep.run(QUESTION, thread_id="once", settings=settings)
+    with sqlite_checkpointer(settings.checkpoint_file) as saver:
+        values = saver.get_tuple({"configurable": {"thread_id": "once"}}).checkpoint["channel_values"]
+    assert values["step_results"] == {}
+    assert [s["status"] for s in step_tree.steps(values["tree"])] == ["done"] * 5
+    assert step_tree.trees_equal(values["tree"], result.tree)

@@ -8,102 +8,120 @@ Reducers build new values and never change their inputs.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
-import networkx as nx
-from langgraph.channels import LastValue
+from pydantic import ConfigDict, with_config
 
 # typing_extensions' TypedDict: pydantic builds Studio's JSON schemas from these on Python 3.11.
 from typing_extensions import TypedDict
 
-from deepstep import step_tree
-from deepstep.errors import InputError
+from deepstep.configuration import RunSettings
 from deepstep.mcts import Search
-from deepstep.step_tree import StepTree
-from deepstep.usage import add_usage
+from deepstep.records import Ancestor, Context, FailedStep, PendingExpansion, PlannedStep, StepResult
+from deepstep.tree_encoding import StepTree, TreeChannel
+from deepstep.usage import Usage, add_usage
 
 
-def merge_by_step_id(left: dict[str, dict] | None, right: dict[str, dict] | None) -> dict[str, dict]:
-    """Step results keyed by step id; a later result for the same step replaces the earlier one."""
-    return {**(left or {}), **(right or {})}
+def merge_by_step_id(left: dict[str, StepResult] | None, right: dict[str, StepResult] | None) -> dict[str, StepResult]:
+    """The fan-in buffer of step results, keyed by step id: a later result for a step replaces the
+    earlier one, and ``None`` clears the buffer (``collect`` does, once the results are in the tree)."""
+    if right is None:
+        return {}
+    return {**(left or {}), **right}
 
 
-def as_step_tree(value: Any) -> StepTree:
-    """A step tree from a graph or from node-link data (a state edit sent as JSON by Studio)."""
-    if isinstance(value, StepTree):
-        return value
-    if isinstance(value, nx.DiGraph):
-        return StepTree(value)
-    if isinstance(value, Mapping) and {"nodes", "edges"} <= value.keys():
-        return step_tree.from_data(value)
-    raise InputError(f"the tree must be a networkx DiGraph or node-link data with nodes and edges, got {type(value).__name__}")
-
-
-class TreeChannel(LastValue):
-    """The ``tree`` channel: the last tree written, always a ``StepTree``, also when it arrives as
-    node-link data (a Studio state edit, or a checkpoint read by a serializer that does not rebuild it)."""
-
-    def update(self, values: Sequence[Any]) -> bool:
-        return super().update([as_step_tree(value) for value in values])
-
-    def from_checkpoint(self, checkpoint: Any) -> TreeChannel:
-        channel = super().from_checkpoint(checkpoint)
-        if channel.is_available():
-            channel.value = as_step_tree(channel.value)
-        return channel
-
-
+# Field docstrings become descriptions in the JSON schemas Studio shows.
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class RunInput(TypedDict):
     """What a run needs: the question (Studio shows just this field)."""
 
     question: str
+    """The question to research, e.g. "What is a loss function?"."""
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class RunOutput(TypedDict, total=False):
     """What a run returns (Studio's output view): the report, the step tree and model usage."""
 
     report: str
+    """The Markdown report."""
     tree: StepTree
-    usage: dict[str, dict[str, float]]
-    failed_steps: list[dict[str, Any]]
+    """The step tree: the question at the root, one node per step with its answer, passages and search."""
+    usage: Usage
+    """Model usage per role: calls, tokens, retries, repairs, fallbacks, seconds."""
+    failed_steps: list[FailedStep]
+    """Steps that failed for good, with the reason; ``deepstep resume`` retries them."""
     warnings: list[str]
+    """What the run had to fix or cut (e.g. an unusable plan replaced by the outline's)."""
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class RunState(TypedDict, total=False):
+    """The run graph's state: planning, the fan-out's results and the report."""
+
     question: str
+    """The question, cleaned of control characters."""
     outline: str
-    tree: Annotated[StepTree, TreeChannel(StepTree)]  # replaced as a whole; step_tree functions return new graphs
+    """The model's outline of the topic, cut to ``outline_tokens``; every step's prompts show it."""
+    tree: Annotated[StepTree, TreeChannel(StepTree)]
+    """The step tree, replaced as a whole (step_tree functions return new graphs); after ``collect``
+    the one source of truth for every step's status and answer."""
     warnings: Annotated[list[str], operator.add]
-    step_results: Annotated[dict[str, dict[str, Any]], merge_by_step_id]
-    usage: Annotated[dict[str, dict[str, float]], add_usage]
-    failed_steps: list[dict[str, Any]]
+    """What the run had to fix or cut, in order."""
+    step_results: Annotated[dict[str, StepResult], merge_by_step_id]
+    """Fan-in buffer: each finished step's result until ``collect`` merges it into the tree and clears it."""
+    usage: Annotated[Usage, add_usage]
+    """Model usage per role, summed over every node."""
+    failed_steps: list[FailedStep]
+    """Steps that failed for good in the last fan-out."""
     report: str
-    settings: dict[str, Any]
+    """The Markdown report, rendered from the tree."""
+    settings: RunSettings
+    """The settings that shape the result, as the thread started: a resume keeps them."""
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class StepInput(TypedDict):
     """What the fan-out sends to one step's subgraph."""
 
-    step: dict[str, Any]  # id, name, description, level
+    step: PlannedStep
+    """The step itself: id, name, description, level."""
     question: str
+    """The run's question."""
     outline: str
-    ancestors: list[dict[str, Any]]
+    """The run's outline."""
+    ancestors: list[Ancestor]
+    """The steps above this one, from the top down."""
 
 
 class StepOutput(TypedDict):
-    step_results: Annotated[dict[str, dict[str, Any]], merge_by_step_id]
-    usage: Annotated[dict[str, dict[str, float]], add_usage]
+    """What a step's subgraph hands back to the run."""
+
+    step_results: Annotated[dict[str, StepResult], merge_by_step_id]
+    usage: Annotated[Usage, add_usage]
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class StepState(StepInput, total=False):
+    """One step's state inside its subgraph: small, so its checkpoints never re-serialize the tree."""
+
     research_question: str
-    contexts: list[dict[str, Any]]
-    truncated_contexts: int  # passages cut to fit the prompt budget
+    """The focused research question the ``question`` node wrote."""
+    contexts: list[Context]
+    """The retrieved passages, numbered [1], [2], ... in the prompts."""
+    truncated_contexts: int
+    """Passages cut to fit the prompt budget (``context_tokens``)."""
     draft: str
+    """The first answer, the root of the MCTSr search."""
     removed_citations: Annotated[int, operator.add]
+    """Citations of passages that do not exist, removed from the answers."""
     search: Search
-    pending_expansion: dict[str, Any] | None  # {"parent": node id, "critique": text} between critique and refine
+    """The MCTSr search: every answer with its critique, rewards, Q and visits."""
+    pending_expansion: PendingExpansion | None
+    """Between ``critique`` and ``refine``: the answer selected for refinement and its critique."""
     error: str
-    step_results: Annotated[dict[str, dict[str, Any]], merge_by_step_id]
-    usage: Annotated[dict[str, dict[str, float]], add_usage]
+    """Why the step failed; the step then goes straight to ``finish``."""
+    step_results: Annotated[dict[str, StepResult], merge_by_step_id]
+    """This step's result, written by ``finish``."""
+    usage: Annotated[Usage, add_usage]
+    """Model usage of this step per role."""

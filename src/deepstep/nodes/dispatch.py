@@ -5,10 +5,12 @@ from __future__ import annotations
 from langgraph.types import Send
 
 from deepstep import step_tree
+from deepstep.records import Ancestor, PlannedStep
 from deepstep.state import RunState, StepInput
 
 
 def dispatch_steps(state: RunState) -> list[Send] | str:
+    """One ``Send`` to the step subgraph per step not done yet (a resume skips finished ones); ``collect`` when none is left."""
     tree = state["tree"]
     done = {sid for sid, result in (state.get("step_results") or {}).items() if result.get("status") == "done"}
     sends = []
@@ -17,10 +19,10 @@ def dispatch_steps(state: RunState) -> list[Send] | str:
         if node["status"] == "done" or step_id in done:
             continue
         payload: StepInput = {
-            "step": {"id": step_id, "name": node["name"], "description": node["description"], "level": node["level"]},
+            "step": PlannedStep(id=step_id, name=node["name"], description=node["description"], level=node["level"]),
             "question": state["question"],
             "outline": state.get("outline", ""),
-            "ancestors": [{"name": a["name"], "level": a["level"]} for a in step_tree.ancestors(tree, step_id)],
+            "ancestors": [Ancestor(name=a["name"], level=a["level"]) for a in step_tree.ancestors(tree, step_id)],
         }
         sends.append(Send("step", payload))
     return sends or "collect"

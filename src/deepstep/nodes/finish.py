@@ -5,22 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from deepstep import mcts
+from deepstep.records import StepResult
 from deepstep.state import StepState
 
 
 def finish(state: StepState) -> dict[str, Any]:
+    """Report the step's result to the run: its best answer and whole search, or why it failed."""
     step_id = state["step"]["id"]
-    result: dict[str, Any] = {
+    search = state.get("search")
+    result: StepResult = {
         "id": step_id,
         "question": state.get("research_question", ""),
         "contexts": state.get("contexts", []),
         "removed_citations": state.get("removed_citations", 0),
         "truncated_contexts": state.get("truncated_contexts", 0),
+        "status": "failed",
+        "error": state.get("error") or "the step produced no answer",
+        "answer": "",
+        "mcts": search or {},
     }
-    search = state.get("search")
-    if state.get("error") or not search:
-        result.update(status="failed", error=state.get("error") or "the step produced no answer", answer="", mcts=search or {})
-    else:
+    if search and not state.get("error"):
         best = mcts.best_node(search)
-        result.update(status="done", error="", answer=best["answer"], mcts={**search, "best": best["id"]})
+        result = {**result, "status": "done", "error": "", "answer": best["answer"], "mcts": {**search, "best": best["id"]}}
     return {"step_results": {step_id: result}}

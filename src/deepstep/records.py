@@ -1,0 +1,110 @@
+"""The records deepstep passes between state, nodes, the step tree, rendering and the store.
+
+TypedDicts, not classes: they are the plain JSON-like values LangGraph checkpoints and Studio
+shows, and a type checker still catches a misspelt key. Their dreamsboard names are in
+``dreamsboard_fields``. Pure: imports nothing from deepstep but the MCTSr search record.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# typing_extensions' TypedDict: pydantic builds Studio's JSON schemas from these on Python 3.11.
+from typing_extensions import NotRequired, TypedDict
+
+from deepstep.mcts import Search
+
+StepStatus = Literal["pending", "done", "failed"]
+Verdict = Literal["supported", "partial", "unsupported"]
+
+
+class Context(TypedDict):
+    """A retrieved passage, as a step's state and ``deepstep corpus search --json`` hold it."""
+
+    ref_id: str  # the document: a hash of its path in the corpus
+    chunk_id: str  # the passage: a hash of the document and its position
+    score: float  # the retriever's score, rounded (BM25 scores are corpus-relative)
+    text: str
+    title: str  # the document's title (its first heading, else its file name)
+    source: str  # the document's path in the corpus
+
+
+class Claim(TypedDict):
+    """One sentence of an answer with the passages it cites and how well they support it."""
+
+    text: str
+    citations: list[int]  # 1-based numbers of the step's contexts
+    verdict: Verdict
+    support: float  # in [0, 1]
+
+
+class PlannedStep(TypedDict):
+    """What the fan-out tells a step about itself."""
+
+    id: str
+    name: str
+    description: str
+    level: str  # a level path: 0, 0>1, 0>1>1, ...
+
+
+class Ancestor(TypedDict):
+    """A step above the current one, shown in its prompts for context."""
+
+    name: str
+    level: str
+
+
+class FinishedSearch(Search):
+    """A step's MCTSr search once the step is done: ``best`` is the id of the answer kept."""
+
+    best: int
+
+
+class StepResult(TypedDict):
+    """What a finished step reports to the run: ``collect`` merges it into the step's tree node."""
+
+    id: str
+    question: str  # the step's research question
+    contexts: list[Context]
+    removed_citations: int  # citations of passages that do not exist, removed from the answers
+    truncated_contexts: int  # passages cut to fit the prompt budget
+    status: StepStatus
+    error: str  # why the step failed ("" when done)
+    answer: str  # the best-Q answer of the MCTSr search
+    mcts: FinishedSearch | Search | dict[str, object]  # the whole search; as far as it got, or {}, when the step failed
+
+
+class FailedStep(TypedDict):
+    """A step that failed for good, as the run lists it."""
+
+    id: str
+    level: str
+    name: str
+    error: str
+
+
+class PendingExpansion(TypedDict):
+    """The answer ``critique`` selected for refinement (a search node id) and its critique, kept
+    in state so a run killed before ``refine`` resumes on the same answer."""
+
+    parent: int
+    critique: str
+
+
+class Step(TypedDict):
+    """A step node of the step tree (``step_tree.steps`` adds its ``id``)."""
+
+    id: NotRequired[str]
+    kind: Literal["step"]
+    name: str
+    description: str
+    level: str
+    question: str
+    contexts: list[Context]
+    answer: str
+    status: StepStatus
+    error: str
+    mcts: FinishedSearch | Search | dict[str, object]
+    removed_citations: NotRequired[int]
+    truncated_contexts: NotRequired[int]
+    dreamsboard_fields: NotRequired[dict[str, object]]  # an imported step's store fields deepstep does not map
