@@ -1,15 +1,19 @@
-"""What every ``deepstep`` command shares: the consoles, one-line errors and the progress display."""
+"""What every ``deepstep`` command shares: the consoles, one-line errors, the progress display and the end of
+a run (``finish_run``: the report, the summary, the exit code)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from deepstep import json_text
+from deepstep.atomic_files import write_text_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import DeepstepError
 
@@ -69,3 +73,74 @@ def progress_display() -> Iterator[Callable[[api.Progress], None]]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the command line's options (None = not given) on top."""
     return Settings.build(**overrides)
+
+
+def _write_outputs(result: api.RunResult, out: Path | None, settings: Settings) -> Path:
+    from deepstep.render import storyboard_csv
+
+    folder = out or settings.home / "runs" / result.thread_id
+    report = folder / "report.md"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Atomic writes: a run killed while exporting never leaves a truncated report or table.
+        write_text_atomically(report, result.markdown)
+        write_text_atomically(folder / "table.csv", storyboard_csv(result.tree))
+    except OSError as error:
+        fail(
+            f"cannot write the report to {folder} ({error.strerror or error}); the run is saved: "
+            f"pass --out DIR to `deepstep resume {result.thread_id}`, or use `deepstep show {result.thread_id}`"
+        )
+    return report
+
+
+def _print_summary(result: api.RunResult, report: Path | None, settings: Settings) -> None:
+    from rich.table import Table
+
+    from deepstep import step_tree
+
+    table = Table(title="model usage", show_edge=False)
+    for column in ("role", "calls", "prompt tokens", "completion tokens", "repairs", "fallbacks", "seconds"):
+        table.add_column(column, justify="right" if column != "role" else "left")
+    for role, fields in result.usage.items():
+        table.add_row(
+            role,
+            *(str(int(fields.get(k, 0))) for k in ("calls", "prompt_tokens", "completion_tokens", "repairs", "fallbacks")),
+            f"{fields.get('seconds', 0):.1f}",
+        )
+    stderr.print(table)
+    cost = settings.estimate_cost(result.usage)
+    if cost is not None and settings.prices:
+        stderr.print(f"estimated cost: ${cost:.4f}")
+    steps = step_tree.steps(result.tree)
+    done = sum(1 for s in steps if s["status"] == "done")
+    stderr.print(f"thread {result.thread_id}: {done}/{len(steps)} steps done, {len(result.failed_steps)} failed")
+    for failed in result.failed_steps:
+        stderr.print(f"  failed {failed['level']} {failed['name']}: {failed['error']}", highlight=False)
+    _print_warnings(result)
+    if report:
+        stderr.print(f"report: {report}")
+
+
+def _print_warnings(result: api.RunResult) -> None:
+    """What the run recorded as worth knowing (a plan taken from the outline, a cut outline), each once."""
+    from rich.markup import escape
+
+    for warning in dict.fromkeys(result.warnings):
+        stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+def finish_run(result: api.RunResult, out: Path | None, settings: Settings) -> None:
+    """End a run, resume or import: print the plan waiting for review, or write the report and table and
+    print the summary; exit 1 when steps failed."""
+    if result.status == "awaiting_review":
+        stdout.print_json(json_text.dumps(result.review_request, ensure_ascii=False))
+        _print_warnings(result)
+        stderr.print(
+            f"plan waiting for review: approve with `deepstep resume {result.thread_id}`, "
+            f"or edit it with `deepstep resume {result.thread_id} --steps FILE.json`"
+        )
+        return
+    report = _write_outputs(result, out, settings)
+    _print_summary(result, report, settings)
+    if result.failed_steps:
+        raise typer.Exit(1)

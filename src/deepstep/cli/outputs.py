@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from deepstep.atomic_files import atomic_path, write_text_atomically
-from deepstep.cli.common import app, fail, load_settings, progress_display, stderr, user_errors
-from deepstep.cli.run import finish as finish_run
+from deepstep.cli.common import app, fail, finish_run, load_settings, progress_display, stderr, user_errors
 from deepstep.errors import ConfigError
 
 # The API, the store and the graph (LangGraph, pandas) are imported inside the commands that use them.
