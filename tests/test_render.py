@@ -3,7 +3,7 @@
 ``tests/golden/seed_report.md`` is the seed notebook's printed Markdown, copied verbatim;
 it is never regenerated. The other golden files are deepstep's own; after an intended
 change of layout, rewrite them with ``DEEPSTEP_UPDATE_GOLDEN=1 pytest tests/test_render.py``
-and review the diff.
+and review the diff. Under CI (``CI`` set) the variable fails those tests instead: CI checks, never rewrites.
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ def mixed_tree() -> nx.DiGraph:
 def check_golden(name: str, actual: str) -> None:
     path = GOLDEN / name
     if UPDATE:
+        # A rewritten file always matches: in CI that would let any change of layout through unchecked.
+        if os.environ.get("CI"):
+            pytest.fail(f"DEEPSTEP_UPDATE_GOLDEN=1 is set under CI: tests/golden/{name} would be rewritten instead of checked; unset it")
         path.write_bytes(actual.encode("utf-8"))
     assert actual == path.read_bytes().decode("utf-8")
 
