@@ -1,7 +1,8 @@
 """Real replies of SmolLM2-135M-Instruct that a strict JSON parser rejects (captured by
 ``python -m benchmarks.structured_output --save-fixtures``): each must either parse with
 deepstep's tolerant parser, or raise ``ReplyParseError`` so that a repair request and then
-the fallback take over, never any other exception. The outcome per reply is pinned."""
+the fallback take over, never any other exception. The outcome per reply is pinned, and so is
+every field of what a parsed reply became (``parsed`` in the data file)."""
 
 from __future__ import annotations
 
@@ -37,4 +38,6 @@ def test_reply_parses_or_asks_for_repair(reply):
     else:
         assert isinstance(parsed, schema)
         outcome = "parsed"
+        assert parsed.model_dump() == reply.get("parsed"), "the value this reply parses to changed (or is not pinned in the data file)"
     assert outcome == reply["tolerant"]
+    assert ("parsed" in reply) == (outcome == "parsed")  # a pinned value of a reply that no longer parses is not left behind
