@@ -107,7 +107,7 @@ def test_a_checkpointed_tree_comes_back_a_step_tree_equal_to_the_original(open_s
 def test_the_dev_server_behind_studio_returns_a_stored_tree_whole(client):
     """``langgraph dev`` checkpoints with its own serializer; Studio reads the tree back as node-link JSON."""
     tree = sample_tree()
-    thread_id = client.threads.create()["thread_id"]
+    thread_id = client.threads.create(graph_id="deepstep")["thread_id"]
     client.threads.update_state(thread_id, {"question": step_tree.question_of(tree), "tree": tree_encoding.to_data(tree)}, as_node="decompose")
     loaded = tree_encoding.from_data(client.threads.get_state(thread_id)["values"]["tree"])
     assert step_tree.trees_equal(loaded, tree)
