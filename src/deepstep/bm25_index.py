@@ -16,7 +16,6 @@ import shutil
 import threading
 import unicodedata
 from pathlib import Path
-from typing import Any
 
 import bm25s
 import numpy as np
@@ -35,6 +34,7 @@ from deepstep.corpus import (
     read_corpus,
 )
 from deepstep.errors import CorpusError
+from deepstep.records import Context
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _drop_superseded(target: Path, origin: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def passage_context(passage: Passage, score: float) -> dict[str, Any]:
+def passage_context(passage: Passage, score: float) -> Context:
     """A retrieved passage as the graph state (and ``deepstep corpus search --json``) holds it: a plain dict."""
     return {
         "ref_id": passage.ref_id,

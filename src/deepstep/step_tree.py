@@ -15,9 +15,11 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
+
+from deepstep.records import Step
 
 # Also read as step_tree.StepTree, and the class path of trees checkpointed before it moved.
 from deepstep.tree_encoding import StepTree
@@ -218,17 +220,18 @@ def step_ids(tree: nx.DiGraph) -> list[str]:
     return sorted((n for n in tree.nodes if n != ROOT_ID), key=lambda n: level_parts(tree.nodes[n]["level"]))
 
 
-def steps(tree: nx.DiGraph) -> list[dict[str, Any]]:
+def steps(tree: nx.DiGraph) -> list[Step]:
     """The steps as dicts (``id`` plus attributes) in tree order."""
-    return [{"id": n, **tree.nodes[n]} for n in step_ids(tree)]
+    # networkx keeps node attributes untyped; every step node carries STEP_DEFAULTS' fields.
+    return [cast(Step, {"id": n, **tree.nodes[n]}) for n in step_ids(tree)]
 
 
-def ancestors(tree: nx.DiGraph, step_id: str) -> list[dict[str, Any]]:
+def ancestors(tree: nx.DiGraph, step_id: str) -> list[Step]:
     """The step's ancestors from the top down, excluding the question root."""
     chain = []
     node = next(iter(tree.predecessors(step_id)), None)
     while node is not None and node != ROOT_ID:
-        chain.append({"id": node, **tree.nodes[node]})
+        chain.append(cast(Step, {"id": node, **tree.nodes[node]}))
         node = next(iter(tree.predecessors(node)), None)
     return list(reversed(chain))
 
