@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from deepstep import json_text
 
 TEMP_SUFFIX = ".tmp"
 
@@ -134,4 +137,17 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
 
 
-__all__ = ["atomic_path", "owned_prefix", "remove_stale", "staging_folder", "write_bytes_atomically", "write_text_atomically"]
+def write_json_atomically(path: Path, document: Any) -> None:
+    """``document`` as indented UTF-8 JSON (non-finite numbers as ``null``, see ``json_text``), written atomically."""
+    write_text_atomically(path, json_text.dumps(document, ensure_ascii=False, indent=2))
+
+
+__all__ = [
+    "atomic_path",
+    "owned_prefix",
+    "remove_stale",
+    "staging_folder",
+    "write_bytes_atomically",
+    "write_json_atomically",
+    "write_text_atomically",
+]

@@ -18,8 +18,8 @@ from typing import Any
 import networkx as nx
 
 from deepstep import dreamsboard_fields as dreamsboard
-from deepstep import json_text, mcts, step_tree
-from deepstep.atomic_files import write_text_atomically
+from deepstep import mcts, step_tree
+from deepstep.atomic_files import write_json_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.parsing import load_json
@@ -115,10 +115,6 @@ def store_document(tree: nx.DiGraph) -> dict[str, Any]:
         METADATA_COLLECTION: {**graph_extra.get("metadata", {}), **metadata},
         REF_COLLECTION: dict(graph_extra.get("ref_task_step_info", {})),
     }
-
-
-def write_json_atomically(path: Path, document: Any) -> None:
-    write_text_atomically(path, json_text.dumps(document, ensure_ascii=False, indent=2))
 
 
 def export_store(tree: nx.DiGraph, directory: str | Path) -> Path:
@@ -251,4 +247,4 @@ def read_store(directory: str | Path, *, max_steps: int | None = None) -> nx.DiG
     return tree
 
 
-__all__ = ["STORE_FILE", "export_store", "read_store", "store_document", "write_json_atomically"]
+__all__ = ["STORE_FILE", "export_store", "read_store", "store_document"]
