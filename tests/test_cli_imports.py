@@ -86,3 +86,16 @@ def test_reading_a_stored_thread_does_not_import_the_model_client_or_pandas(tmp_
     loaded = imported_packages(tmp_path, stored_thread, *command)
     assert "langgraph" in loaded  # its checkpointer; not its runtime, which pulls in LangSmith and the SDK client
     assert not loaded & (MODEL_CLIENT | TABLES | {"openai", "bm25s", "langsmith", "langgraph_sdk"})
+
+
+# Pure modules: algorithms and records with no I/O. Importing one (a notebook inspecting a search,
+# a test, another tool) must not compile the graph or load the model client or pandas.
+PURE_MODULES = ["mcts", "records", "step_tree", "citations", "render", "dreamsboard_fields", "usage", "redaction", "parsing", "prompts"]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_a_pure_module_loads_neither_the_graph_nor_the_model_client_nor_pandas(module):
+    probe = f"import json, sys, deepstep.{module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=120).stdout))
+    assert f"deepstep.{module}" in loaded  # the probe really imported it
+    assert not loaded & {"deepstep.graph", "deepstep.api", "langchain_openai", "openai", "pandas", "pyarrow"}
