@@ -11,6 +11,7 @@ from deepstep.parsing import (
     extract_json,
     parse_reply,
     parse_score,
+    without_thinking,
 )
 
 
@@ -88,3 +89,22 @@ def test_reply_cut_off_by_max_tokens_is_closed():
     assert parse_reply('{"steps": [{"name": "a", "description": "d", "level": "0"}', StepList).steps[0].name == "a"
     with pytest.raises(ReplyParseError):
         parse_reply('{"score": 4', Score)  # 4, or 40 cut off? ask again
+
+
+@pytest.mark.parametrize(
+    ("reply", "kept"),
+    [
+        ('<think>Score: 100, {"score": 100}</think>\n{"score": 40}', '{"score": 40}'),
+        ("<THINKING>plan</THINKING>The answer [1].", "The answer [1]."),
+        ("Before. <think>a</think> Middle. <think>b</think> After.", "Before.  Middle.  After."),
+        ('<think>I would give {"score": 100}', ""),  # cut off while thinking: nothing usable
+        ('thought opened by the chat template</think>{"score": 12}', '{"score": 12}'),
+        ("No thinking at all.", "No thinking at all."),
+    ],
+)
+def test_thinking_is_never_read(reply, kept):
+    assert without_thinking(reply) == kept
+
+
+def test_a_score_inside_thinking_is_not_the_score():
+    assert parse_score(without_thinking('<think>{"score": 100}</think>Score: 35')).score == 35

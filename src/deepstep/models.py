@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from deepstep.configuration import ResolvedModel, Role, Settings
 from deepstep.errors import StructuredOutputError
 from deepstep.interrupts import unless_stopped
-from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions
+from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions, without_thinking
 from deepstep.usage import USAGE_FIELDS, Usage, add_usage
 
 # The OpenAI client and ChatOpenAI (about a second of imports) are imported where a call is made or
@@ -160,11 +160,12 @@ def _message_of(completion: openai.types.chat.ChatCompletion) -> AIMessage:
 
 
 def _text(reply: BaseMessage, max_chars: int) -> str:
-    """The reply's text, cut to ``max_chars``: a runaway reply would be copied into every later checkpoint."""
+    """The reply's text without a reasoning model's thinking, cut to ``max_chars``: a runaway reply
+    would be copied into every later checkpoint."""
     content = reply.content
     if not isinstance(content, str):
         content = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return content[:max_chars]
+    return without_thinking(content[:max_chars])
 
 
 def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) -> tuple[str, Usage]:
@@ -234,7 +235,7 @@ def call_structured(
         except openai.LengthFinishReasonError as cut_off:
             # The reply hit max_tokens; what arrived may still parse (open JSON gets closed) or be repaired.
             totals = add_usage(totals, _usage_of(task, _message_of(cut_off.completion), 0.0))
-            last_text = (cut_off.completion.choices[0].message.content or "")[: settings.max_reply_chars]
+            last_text = without_thinking((cut_off.completion.choices[0].message.content or "")[: settings.max_reply_chars])
         try:
             value = parse_reply(last_text, schema)
             return value, _finish(totals, task, started, repairs=repairs)

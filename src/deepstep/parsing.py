@@ -234,6 +234,23 @@ def schema_instructions(schema: type[BaseModel]) -> str:
 
 
 # A short reply that declines the task ("I'm sorry, but I can't help with that.") instead of doing it.
+# A reasoning model's thinking (DeepSeek-R1, Qwen3, ...): a <think> block, one left open when the reply
+# was cut off, or, when the chat template already opened the block in the prompt, everything up to </think>.
+_THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.IGNORECASE | re.DOTALL)
+_THINK_OPEN = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
+
+
+def without_thinking(text: str) -> str:
+    """``text`` without a reasoning model's thinking, so no answer, plan or score is ever read from
+    inside it (a model may "think" of a score of 100 before it gives 40)."""
+    close = _THINK_CLOSE.search(text)
+    opening = _THINK_OPEN.search(text)
+    if close and (opening is None or close.start() < opening.start()):
+        text = text[close.end() :]  # the block was opened by the chat template, not in the reply
+    return _THINK_BLOCK.sub("", text).strip()
+
+
 _REFUSAL = re.compile(
     r"^\W*(?:(?:(?:I'?m|I am) )?sorry|I apologi[sz]e|as an ai(?: language model)?)\b.{0,120}?\b(?:can(?:no|['’])?t|unable|won['’]t|not able)\b"
     r"|^\W*I (?:can(?:no|['’])?t|won['’]t|am unable to|['’]m unable to|am not able to) (?:help|assist|comply|answer|provide|do that)",

@@ -171,3 +171,21 @@ def test_cli_reports_the_failed_step_and_resume_retries_only_it(fake_llm, tmp_pa
     assert "5/5 steps done, 0 failed" in resumed.output
     assert len(fake_llm.log()) - before == calls_per_step(1)
     assert "Failed steps" not in (out / "report.md").read_text(encoding="utf-8")
+
+
+def without_ids(result: deepstep.RunResult) -> list[dict]:
+    return [{k: v for k, v in step.items() if k != "id"} for step in step_tree.steps(result.tree)]
+
+
+def test_a_reasoning_models_thinking_is_never_read(fake_llm, tmp_path):
+    """Every reply opens with a <think> block holding a score of 100, a plan and an invented answer:
+    the run comes out exactly as without the thinking, with the same calls."""
+    plain = deepstep.run(QUESTION, thread_id="plain", settings=settings_for(fake_llm.base_url, tmp_path / "plain"))
+    plain_calls = len(fake_llm.log())
+    fake_llm.set_faults([Fault("thinking")])
+    thinking = deepstep.run(QUESTION, thread_id="thinking", settings=settings_for(fake_llm.base_url, tmp_path / "thinking"))
+    log = fake_llm.log()[plain_calls:]
+    assert fired(log, "thinking") == len(log) == plain_calls  # no repair, no retry
+    assert_all_steps_sound(thinking)
+    assert without_ids(thinking) == without_ids(plain)  # step ids are new UUIDs per run
+    assert "Thought step" not in thinking.markdown and "fruit" not in thinking.markdown and "<think" not in thinking.markdown

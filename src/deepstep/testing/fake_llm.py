@@ -56,6 +56,7 @@ FAULT_KINDS = (
     "crash",  # the server process dies of SIGSEGV, as a llama.cpp built for another CPU does (run it as its own process)
     "huge_numbers",  # JSON content with numbers past float range and Python's 4300-digit int limit
     "deep_json",  # JSON content nested far past Python's recursion limit
+    "thinking",  # a reasoning model's reply: a <think> block with a misleading score and plan, then the normal reply
     *HOSTILE_KINDS,
 )
 
@@ -193,6 +194,13 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
         score = (h % 121) - 20
         return json.dumps({"score": score}) if json_format else f"Score: {score}/100"
     return "OK"
+
+
+# What a reasoning model thinks before it answers: a score, a plan and an answer that must never be read.
+THINKING = (
+    '<think>The user wants JSON. Maybe {"score": 100}? Score: 100. Or {"steps": [{"name": "Thought step", "level": "0"}]}. '
+    "Draft: a loss function is a kind of fruit [1].</think>\n"
+)
 
 
 def _faulty_content(kind: str, task: str, seq: int) -> str:
@@ -561,7 +569,9 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if fault and fault.kind == "timeout":
                 time.sleep(fault.seconds)
             json_format = response_format.get("type") in ("json_object", "json_schema")
-            if fault and fault.kind not in ("timeout", *HOSTILE_KINDS):
+            if fault and fault.kind == "thinking":
+                content = THINKING + reply_content(task, messages, steps=server.steps, json_format=json_format)
+            elif fault and fault.kind not in ("timeout", *HOSTILE_KINDS):
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
             elif fault and fault.kind == "huge_json":
                 content = ("A very long answer. " * (fault.size // 20 + 1))[: fault.size]
