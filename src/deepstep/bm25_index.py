@@ -11,20 +11,14 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import threading
-import unicodedata
 from pathlib import Path
 
 import bm25s
 import numpy as np
-import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
 
 from deepstep.atomic_files import remove_stale, staging_folder
 from deepstep.corpus import (
-    CJK_CHARACTERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
     CorpusContent,
@@ -35,68 +29,15 @@ from deepstep.corpus import (
 )
 from deepstep.errors import CorpusError
 from deepstep.records import Context
+from deepstep.text_terms import tokenize
 
 logger = logging.getLogger(__name__)
 
-# Bump when tokenization, chunking or the cache layout changes so old caches are not reused.
+# Bump when tokenization (text_terms.tokenize), chunking or the cache layout changes so old caches are not reused.
 _INDEX_FORMAT = 3
 _PASSAGES_FILE = "passages.json"
 _ORIGIN_FILE = "origin.json"  # [corpus folder, chunk_tokens, chunk_overlap] the index was built from
 _STAGING = ".staging-"  # an index being written; renamed to its fingerprint when complete
-
-_CJK_RUN = re.compile(f"[{CJK_CHARACTERS}]+")
-_TOKEN = re.compile(rf"[{CJK_CHARACTERS}]+|[^\W_{CJK_CHARACTERS}]+")
-
-_STOPWORDS = frozenset(STOPWORDS_EN) | {
-    "what",
-    "which",
-    "who",
-    "whom",
-    "why",
-    "how",
-    "when",
-    "where",
-    "does",
-    "do",
-    "did",
-    "can",
-    "should",
-    "would",
-    "could",
-    "i",
-    "you",
-    "we",
-    "me",
-    "my",
-    "your",
-    "our",
-    "its",
-    "about",
-}
-_CJK_STOPWORDS = frozenset("的了是在和与及或也就都而之吗呢么")
-
-_local = threading.local()
-
-
-def tokenize(text: str) -> list[str]:
-    """Index terms: stemmed English words without stopwords, CJK character unigrams and bigrams."""
-    words: list[str] = []
-    cjk: list[str] = []
-    for run in _TOKEN.findall(unicodedata.normalize("NFKC", text).lower()):
-        if _CJK_RUN.match(run):
-            cjk.extend(char for char in run if char not in _CJK_STOPWORDS)
-            cjk.extend(run[i : i + 2] for i in range(len(run) - 1))
-        elif len(run) > 1 and run not in _STOPWORDS:
-            words.append(run)
-    return _stemmer().stemWords(words) + cjk
-
-
-def _stemmer() -> Stemmer.Stemmer:
-    # PyStemmer objects are not thread-safe and graph nodes retrieve from worker threads.
-    stemmer = getattr(_local, "stemmer", None)
-    if stemmer is None:
-        stemmer = _local.stemmer = Stemmer.Stemmer("english")
-    return stemmer
 
 
 def _build_index(passages: list[Passage]) -> bm25s.BM25:
