@@ -38,6 +38,19 @@ class Claim(TypedDict):
     support: float  # in [0, 1]
 
 
+ConfidenceLevel = Literal["high", "medium", "low"]
+
+
+class Confidence(TypedDict):
+    """How far a step's answer can be trusted, with the inputs the level was read from."""
+
+    level: ConfidenceLevel
+    best_q: float | None  # Q of the kept answer in the MCTSr search (-100..100); None without a score
+    supported_share: float | None  # share of its claims the cited passages support; None without claims
+    cited_passages: int  # distinct passages the answer cites
+    retrieval_strength: float  # share of the research question's terms the best passage covers (0..1)
+
+
 class PlannedStep(TypedDict):
     """What the fan-out tells a step about itself."""
 
