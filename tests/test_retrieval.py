@@ -295,6 +295,15 @@ def test_grouped_citations_keep_their_valid_numbers():
     assert cited_numbers("a [2, 1] b [3][1]") == [2, 1, 3]
 
 
+def test_citations_are_renumbered_into_the_reports_numbering():
+    from deepstep.citations import renumber_citations
+
+    text, dropped = renumber_citations("MSE [1] and MAE [2, 1]; see [3][2] and `x[1]`.", {1: 4, 2: 1})
+    assert (text, dropped) == ("MSE [4] and MAE [1, 4]; see [1] and `x[1]`.", 1)
+    assert renumber_citations("Kept [1,2] as written.", {1: 1, 2: 2}) == ("Kept [1,2] as written.", 0)
+    assert renumber_citations("Merged [1, 2].", {1: 7, 2: 7}) == ("Merged [7].", 0)
+
+
 def test_code_is_never_mistaken_for_a_citation():
     from deepstep.citations import cited_numbers, remove_invalid_citations
 

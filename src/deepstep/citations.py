@@ -6,7 +6,7 @@ Text inside code (```fenced``` blocks and `inline` spans) is never a citation: `
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 _CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
@@ -30,23 +30,30 @@ def _sub_citations(text: str, replace: Callable[[re.Match[str]], str]) -> str:
     return "".join(_CITATION.sub(replace, part) if prose else part for prose, part in _prose_parts(text))
 
 
+def renumber_citations(text: str, numbers: Mapping[int, int]) -> tuple[str, int]:
+    """``text`` with each citation number ``n`` replaced by ``numbers[n]`` (a group keeps its order,
+    without repeats); numbers missing from ``numbers`` are dropped, and their count returned.
+    A citation whose numbers all stay the same is left exactly as written."""
+    dropped = 0
+
+    def renumber(match: re.Match[str]) -> str:
+        nonlocal dropped
+        old = _numbers(match)
+        new = list(dict.fromkeys(numbers[n] for n in old if n in numbers))
+        dropped += sum(1 for n in old if n not in numbers)
+        if new == old:
+            return match.group(0)
+        space = " " if match.group(0)[0].isspace() else ""
+        if not new:  # keep the space when a citation follows: "see [3][2]" -> "see [1]"
+            return space if match.string.startswith("[", match.end()) else ""
+        return f"{space}[{', '.join(map(str, new))}]"
+
+    return _sub_citations(text, renumber), dropped
+
+
 def remove_invalid_citations(text: str, context_count: int) -> tuple[str, int]:
     """Drop citation numbers that point at no context; return the text and how many were dropped."""
-    removed = 0
-
-    def keep_valid(match: re.Match[str]) -> str:
-        nonlocal removed
-        numbers = _numbers(match)
-        valid = [n for n in numbers if 1 <= n <= context_count]
-        removed += len(numbers) - len(valid)
-        if len(valid) == len(numbers):
-            return match.group(0)
-        if not valid:
-            return ""
-        space = " " if match.group(0)[0].isspace() else ""
-        return f"{space}[{', '.join(map(str, valid))}]"
-
-    return _sub_citations(text, keep_valid), removed
+    return renumber_citations(text, {n: n for n in range(1, context_count + 1)})
 
 
 def cited_numbers(text: str) -> list[int]:
