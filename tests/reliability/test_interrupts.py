@@ -25,25 +25,11 @@ from .conftest import CORPUS, QUESTION, settings_for
 
 pytestmark = pytest.mark.slow
 
+# The run stopped here; conftest's server and baseline fixtures read these five constants.
 STEPS, ROLLOUTS, CONCURRENCY = 5, 1, 3
 PLAN_CALLS = 2
 TOTAL_CALLS = PLAN_CALLS + STEPS * (3 + 3 * ROLLOUTS)  # 32
-
-
-@pytest.fixture(scope="module")
-def server():
-    # Calls long enough that a SIGINT lands while some are in flight.
-    with FakeLLMServer(latency_ms=150, steps=STEPS) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def baseline(server, tmp_path_factory):
-    settings = settings_for(server.base_url, tmp_path_factory.mktemp("baseline"), rollouts=ROLLOUTS, max_concurrency=CONCURRENCY)
-    server.reset_log()
-    result = deepstep.run(QUESTION, thread_id="baseline", settings=settings)
-    assert len(answered(server.log())) == TOTAL_CALLS and repeated_calls(server.log()) == 0
-    return step_tree.signature(result.tree)
+LATENCY_MS = 150  # calls long enough that a SIGINT lands while some are in flight
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,11 @@ from .conftest import CORPUS, QUESTION, settings_for
 pytestmark = pytest.mark.slow
 
 SEED = 20261129
+# The run stopped here; conftest's server and baseline fixtures read these five constants.
 STEPS, ROLLOUTS, CONCURRENCY = 4, 1, 3
 PLAN_CALLS = 2
 TOTAL_CALLS = PLAN_CALLS + STEPS * (3 + 3 * ROLLOUTS)  # 26
+LATENCY_MS = 25
 
 
 def kill_points(seed: int = SEED) -> list[KillPoint]:
@@ -54,21 +56,6 @@ POINTS = kill_points()
 
 def env_for(server: FakeLLMServer, home, **extra: object) -> dict[str, str]:
     return cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, **extra)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer(latency_ms=25, steps=STEPS) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def baseline(server, tmp_path_factory):
-    settings = settings_for(server.base_url, tmp_path_factory.mktemp("baseline"), rollouts=ROLLOUTS, max_concurrency=CONCURRENCY)
-    server.reset_log()
-    result = deepstep.run(QUESTION, thread_id="baseline", settings=settings)
-    assert len(answered(server.log())) == TOTAL_CALLS and repeated_calls(server.log()) == 0
-    return step_tree.signature(result.tree)
 
 
 def test_the_kill_points_cover_every_phase():
@@ -123,36 +110,43 @@ def test_killed_run_resumes_to_the_uninterrupted_tree(server, baseline, tmp_path
     assert (out / "report.md").read_text(encoding="utf-8") == final.markdown
 
 
-# Runs the CLI with an audit hook: when it opens the Nth file for writing inside the output
-# folder, a file-size limit of 64 bytes is set, so the kernel kills the process (SIGXFSZ) in
-# the middle of writing that file: the worst moment for a non-atomic writer.
+OUTPUTS_IN_WRITING_ORDER = ("report.md", "table.csv")
+
+# Runs the CLI with an audit hook: when it starts writing the Nth output file (opens it, or a
+# temporary file named after it, for writing inside the output folder), a file-size limit of
+# 64 bytes is set, so the kernel kills the process (SIGXFSZ) in the middle of writing that file:
+# the worst moment for a non-atomic writer. Outputs are counted, not opens: an atomic writer
+# opens each file several times.
 KILL_MID_WRITE = textwrap.dedent(
     """
     import os, resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it by default; the kernel's kill is the point
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    out, nth = os.path.realpath(sys.argv[1]), int(sys.argv[2])
-    opened = 0
+    out, outputs, nth = os.path.realpath(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3])
+    started = []
     def hook(event, args):
-        global opened
         if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
         mode, flags = args[1] or "", args[2] or 0
         writing = any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-        if writing and os.path.dirname(os.path.realpath(os.fsdecode(args[0]))) == out:
-            opened += 1
-            if opened == nth:
+        path = os.path.realpath(os.fsdecode(args[0]))
+        if writing and os.path.dirname(path) == out:
+            name = os.path.basename(path)
+            output = next((o for o in outputs if name == o or name.startswith(f".{o}.")), name)
+            if output not in started:
+                started.append(output)
+            if len(started) == nth:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     sys.addaudithook(hook)
-    sys.argv = ["deepstep", *sys.argv[3:]]
+    sys.argv = ["deepstep", *sys.argv[4:]]
     from deepstep.cli import main
     main()
     """
 )
 
 
-@pytest.mark.parametrize("nth_open", [1, 2])
-def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_open):
+@pytest.mark.parametrize("nth_output", [1, 2])
+def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_output):
     with FakeLLMServer(steps=2) as fake:
         home, out = tmp_path / "home", tmp_path / "out"
         env = {**cli_env(fake.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -160,21 +154,21 @@ def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_
             cli_command("run", QUESTION, "--thread-id", "w", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120
         )
         assert first.returncode == 0, first.stderr
-        before = {name: (out / name).read_bytes() for name in ("report.md", "table.csv")}
+        before = {name: (out / name).read_bytes() for name in OUTPUTS_IN_WRITING_ORDER}
         # Make the stored report differ from the files on disk, so a rewrite is visible.
         for name in before:
             (out / name).write_bytes(before[name] + b"\n")
         previous = {name: (out / name).read_bytes() for name in before}
 
         killed = subprocess.run(
-            [sys.executable, "-c", KILL_MID_WRITE, str(out), str(nth_open), "resume", "w", "--out", str(out)],
+            [sys.executable, "-c", KILL_MID_WRITE, str(out), ",".join(OUTPUTS_IN_WRITING_ORDER), str(nth_output), "resume", "w", "--out", str(out)],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert killed.returncode == -signal.SIGXFSZ, killed.stderr
-        for name in before:
-            # Each file is either the complete old one or the complete new one.
-            assert (out / name).read_bytes() in (previous[name], before[name]), name
-        assert (out / "report.md").read_bytes() == previous["report.md"] or nth_open > 1
+        # The files written before the killed one are the complete new ones; the killed one and those
+        # after it are the complete old ones, never a prefix of either.
+        expected = {name: before[name] if index < nth_output - 1 else previous[name] for index, name in enumerate(OUTPUTS_IN_WRITING_ORDER)}
+        assert {name: (out / name).read_bytes() for name in OUTPUTS_IN_WRITING_ORDER} == expected
