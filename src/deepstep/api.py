@@ -28,7 +28,7 @@ from deepstep.errors import (
     StructuredOutputError,
     UnknownThreadError,
 )
-from deepstep.graph import build_graph
+from deepstep.graph import DeepstepGraph, build_graph
 from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
 from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server, gone_reason
 from deepstep.locks import thread_lock
@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs 
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import BaseCheckpointSaver
-    from langgraph.graph.state import CompiledStateGraph
 
 MAX_QUESTION_CHARS = 4000
 
@@ -110,9 +109,13 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
 
 
 @contextmanager
-def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[CompiledStateGraph]:
+def _open_graph(settings: Settings, retriever: BaseRetriever | None) -> Iterator[DeepstepGraph]:
     with open_checkpointer(settings, check_writable=True) as saver:
         yield build_graph(saver, retriever=retriever)
+
+
+def _thread_exists(graph: DeepstepGraph, thread_id: str) -> bool:
+    return graph.get_state({"configurable": {"thread_id": thread_id}}).created_at is not None  # a thread's first checkpoint has a time
 
 
 def _check_models(settings: Settings) -> None:
@@ -143,7 +146,7 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
     return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
 
 
-def _stream(graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, settings: Settings, on_progress: ProgressCallback | None) -> None:
+def _stream(graph: DeepstepGraph, graph_input: Any, config: RunnableConfig, settings: Settings, on_progress: ProgressCallback | None) -> None:
     """Run the graph with ``settings`` resolved once for the whole run: nodes get them as LangGraph's runtime context."""
     import openai  # here, not at the top: `deepstep show` loads threads without the model client
 
@@ -192,7 +195,7 @@ def _as_user_error(error: Exception, settings: Settings) -> Exception:
     return ModelServerError(f"the model server at {base_url} failed: {describe_error(error)}")
 
 
-def _result(graph: CompiledStateGraph, config: RunnableConfig) -> RunResult:
+def _result(graph: DeepstepGraph, config: RunnableConfig) -> RunResult:
     snapshot = graph.get_state(config)
     review_request = next((i.value for task in snapshot.tasks for i in task.interrupts), None)
     # Not snapshot.next: it leaves out tasks whose writes are saved, so a superstep whose every
@@ -205,7 +208,7 @@ def stored_result(checkpointer: BaseCheckpointSaver, thread_id: str) -> RunResul
     return _result(build_graph(checkpointer), {"configurable": {"thread_id": thread_id}})
 
 
-def _execute(graph: CompiledStateGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None) -> RunResult:
+def _execute(graph: DeepstepGraph, graph_input: Any, thread_id: str, settings: Settings, on_progress: ProgressCallback | None) -> RunResult:
     """Run the graph on the thread with a model server up for the whole run."""
     with _model_server(settings) as served:
         _check_models(served)
@@ -261,7 +264,7 @@ def run(
     settings = _prepare(settings, corpus, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
-        if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
+        if _thread_exists(graph, thread_id):
             raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
         return _execute(graph, {"question": text}, thread_id, settings, on_progress)
 
@@ -283,7 +286,7 @@ def run_tree(
     settings = _prepare(settings, None, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
-        if graph.checkpointer.get_tuple({"configurable": {"thread_id": thread_id}}) is not None:
+        if _thread_exists(graph, thread_id):
             raise InputError(f"thread {thread_id} already exists: pick a new thread id for the import")
         config = _run_config(thread_id, settings)
         plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.run_settings()}

@@ -12,6 +12,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
+from pydantic import BaseModel
 
 from deepstep.configuration import RunContext
 from deepstep.models import is_transient
@@ -43,8 +44,13 @@ from deepstep.state import (
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
 
+# The run's context is a pydantic model: a RunContext (``graph.invoke(..., context=...)``, Studio) or the
+# Settings the Python API resolved once (``Settings.for_run`` takes either). RunContext is built at import
+# time by ``create_model``, so a type checker knows it only as a BaseModel.
+DeepstepGraph = CompiledStateGraph[RunState, BaseModel, RunInput, RunOutput]
 
-def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph:
+
+def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph[StepState, None, StepInput, StepOutput]:
     builder = StateGraph(StepState, input_schema=StepInput, output_schema=StepOutput)
     builder.add_node("question", fail_softly(question, "question"), retry_policy=STEP_RETRY)
     builder.add_node("retrieve", fail_softly(make_retrieve(retriever)), retry_policy=STEP_RETRY)
@@ -64,7 +70,7 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     return builder.compile(name="step")
 
 
-def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: BaseRetriever | None = None) -> DeepstepGraph:
     """The deepstep graph; ``retriever`` defaults to BM25 over the configured corpus."""
     builder = StateGraph(RunState, context_schema=RunContext, input_schema=RunInput, output_schema=RunOutput)
     plan_retry = RetryPolicy(max_attempts=3, initial_interval=0.5, retry_on=is_transient)

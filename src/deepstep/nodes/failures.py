@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy
 
 from deepstep.models import describe_error, is_transient
-from deepstep.nodes.run_settings import GraphNode, NodeWithSettings, as_graph_node, settings_of
+from deepstep.nodes.run_settings import GraphNode, NodeWithSettings, StateT, as_graph_node, settings_of
 from deepstep.redaction import without_api_keys
 from deepstep.usage import add_usage
 
@@ -35,22 +34,22 @@ def _count_retries(update: dict[str, Any], role: str | None, attempt: int) -> di
     return {**update, "usage": add_usage(update.get("usage"), {role: {"retries": attempt - 1}})}
 
 
-def count_retries(node: NodeWithSettings, role: str) -> GraphNode:
+def count_retries(node: NodeWithSettings[StateT], role: str) -> GraphNode[StateT]:
     """A graph node that calls ``node(state, settings)`` and records its retries (attempts beyond
     the first) in the usage of ``role``."""
 
-    def counted(state: Any, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
-        return _count_retries(node(state, settings_of(config, runtime)), role, _attempt(runtime))
+    def counted(state: StateT, runtime: Runtime[Any]) -> dict[str, Any]:
+        return _count_retries(node(state, settings_of(runtime)), role, _attempt(runtime))
 
     return as_graph_node(counted, node)
 
 
-def fail_softly(node: NodeWithSettings, role: str | None = None) -> GraphNode:
+def fail_softly(node: NodeWithSettings[StateT], role: str | None = None) -> GraphNode[StateT]:
     """A graph node that calls ``node(state, settings)``: transient errors are retried via the node's
     RetryPolicy, and the last failure is recorded in the step state instead of raised."""
 
-    def guarded(state: Any, config: RunnableConfig, runtime: Runtime[Any]) -> dict[str, Any]:
-        settings = settings_of(config, runtime)  # outside the try: bad settings fail the run, not one step
+    def guarded(state: StateT, runtime: Runtime[Any]) -> dict[str, Any]:
+        settings = settings_of(runtime)  # outside the try: bad settings fail the run, not one step
         attempt = _attempt(runtime)
         try:
             return _count_retries(node(state, settings), role, attempt)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from deepstep import mcts, prompts
@@ -75,6 +74,8 @@ def refine(state: StepState, settings: Settings) -> dict[str, Any]:
     """Rewrite the selected answer following its critique (one structured model call): a new search node."""
     search = state["search"]
     pending = state["pending_expansion"]
+    if pending is None:  # the graph runs refine only right after critique, which selects the answer
+        raise RuntimeError("refine: no answer selected for refinement (critique did not run)")
     parent_answer = search["nodes"][pending["parent"]]["answer"]
     refined, usage = call_structured(
         settings,
@@ -106,9 +107,9 @@ def unparsed_refinement(reply: str, parent_answer: str) -> RefineResponse:
     return RefineResponse(thought="(unparsed reply)", answer=parent_answer if unusable else text)
 
 
-def after_evaluate(state: StepState, config: RunnableConfig, runtime: Runtime[Any]) -> Literal["evaluate", "critique", "finish"]:
+def after_evaluate(state: StepState, runtime: Runtime[Any]) -> Literal["evaluate", "critique", "finish"]:
     """Route after a score: another reward sample, another rollout, or the step's end."""
-    return next_after_evaluate(state, settings_of(config, runtime).mcts_params())
+    return next_after_evaluate(state, settings_of(runtime).mcts_params())
 
 
 def next_after_evaluate(state: StepState, params: mcts.MCTSParams) -> Literal["evaluate", "critique", "finish"]:
