@@ -245,3 +245,97 @@ def test_graph_bad_format_and_missing_grandalf(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("langchain_core.runnables.graph_ascii._HAS_GRANDALF", False)  # as langchain sees a missing grandalf
     missing = CliRunner().invoke(app, ["graph", "--format", "ascii"])
     assert missing.exit_code == 2 and "grandalf" in missing.output
+
+
+def trust_tree() -> nx.DiGraph:
+    """The answer-first layout's cases: a synthesized answer in the report's numbering, a step with an
+    unsupported claim and one citing a passage another step cites too, a step the corpus does not
+    cover, a failed step, and confidence levels (one low)."""
+    shared = _context(2, "Overview")
+    answer = "A loss function maps a prediction and a target to a number [1]. It is always convex [2]."
+    steps = [
+        {
+            "id": "00000000-0000-4000-8000-00000000000a",
+            "level": "0",
+            "name": "Definition",
+            "description": "What a loss function measures.",
+            "answer": answer,
+            "status": "done",
+            "contexts": [_context(1, "Loss functions"), shared],
+            "claims": [
+                {
+                    "text": "A loss function maps a prediction and a target to a number.",
+                    "citations": [1],
+                    "verdict": "supported",
+                    "support": 1.0,
+                    "start": 0,
+                    "end": 63,
+                },
+                {"text": "It is always convex.", "citations": [2], "verdict": "unsupported", "support": 0.0, "start": 64, "end": 88},
+            ],  # fmt: skip
+            "confidence": {"level": "low", "best_q": 20.0, "supported_share": 0.5, "cited_passages": 2, "retrieval_strength": 0.6},
+        },
+        {
+            "id": "00000000-0000-4000-8000-00000000000b",
+            "level": "0>1",
+            "name": "Regression losses",
+            "description": "",
+            "answer": "Squared error penalizes large errors [2], as the overview says [1].",
+            "status": "done",
+            "contexts": [_context(3, "Regression"), shared],
+            "claims": [
+                {
+                    "text": "Squared error penalizes large errors, as the overview says.",
+                    "citations": [2, 1],
+                    "verdict": "supported",
+                    "support": 0.9,
+                    "start": 0,
+                    "end": 67,
+                },
+            ],  # fmt: skip
+            "confidence": {"level": "high", "best_q": 70.0, "supported_share": 1.0, "cited_passages": 2, "retrieval_strength": 0.8},
+        },
+        {
+            "id": "00000000-0000-4000-8000-00000000000c",
+            "level": "1",
+            "name": "History of the term",
+            "description": "Who named it.",
+            "answer": "",
+            "status": "insufficient_evidence",
+            "contexts": [_context(5, "Unrelated page")],
+        },
+        {
+            "id": "00000000-0000-4000-8000-00000000000d",
+            "level": "2",
+            "name": "Choosing one",
+            "description": "",
+            "answer": "",
+            "status": "failed",
+            "error": "HTTP 500 from the model server",
+        },
+    ]
+    tree = tree_from_steps("What is a loss function?", "- outline", steps)
+    tree.nodes[step_tree.ROOT_ID]["answer"] = "It maps predictions to a number [1] and squared error is one [3]."
+    tree.nodes[step_tree.ROOT_ID]["claims"] = []
+    return tree
+
+
+def test_the_claims_spans_are_their_sentences():
+    for step in step_tree.steps(trust_tree())[:2]:
+        sentences = [step["answer"][claim["start"] : claim["end"]] for claim in step["claims"]]
+        assert " ".join(sentences) == step["answer"]
+
+
+def test_answer_first_report_golden() -> None:
+    check_golden("answer_first_report.md", render.answer_first_report(trust_tree()))
+
+
+def test_one_reference_list_numbers_each_passage_once() -> None:
+    references = render.report_references(trust_tree())
+    assert [p["chunk_id"] for p in references.passages] == ["ref1:0", "ref2:0", "ref3:0"]
+    assert references.numbers["00000000-0000-4000-8000-00000000000b"] == {2: 2, 1: 3}  # its [2] is the shared passage
+
+
+def test_dropping_unsupported_claims_removes_their_sentences() -> None:
+    step = step_tree.steps(trust_tree())[0]
+    assert render.marked(step["answer"], step["claims"], drop=True) == "A loss function maps a prediction and a target to a number [1]."

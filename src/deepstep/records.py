@@ -14,7 +14,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from deepstep.mcts import Search
 
-StepStatus = Literal["pending", "done", "failed"]
+StepStatus = Literal["pending", "done", "failed", "insufficient_evidence"]
 Verdict = Literal["supported", "partial", "unsupported"]
 
 
@@ -32,10 +32,12 @@ class Context(TypedDict):
 class Claim(TypedDict):
     """One sentence of an answer with the passages it cites and how well they support it."""
 
-    text: str
+    text: str  # the sentence without its citation markers
     citations: list[int]  # 1-based numbers of the step's contexts
     verdict: Verdict
     support: float  # in [0, 1]
+    start: NotRequired[int]  # where the sentence starts in the answer, its citations included
+    end: NotRequired[int]  # where it ends (after its citations): the report marks an unsupported claim there
 
 
 ConfidenceLevel = Literal["high", "medium", "low"]
@@ -121,3 +123,5 @@ class Step(TypedDict):
     removed_citations: NotRequired[int]
     truncated_contexts: NotRequired[int]
     dreamsboard_fields: NotRequired[dict[str, object]]  # an imported step's store fields deepstep does not map
+    claims: NotRequired[list[Claim]]  # the kept answer's claims with their verdicts
+    confidence: NotRequired[Confidence]

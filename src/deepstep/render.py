@@ -10,14 +10,16 @@ the answers cite.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import networkx as nx
 
 from deepstep import dreamsboard_fields as dreamsboard
 from deepstep import json_text, step_tree
-from deepstep.citations import cited_numbers
+from deepstep.citations import cited_numbers, renumber_citations
+from deepstep.records import Claim, Context, Step
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,9 +60,10 @@ def cited_passages(tree: nx.DiGraph) -> list[dict[str, Any]]:
 
 
 def _reference_line(passage: dict[str, Any]) -> str:
-    title = passage.get("title") or passage.get(dreamsboard.CONTEXT_TITLE) or passage.get("source") or "untitled"
-    source = f" ({passage['source']})" if passage.get("source") else ""
-    return f"- [{passage['level']}] [{passage['number']}] {title}{source}, ref_id:{passage.get('ref_id', '')}, chunk_id:{passage.get('chunk_id', '')}"
+    return (
+        f"- [{passage['level']}] [{passage['number']}] {_passage_title(passage)}{_passage_source(passage)}, "
+        f"ref_id:{passage.get('ref_id', '')}, chunk_id:{passage.get('chunk_id', '')}"
+    )
 
 
 def markdown_report(tree: nx.DiGraph) -> str:
@@ -76,6 +79,134 @@ def markdown_report(tree: nx.DiGraph) -> str:
     if references:
         text += "# References\n\n" + "\n".join(_reference_line(p) for p in references) + "\n"
     return _inert_html(text)
+
+
+UNSUPPORTED_MARK = "[unsupported]"
+LEGEND = f"{UNSUPPORTED_MARK} marks a sentence its cited passages do not back."
+NOT_COVERED = "The corpus does not cover this."
+
+
+class ReportReferences(NamedTuple):
+    """The answer-first report's one reference list: each passage the answers cite, once, numbered
+    in order of first citation; and per step, its own numbers ([1] = its first passage) mapped to the list's."""
+
+    passages: list[Context]
+    numbers: dict[str, dict[int, int]]
+
+
+def _passage_key(passage: Context) -> tuple[str, ...]:
+    return (passage["chunk_id"],) if passage.get("chunk_id") else (passage.get("ref_id", ""), passage.get("text", ""))
+
+
+def report_references(tree: nx.DiGraph) -> ReportReferences:
+    """The passages every answered step cites, de-duplicated by chunk id, in tree order."""
+    passages: list[Context] = []
+    numbered: dict[tuple[str, ...], int] = {}
+    numbers: dict[str, dict[int, int]] = {}
+    for step in step_tree.steps(tree):
+        if step.get("status") != "done":
+            continue
+        contexts = step.get("contexts") or []
+        own: dict[int, int] = {}
+        for number in cited_numbers(step.get("answer") or ""):
+            if 1 <= number <= len(contexts):
+                key = _passage_key(contexts[number - 1])
+                if key not in numbered:
+                    passages.append(contexts[number - 1])
+                    numbered[key] = len(passages)
+                own[number] = numbered[key]
+        numbers[step["id"]] = own
+    return ReportReferences(passages, numbers)
+
+
+def marked(answer: str, claims: list[Claim], *, drop: bool = False) -> str:
+    """``answer`` with ``[unsupported]`` after each unsupported claim (or, with ``drop``, without those
+    sentences). Claims carry where they end in the answer (``end``); ones without are left as they are."""
+    for claim in sorted((c for c in claims if c["verdict"] == "unsupported" and "end" in c), key=lambda c: c["end"], reverse=True):
+        end = claim["end"]
+        if drop:
+            answer = answer[: claim["start"]] + answer[end:].lstrip(" ")
+        else:
+            answer = f"{answer[:end].rstrip()} {UNSUPPORTED_MARK}{answer[end:]}"
+    return answer.rstrip() if drop else answer
+
+
+def _confidence_line(step: Step) -> str:
+    confidence = step.get("confidence")
+    if not confidence:
+        return ""
+    inputs = [f"Q {confidence['best_q']:g}" if confidence["best_q"] is not None else "no score"]
+    claims = step.get("claims") or []
+    if claims:
+        supported = sum(1 for c in claims if c["verdict"] == "supported")
+        inputs.append(f"{supported} of {len(claims)} claim{'s' * (len(claims) != 1)} supported")
+    inputs.append(f"{confidence['cited_passages']} passage{'s' * (confidence['cited_passages'] != 1)} cited")
+    return f"_Confidence: {confidence['level']} ({', '.join(inputs)})._"
+
+
+def _closest_line(step: Step) -> str:
+    closest = [c for c in step.get("contexts") or []][:3]
+    if not closest:
+        return NOT_COVERED
+    listed = "; ".join(f"{c.get('title') or c.get('source') or 'untitled'}, chunk_id:{c.get('chunk_id', '')}" for c in closest)
+    return f"{NOT_COVERED} Closest passages: {listed}."
+
+
+def _answer_first_step(step: Step, numbers: dict[int, int]) -> str:
+    heading = "#" * min(2 + step_tree.level_depth(step["level"]), 6)
+    parts = [f"{heading} {step['name']} [task_id:{step['level']}]({step['id']})", _confidence_line(step), step.get("description") or ""]
+    if step.get("status") == "failed":
+        parts.append(f"(this step failed: {step.get('error') or 'unknown error'})")
+    elif step.get("status") == "insufficient_evidence":
+        parts.append(_closest_line(step))
+    else:
+        parts.append(renumber_citations(marked(step.get("answer") or "", step.get("claims") or []), numbers)[0])
+    return "\n\n".join(part for part in parts if part)
+
+
+def _summary_line(steps: list[Step], unsupported: int) -> str:
+    counts = Counter(step.get("status") for step in steps)
+    parts = [f"{counts['done']} answered"]
+    if counts["insufficient_evidence"]:
+        parts.append(f"{counts['insufficient_evidence']} not covered by the corpus")
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    line = f"_{len(steps)} step{'s' * (len(steps) != 1)}: {', '.join(parts)}._"
+    if unsupported:
+        line += f" _{unsupported} claim{'s' * (unsupported != 1)} marked: {LEGEND}_"
+    return line
+
+
+def answer_first_report(tree: nx.DiGraph) -> str:
+    """The report opening with an answer to the question: a summary line, the low-confidence steps,
+    the synthesized answer (the root's ``answer``, already in the report's numbering), every step
+    with its confidence, its answer renumbered into one reference list, and that list."""
+    steps = step_tree.steps(tree)
+    references = report_references(tree)
+    root = tree.nodes[step_tree.ROOT_ID]
+    root_claims: list[Claim] = root.get("claims") or []
+    unsupported = sum(1 for claims in [root_claims, *(s.get("claims") or [] for s in steps if s.get("status") == "done")]
+                      for c in claims if c["verdict"] == "unsupported")  # fmt: skip
+    text = f"# {step_tree.question_of(tree)}\n\n{_summary_line(steps, unsupported)}\n\n"
+    low = [s for s in steps if (s.get("confidence") or {}).get("level") == "low"]
+    if low:
+        text += "**Low confidence:** " + "; ".join(f"{s['name']} [task_id:{s['level']}]({s['id']})" for s in low) + "\n\n"
+    if root.get("answer"):
+        text += f"## Answer\n\n{marked(root['answer'], root_claims).strip()}\n\n"
+    text += "".join(_answer_first_step(step, references.numbers.get(step["id"], {})).strip() + "\n\n" for step in steps)
+    if references.passages:
+        lines = [f"- [{number}] {_passage_title(p)}{_passage_source(p)}, ref_id:{p.get('ref_id', '')}, chunk_id:{p.get('chunk_id', '')}"
+                 for number, p in enumerate(references.passages, start=1)]  # fmt: skip
+        text += "# References\n\n" + "\n".join(lines) + "\n"
+    return _inert_html(text)
+
+
+def _passage_title(passage: Mapping[str, Any]) -> str:
+    return passage.get("title") or passage.get(dreamsboard.CONTEXT_TITLE) or passage.get("source") or "untitled"
+
+
+def _passage_source(passage: Mapping[str, Any]) -> str:
+    return f" ({passage['source']})" if passage.get("source") else ""
 
 
 def _inert_html(markdown: str) -> str:
