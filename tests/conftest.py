@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +73,33 @@ def postgres_url(postgres_server, request) -> str:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://postgres:{POSTGRES_TEST_PASSWORD}@127.0.0.1:{postgres_server.port}/{name}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that no one listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_studio(command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, ready_timeout: float) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` (a `deepstep studio`) running for the with-block, entered once it prints its
+    ``Studio:`` line; its output goes to ``log_path``. Stopped with Ctrl-C as a user would, and
+    killed if it has not exited 30 s later."""
+    with log_path.open("wb") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        try:
+            while "Studio: " not in log_path.read_text(errors="replace"):
+                assert process.poll() is None, log_path.read_text(errors="replace")
+                assert time.monotonic() - started < ready_timeout, "deepstep studio did not get ready"
+                time.sleep(0.2)
+            yield process
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

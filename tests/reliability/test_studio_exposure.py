@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port, running_studio
 
 from deepstep.cli.studio import private_server_folder, served_config
 from deepstep.configuration import Settings
@@ -56,12 +54,6 @@ def plant_pickles(folder: Path, marker: Path) -> None:
         (store / name).write_bytes(pickle.dumps(WritesMarker(marker)))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """`deepstep studio` run from a plain folder (no checkout, no langgraph.json), with crafted
@@ -71,26 +63,12 @@ def studio(tmp_path_factory):
     outside.mkdir()
     plant_pickles(home / "studio", root / "marker-beside-config")
     plant_pickles(outside, root / "marker-in-start-folder")
-    port = free_port()
-    log_path = root / "studio.log"
-    with FakeLLMServer() as fake, log_path.open("wb") as log:
+    port, log_path = free_port(), root / "studio.log"
+    with FakeLLMServer() as fake:
         env = cli_env(fake.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0)
         env = {k: v for k, v in env.items() if not k.startswith(("LANGSMITH_", "LANGCHAIN_"))}
-        process = subprocess.Popen(cli_command("studio", "--port", str(port)), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=outside)
-        started = time.monotonic()
-        try:
-            while "Studio: " not in log_path.read_text(errors="replace"):
-                assert process.poll() is None, log_path.read_text(errors="replace")
-                assert time.monotonic() - started < READY_TIMEOUT, "deepstep studio did not get ready"
-                time.sleep(0.2)
+        with running_studio(cli_command("studio", "--port", str(port)), env=env, cwd=outside, log_path=log_path, ready_timeout=READY_TIMEOUT):
             yield {"url": f"http://127.0.0.1:{port}", "port": port, "root": root, "home": home, "fake": fake, "log": log_path}
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def thread_count(url: str) -> int:
