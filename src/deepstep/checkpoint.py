@@ -50,7 +50,8 @@ class _FailFastSqliteSaver(SqliteSaver):
 def _copy(error: sqlite3.OperationalError) -> sqlite3.OperationalError:
     """A new exception like ``error`` (each thread that hits it raises its own)."""
     copy = sqlite3.OperationalError(*error.args)
-    copy.sqlite_errorcode = getattr(error, "sqlite_errorcode", None)  # type: ignore[attr-defined]
+    if hasattr(error, "sqlite_errorcode"):  # SQLite sets it; an error raised from Python code lacks it
+        copy.sqlite_errorcode = error.sqlite_errorcode
     return copy
 
 

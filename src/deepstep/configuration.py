@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -63,8 +63,8 @@ class RunSettings(TypedDict, total=False):
 
 
 RUN_SHAPING_FIELDS = tuple(RunSettings.__annotations__)
-ROLES = ("decompose", "question", "answer", "critique", "refine", "evaluate")
 Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
+ROLES: tuple[Role, ...] = get_args(Role)
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
 
 
@@ -396,7 +396,9 @@ def _run_context_schema() -> type[BaseModel]:
         unset = FieldInfo.merge_field_infos(field, default=None)
         default = field.get_default(call_default_factory=True)
         unset.description = f"{field.description or ''} Unset: DEEPSTEP_{name.upper()}, else {default!r}.".strip()
-        fields[name] = (field.annotation | None, unset)
+        annotation = field.annotation
+        assert annotation is not None, name  # every Settings field is annotated: pydantic needs it
+        fields[name] = (annotation | None, unset)
     return create_model(
         "RunContext",
         __doc__="Settings of one deepstep run; unset ones come from configurable, DEEPSTEP_* variables or the defaults.",
