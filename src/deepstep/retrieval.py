@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from langchain_core.callbacks import Callbacks
 
     from deepstep.configuration import Settings
+    from deepstep.records import Context
 
 
 class BM25Retriever(BaseRetriever):
@@ -76,8 +77,8 @@ def passage_document(passage: Passage, score: float) -> Document:
     return Document(page_content=passage.text, metadata=metadata)
 
 
-def contexts_from_documents(docs: list[Document]) -> list[dict[str, Any]]:
-    """Plain dicts for the graph state, one per retrieved document (see ``bm25_index.passage_context``)."""
+def contexts_from_documents(docs: list[Document]) -> list[Context]:
+    """Context records for the graph state, one per retrieved document (see ``bm25_index.passage_context``)."""
     return [
         passage_context(
             Passage(
@@ -123,9 +124,9 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
     return retriever.model_copy(update={"k": settings.top_k})
 
 
-def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None, *, callbacks: Callbacks = None) -> list[dict[str, Any]]:
+def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None, *, callbacks: Callbacks = None) -> list[Context]:
     """The ``settings.top_k`` best passages for ``query`` from ``retriever`` (a caller's own), or from
-    the configured corpus when it is ``None``, as context dicts for the graph state."""
+    the configured corpus when it is ``None``, as context records for the graph state."""
     if retriever is None:
         source = corpus_retriever(settings)
     elif isinstance(retriever, BM25Retriever):

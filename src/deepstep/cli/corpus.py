@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,7 @@ from deepstep.cli.common import app, fail, load_settings, stderr, stdout, user_e
 if TYPE_CHECKING:
     from deepstep.bm25_index import BM25Index
     from deepstep.configuration import Settings
+    from deepstep.records import Context
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Index and search a corpus folder; fetch the scikit-learn user guide.")
 app.add_typer(corpus_app, name="corpus")
@@ -58,14 +59,14 @@ def index(
         stdout.print(_describe(path, corpus_index, seconds), highlight=False, soft_wrap=True)
 
 
-def _hit_lines(rank: int, hit: dict[str, Any]) -> str:
+def _hit_lines(rank: int, hit: Context) -> str:
     header = f"[bold]{rank}. {escape(hit['title'])}[/] ({escape(hit['source'])})  score {hit['score']:.3f}"
     ids = f"   ref_id {hit['ref_id']}  chunk_id {hit['chunk_id']}"
     text = "\n".join(f"   {escape(line)}" for line in hit["text"].splitlines())
     return f"{header}\n{ids}\n{text}\n"
 
 
-def _matching_contexts(settings: Settings, query: str) -> list[dict[str, Any]]:
+def _matching_contexts(settings: Settings, query: str) -> list[Context]:
     """The corpus' ``settings.top_k`` best passages for ``query``, as the graph's retrieve node gets them.
     BM25 searches its cached index directly: LangChain's retriever machinery (it loads LangSmith)
     costs far more than the search itself, and this command should answer at once."""
@@ -102,15 +103,16 @@ def search(
             settings = load_settings(corpus=default_corpus_dir(settings.home), top_k=k)
             if settings.corpus == demo_corpus_dir():
                 stderr.print(DEMO_CORPUS_NOTICE, highlight=False, soft_wrap=True)
-        hits = [{"rank": rank, **hit} for rank, hit in enumerate(_matching_contexts(settings, query), 1)]
+        hits = _matching_contexts(settings, query)
         if as_json:
-            sys.stdout.write(json_text.dumps(hits, ensure_ascii=False, indent=2) + "\n")
+            ranked = [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
+            sys.stdout.write(json_text.dumps(ranked, ensure_ascii=False, indent=2) + "\n")
             return
         if not hits:
             stderr.print(f"no passage matches {query!r} in {settings.corpus}", highlight=False)
             return
-        for hit in hits:
-            stdout.print(_hit_lines(hit["rank"], hit), highlight=False, soft_wrap=True)
+        for rank, hit in enumerate(hits, 1):
+            stdout.print(_hit_lines(rank, hit), highlight=False, soft_wrap=True)
 
 
 @corpus_app.command("fetch")
