@@ -70,7 +70,8 @@ def schema_lock(connection: psycopg.Connection[Any]) -> Iterator[None]:
     deadline = time.monotonic() + SCHEMA_LOCK_WAIT_SECONDS
     while True:
         with connection.cursor(row_factory=tuple_row) as cursor:
-            if cursor.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,)).fetchone()[0]:
+            row = cursor.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,)).fetchone()
+            if row and row[0]:  # its one row says whether this session took the lock
                 break
         if time.monotonic() > deadline:
             raise ConfigError(

@@ -210,7 +210,8 @@ class EmbeddingModel(BaseModel):
         vectors: list[list[float]] = []
         with (
             model_http_client(self.base_url, timeout=self.timeout, max_reply_chars=_EMBED_BATCH * _VECTOR_CHARS) as http_client,
-            openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client) as client,
+            # openai annotates http_client as an httpx2.Client but takes an httpx.Client as well (is_legacy_httpx_sync_client).
+            openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout, http_client=http_client) as client,  # type: ignore[arg-type]
         ):
             for start in range(0, len(texts), _EMBED_BATCH):
                 reply = client.embeddings.create(model=self.model, input=texts[start : start + _EMBED_BATCH], encoding_format="float")
@@ -258,6 +259,11 @@ def _vector_literal(vector: list[float]) -> str:
     return "[" + ",".join(repr(float(value)) for value in vector) + "]"
 
 
+def _embedded_count(connection: psycopg.Connection[Any], corpus_hash: str, model: str) -> int:
+    row = connection.execute(f"SELECT count(*) FROM {EMBEDDINGS_TABLE} WHERE content_hash = %s AND model = %s", (corpus_hash, model)).fetchone()
+    return row[0] if row else 0  # count(*) returns its one row even for no match
+
+
 def load_embeddings(url: str, corpus_hash: str, passages: list[Passage], embedding: EmbeddingModel) -> bool:
     """Embed and store the passages of a loaded corpus unless ``embedding.model`` already did; True when written."""
     with connect(url) as connection:
@@ -271,15 +277,14 @@ def load_embeddings(url: str, corpus_hash: str, passages: list[Passage], embeddi
             ) from None
         except psycopg.Error as error:
             raise connection_error(url, error) from None
-        count_sql = f"SELECT count(*) FROM {EMBEDDINGS_TABLE} WHERE content_hash = %s AND model = %s"
-        if connection.execute(count_sql, (corpus_hash, embedding.model)).fetchone()[0] == len(passages):
+        if _embedded_count(connection, corpus_hash, embedding.model) == len(passages):
             return False
         # Embed outside any transaction: model calls can be slow, and a failure leaves nothing half-written.
         vectors = embedding.embed([f"{p.title}\n{p.text}" for p in passages])
         try:
             with connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (corpus_hash + embedding.model,))
-                if connection.execute(count_sql, (corpus_hash, embedding.model)).fetchone()[0] == len(passages):
+                if _embedded_count(connection, corpus_hash, embedding.model) == len(passages):
                     return False
                 connection.execute(f"DELETE FROM {EMBEDDINGS_TABLE} WHERE content_hash = %s AND model = %s", (corpus_hash, embedding.model))
                 with connection.cursor() as cursor:
