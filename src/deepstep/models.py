@@ -18,7 +18,7 @@ import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, SecretStr
 
-from deepstep.configuration import ResolvedModel, Role, Settings
+from deepstep.configuration import ResolvedModel, Role, Settings, StructuredMethod
 from deepstep.errors import StructuredOutputError
 from deepstep.interrupts import unless_stopped
 from deepstep.parsing import ReplyParseError, parse_reply, schema_instructions, without_thinking
@@ -92,9 +92,9 @@ def unusable_reply(error: BaseException) -> str | None:
 
 # The best structured-output method each server accepted, so a server that rejects
 # json_schema (e.g. llama.cpp) costs one rejected request per process, not one per call.
-_methods_by_base_url: dict[str, str] = {}
+_methods_by_base_url: dict[str, StructuredMethod] = {}
 _methods_lock = threading.Lock()
-_DOWNGRADE = {"json_schema": "json_object", "json_object": "prompt"}
+_DOWNGRADE: dict[StructuredMethod, StructuredMethod] = {"json_schema": "json_object", "json_object": "prompt"}
 
 
 def chat_model(settings: Settings, task: str) -> ChatOpenAI:
@@ -138,12 +138,12 @@ def _json_schema(schema: type[BaseModel]) -> dict:
 
 
 def _usage_of(task: str, reply: AIMessage, seconds: float) -> Usage:
-    metadata = reply.usage_metadata or {}
-    fields = {name: 0 for name in USAGE_FIELDS}
+    metadata = reply.usage_metadata
+    fields: dict[str, float] = {name: 0 for name in USAGE_FIELDS}
     fields.update(
         calls=1,
-        prompt_tokens=metadata.get("input_tokens", 0),
-        completion_tokens=metadata.get("output_tokens", 0),
+        prompt_tokens=metadata.get("input_tokens", 0) if metadata else 0,
+        completion_tokens=metadata.get("output_tokens", 0) if metadata else 0,
         seconds=round(seconds, 4),
     )
     return {TASK_ROLES[task]: fields}
