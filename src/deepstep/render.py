@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 TABLE_COLUMNS = dreamsboard.TABLE_COLUMNS
 
 
-def _answer_text(step: dict[str, Any]) -> str:
+def _answer_text(step: Step) -> str:
     if step.get("status") == "failed":
         return f"(this step failed: {step.get('error') or 'unknown error'})"
     return step.get("answer") or ""
 
 
-def _step_block(step: dict[str, Any]) -> str:
+def _step_block(step: Step) -> str:
     anchor = f"{step['name']} [task_id:{step['level']}]({step['id']})"
     depth = step_tree.level_depth(step["level"])
     answer = _answer_text(step)
@@ -188,7 +188,7 @@ def answer_first_report(tree: nx.DiGraph) -> str:
     unsupported = sum(1 for claims in [root_claims, *(s.get("claims") or [] for s in steps if s.get("status") == "done")]
                       for c in claims if c["verdict"] == "unsupported")  # fmt: skip
     text = f"# {step_tree.question_of(tree)}\n\n{_summary_line(steps, unsupported)}\n\n"
-    low = [s for s in steps if (s.get("confidence") or {}).get("level") == "low"]
+    low = [s for s in steps if (confidence := s.get("confidence")) and confidence["level"] == "low"]
     if low:
         text += "**Low confidence:** " + "; ".join(f"{s['name']} [task_id:{s['level']}]({s['id']})" for s in low) + "\n\n"
     if root.get("answer"):
@@ -228,7 +228,7 @@ def storyboard_table(tree: nx.DiGraph) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def _table_row(step: dict[str, Any], index: int, run_fields: dict[str, str]) -> dict[str, Any]:
+def _table_row(step: Step, index: int, run_fields: dict[str, str]) -> dict[str, Any]:
     # Unlike the store, the table shows every step's question, passages and answer, whatever its status.
     step_fields = {
         "name": step["name"],
