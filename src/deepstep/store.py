@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 
@@ -23,6 +24,7 @@ from deepstep.atomic_files import write_json_atomically
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.parsing import load_json
+from deepstep.records import Step
 
 STORE_FILE = "task_step_store.json"
 NAMESPACE = "task_step_store"
@@ -37,7 +39,7 @@ MAX_STORE_NESTING = 64
 MAX_STEPS_LIMIT = next(bound.le for bound in Settings.model_fields["max_steps"].metadata if hasattr(bound, "le"))
 
 
-def _context_to_store(context: dict[str, Any]) -> dict[str, Any]:
+def _context_to_store(context: Mapping[str, Any]) -> dict[str, Any]:
     item = {
         "ref_id": str(context.get("ref_id", "")),
         dreamsboard.CONTEXT_TITLE: str(context.get("title") or context.get(dreamsboard.CONTEXT_TITLE) or ""),
@@ -69,14 +71,15 @@ def _context_from_store(item: Any, where: str) -> dict[str, Any]:
     }
 
 
-def _search_trace(step: dict[str, Any]) -> dict[str, Any] | None:
+def _search_trace(step: Step) -> dict[str, Any] | None:
     search = step.get("mcts") or {}
     if not search.get("nodes"):
         return None
-    return mcts.trace_summary(search)
+    # The record types a failed step's search as {} too; one with nodes is a search as far as it got.
+    return mcts.trace_summary(cast(mcts.Search, search))
 
 
-def step_record(step: dict[str, Any], question: str, outline: str) -> dict[str, Any]:
+def step_record(step: Step, question: str, outline: str) -> dict[str, Any]:
     """One step as a dreamsboard ``task_step_node`` ``__data__`` object."""
     extra = dict(step.get(dreamsboard.EXTRA_FIELDS) or {})
     answered = step.get("status") == "done"
