@@ -266,7 +266,8 @@ def _flush(block: list[str]) -> Iterator[str]:
 def _is_sentence_end(block: str, end: re.Match[str], start: int) -> bool:
     if end.group(0)[0] != "." or end.group(0).startswith(".."):
         return True
-    word = _WORD_BEFORE.search(block, start, end.start()).group(0).lower()  # type: ignore[union-attr]
+    before = _WORD_BEFORE.search(block, start, end.start())
+    word = before.group(0).lower() if before else ""
     if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and block[end.start() - 1].isupper()):
         return False  # an abbreviation or an initial (J. Smith)
     if word in _MAYBE_FINAL_ABBREVIATIONS:
