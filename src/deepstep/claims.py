@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from typing_extensions import TypedDict
 
@@ -40,6 +40,8 @@ class ClaimText(TypedDict):
 
     text: str
     citations: list[int]
+    start: int  # where the sentence starts in the answer
+    end: int  # where it ends there, after its stop and citations (the report marks an unsupported claim here)
 
 
 class PassageOverlap(TypedDict):
@@ -233,34 +235,58 @@ _SPACE_BEFORE_STOP = re.compile(r"\s+([.,;:!?。！？；，])")
 _WORD_BEFORE = re.compile(r"[^\s(\[\"'\u201c]*$")
 
 
-def _blocks(answer: str) -> Iterator[str]:
+class _Block(NamedTuple):
+    """A paragraph or list item as one line, and where each of its characters is in the answer."""
+
+    text: str
+    positions: list[int]
+
+
+def _blocks(answer: str) -> Iterator[_Block]:
     """Paragraphs and list items of a Markdown answer, each as one line; headings and code blocks left out."""
-    block: list[str] = []
+    block: list[tuple[int, str]] = []  # (where the line starts in the answer, the line)
     fenced = False
-    for line in answer.splitlines():
+    offset = 0
+    for raw in answer.splitlines(keepends=True):
+        line_start, offset = offset, offset + len(raw)
+        line = raw.rstrip("\r\n")
         if _FENCE.match(line):
             fenced = not fenced
             yield from _flush(block)
             continue
         if fenced:
             continue
-        if _UNDERLINE.match(line) and block and not _ITEM.match(block[0]):
+        if _UNDERLINE.match(line) and block and not _ITEM.match(block[0][1]):
             block.clear()  # the paragraph above was a setext heading
             continue
         if not line.strip() or _HEADING.match(line) or _RULE.match(line):
             yield from _flush(block)
             continue
-        line = _QUOTE.sub("", line)
+        quote = _QUOTE.match(line)
+        if quote:
+            line_start, line = line_start + quote.end(), line[quote.end() :]
         if _ITEM.match(line):
             yield from _flush(block)
-        block.append(line)
+        block.append((line_start, line))
     yield from _flush(block)
 
 
-def _flush(block: list[str]) -> Iterator[str]:
-    if block:
-        yield _ITEM.sub("", " ".join(line.strip() for line in block), count=1)
-        block.clear()
+def _flush(block: list[tuple[int, str]]) -> Iterator[_Block]:
+    if not block:
+        return
+    text, positions = "", []
+    for line_start, line in block:
+        lead = len(line) - len(line.lstrip())
+        stripped = line.strip()
+        if text:
+            text, positions = text + " ", [*positions, positions[-1] + 1]
+        text += stripped
+        positions += range(line_start + lead, line_start + lead + len(stripped))
+    item = _ITEM.match(text)
+    if item:
+        text, positions = text[item.end() :], positions[item.end() :]
+    yield _Block(text, positions)
+    block.clear()
 
 
 def _is_sentence_end(block: str, end: re.Match[str], start: int) -> bool:
@@ -276,16 +302,17 @@ def _is_sentence_end(block: str, end: re.Match[str], start: int) -> bool:
     return True
 
 
-def _sentences(block: str) -> Iterator[str]:
+def _sentences(block: str) -> Iterator[tuple[int, int]]:
+    """Where each sentence of ``block`` starts and ends (its stop, closing quotes and citations included)."""
     code = [span.span() for span in _CODE_SPAN.finditer(block)]
     start = 0
     for end in _END.finditer(block):
         if any(left <= end.start() < right for left, right in code) or not _is_sentence_end(block, end, start):
             continue
-        yield block[start : end.end()]
+        yield start, len(block[: end.end()].rstrip())
         start = end.end()
     if start < len(block):
-        yield block[start:]
+        yield start, len(block.rstrip())
 
 
 def split_claims(answer: str) -> list[ClaimText]:
@@ -294,14 +321,18 @@ def split_claims(answer: str) -> list[ClaimText]:
     Citations after a sentence's full stop belong to it; a line of citations alone goes to the sentence before."""
     claims: list[ClaimText] = []
     for block in _blocks(answer):
-        for sentence in _sentences(block):
+        for start, end in _sentences(block.text):
+            sentence = block.text[start:end]
             citations = cited_numbers(sentence)
             # Every marker dropped, and the space a marker leaves before a stop ("penalty [1]." -> "penalty .").
             text = _SPACE_BEFORE_STOP.sub(r"\1", " ".join(renumber_citations(sentence, {})[0].split()))
-            if any(c.isalnum() for c in text):
-                claims.append({"text": text, "citations": citations})
+            span = {"start": block.positions[start], "end": block.positions[end - 1] + 1} if end > start else None
+            if any(c.isalnum() for c in text) and span:
+                claims.append({"text": text, "citations": citations, **span})  # type: ignore[typeddict-item]
             elif claims and citations:
                 claims[-1]["citations"] = list(dict.fromkeys(claims[-1]["citations"] + citations))
+                if span:
+                    claims[-1]["end"] = span["end"]  # a line of citations alone belongs to the sentence before
     return claims
 
 
@@ -332,7 +363,9 @@ def check_answer(answer: str, contexts: Sequence[Context], question: str) -> lis
     for claim in split_claims(answer):
         citations = [n for n in claim["citations"] if 1 <= n <= len(contexts)]
         verdict, support = check_claim(claim["text"], [contexts[n - 1] for n in citations], question)
-        claims.append({"text": claim["text"], "citations": citations, "verdict": verdict, "support": support})
+        claims.append(
+            {"text": claim["text"], "citations": citations, "verdict": verdict, "support": support, "start": claim["start"], "end": claim["end"]}
+        )
     return claims
 
 
