@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from langgraph.checkpoint.base import CheckpointTuple
 
+    from deepstep.records import FailedStep
+    from deepstep.usage import Usage
+
 Status = Literal["done", "awaiting_review", "incomplete"]
 THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -40,8 +43,8 @@ class RunResult:
     thread_id: str
     tree: nx.DiGraph
     markdown: str
-    usage: dict[str, dict[str, float]]
-    failed_steps: list[dict[str, Any]]
+    usage: Usage
+    failed_steps: list[FailedStep]
     warnings: list[str] = field(default_factory=list)
     status: Status = "done"
     review_request: dict[str, Any] | None = None

@@ -17,6 +17,7 @@ from langgraph.types import RetryPolicy
 from deepstep.models import describe_error, is_transient
 from deepstep.nodes.run_settings import GraphNode, NodeWithSettings, StateT, as_graph_node, settings_of
 from deepstep.redaction import without_api_keys
+from deepstep.state import StepState
 from deepstep.usage import add_usage
 
 MAX_ATTEMPTS = 10  # upper bound of Settings.step_attempts; the wrapper stops earlier
@@ -66,10 +67,10 @@ def fail_softly(node: NodeWithSettings[StateT], role: str | None = None) -> Grap
     return as_graph_node(guarded, node)
 
 
-def route_unless_failed(next_node: str) -> Callable[[dict[str, Any]], str]:
+def route_unless_failed(next_node: str) -> Callable[[StepState], str]:
     """Conditional edge: go on to ``next_node`` unless the step has failed."""
 
-    def route(state: dict[str, Any]) -> str:
+    def route(state: StepState) -> str:
         return "finish" if state.get("error") else next_node
 
     route.__name__ = f"to_{next_node}_unless_failed"
