@@ -274,7 +274,8 @@ def _blocks(answer: str) -> Iterator[_Block]:
 def _flush(block: list[tuple[int, str]]) -> Iterator[_Block]:
     if not block:
         return
-    text, positions = "", []
+    text = ""
+    positions: list[int] = []  # where each character of text stands in the answer
     for line_start, line in block:
         lead = len(line) - len(line.lstrip())
         stripped = line.strip()
