@@ -45,7 +45,22 @@ def settings(fake_llm, tmp_path) -> Settings:
         max_concurrency=4,
         step_attempts=2,
         max_retries=0,
+        # The seed layout keeps the run to 3 + 3R calls per step plus planning, which most tests count;
+        # the answer-first layout's one synthesis call is tested in test_trust.py.
+        report_layout="seed",
     )
+
+
+def fallback_rewards(step: dict, question: str) -> list[list[float]]:
+    """Each search node's rewards when the critic never gives a usable score: the neutral fallback
+    score 0, less the claim penalty for that answer's unsupported claims."""
+    from deepstep.claims import check_answer, unsupported_share
+    from deepstep.mcts import claim_adjusted_score
+
+    return [
+        [claim_adjusted_score(0, unsupported_share(check_answer(node["answer"], step["contexts"], f"{question}\n{step['question']}")))]
+        for node in step["mcts"]["nodes"]
+    ]
 
 
 # Trust authentication ignores it: it is in the test URLs only to prove it never leaks.

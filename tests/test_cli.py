@@ -32,16 +32,19 @@ def test_run_show_and_resume(cli_env, fake_llm):
     out = cli_env / "out"
     result = runner.invoke(app, ["run", "What is a loss function?", "--thread-id", "cli1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert (out / "report.md").read_text().startswith("\n# What is a loss function? \n")  # the seed layout starts with a newline
+    assert (out / "report.md").read_text().startswith("# What is a loss function?\n\n_5 steps: 5 answered._")  # answer first, by default
     assert "5/5 steps done" in result.output and "report:" in result.output
     calls = len(fake_llm.log())
-    assert calls == 2 + 5 * 6
+    assert calls == 2 + 5 * 6 + 1  # planning, 3 + 3R per step, and the synthesized answer the report opens with
 
     shown = runner.invoke(app, ["show", "cli1", "--format", "json"])
     payload = json.loads(shown.stdout)
     assert payload["status"] == "done" and len(payload["tree"]["nodes"]) == 6
+    for node in payload["tree"]["nodes"][1:]:  # every step: its status, checked claims and confidence
+        assert node["status"] == "done" and node["claims"] and node["confidence"]["level"] in ("high", "medium", "low")
+        assert all({"text", "citations", "verdict", "support"} <= set(claim) for claim in node["claims"])
     assert runner.invoke(app, ["show", "cli1", "--format", "csv"]).stdout.startswith("task_step_id,shot_number,scene_number")
-    assert runner.invoke(app, ["show", "cli1"]).stdout.startswith("\n# What is a loss function? \n")  # the seed layout starts with a newline
+    assert runner.invoke(app, ["show", "cli1"]).stdout.startswith("# What is a loss function?\n\n_5 steps: 5 answered._")
 
     again = runner.invoke(app, ["resume", "cli1"])
     assert again.exit_code == 0 and len(fake_llm.log()) == calls

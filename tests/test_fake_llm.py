@@ -35,7 +35,8 @@ def server():
 def test_each_task_has_the_documented_shape(server):
     steps = json.loads(content(chat(server, "steps", "Question: What is X?\nMaximum steps: 4")))["steps"]
     assert [s["level"] for s in steps] == ["0", "0>1", "0>1>1", "0>1>2"]
-    assert content(chat(server, "question", "Question: What is X?\nStep: Aspect 1")).startswith("What does Aspect 1 mean")
+    assert content(chat(server, "question", "Question: What is X?\nStep: Aspect 1")) == "What is X, and how is it used in practice?"
+    assert content(chat(server, "question", "Question: 什么是损失函数？\nStep: Aspect 1")) == "What is 损失函数, and how is it used in practice?"
     answer = content(chat(server, "answer", "Step: S\nContexts:\n[1] a: x\n[2] b: y\n"))
     assert "[1]" in answer and "[2]" in answer
     refined = json.loads(content(chat(server, "refine", "Contexts:\n[1] a: x\nAnswer:\nold")))

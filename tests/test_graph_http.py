@@ -132,6 +132,8 @@ def test_malformed_structured_reply_is_repaired_and_counted(settings, fake_llm):
 
 
 def test_unparsable_scores_fall_back_to_zero(settings, fake_llm):
+    from conftest import fallback_rewards
+
     fake_llm.set_faults([Fault(kind="bad_score", task="evaluate")])
     result = deepstep.run(QUESTION, settings=settings)
     evaluations = 5 * (1 + settings.rollouts)
@@ -139,7 +141,7 @@ def test_unparsable_scores_fall_back_to_zero(settings, fake_llm):
     assert result.usage["evaluate"]["repairs"] == evaluations * settings.max_repairs
     for step in step_tree.steps(result.tree):
         assert step["status"] == "done"
-        assert {r for n in step["mcts"]["nodes"] for r in n["rewards"]} == {0}
+        assert [node["rewards"] for node in step["mcts"]["nodes"]] == fallback_rewards(step, QUESTION)
 
 
 def test_invalid_citations_are_removed(settings, fake_llm):
@@ -198,7 +200,7 @@ def test_graph_invoke_with_configurable_and_rerun_never_duplicates_steps(fake_ll
         assert set(output) >= {"report", "tree", "usage", "failed_steps"}
         assert len(step_tree.step_ids(output["tree"])) == 3
         calls = len(fake_llm.log())
-        assert calls == 2 + 3 * 6
+        assert calls == 2 + 3 * 6 + 1  # planning, 3 + 3R per step, the answer-first report's synthesis
         again = graph.invoke({"question": QUESTION}, config)
         assert len(fake_llm.log()) == calls
         assert step_tree.trees_equal(again["tree"], output["tree"])

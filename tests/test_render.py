@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from deepstep import render, step_tree
+from deepstep.claims import mark_unsupported
 from deepstep.cli.outputs import write_parquet
 from deepstep.errors import ConfigError
 
@@ -338,4 +339,4 @@ def test_one_reference_list_numbers_each_passage_once() -> None:
 
 def test_dropping_unsupported_claims_removes_their_sentences() -> None:
     step = step_tree.steps(trust_tree())[0]
-    assert render.marked(step["answer"], step["claims"], drop=True) == "A loss function maps a prediction and a target to a number [1]."
+    assert mark_unsupported(step["answer"], step["claims"], drop=True) == "A loss function maps a prediction and a target to a number [1]."

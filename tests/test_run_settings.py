@@ -39,7 +39,7 @@ def test_graph_invoke_honours_the_runtime_context(server_env):
     graph = build_graph(InMemorySaver())
     final = graph.invoke({"question": QUESTION}, {"configurable": {"thread_id": "t"}}, context={"max_steps": 1, "rollouts": 0})
     assert len(step_tree.steps(final["tree"])) == 1  # the fake plan has 5 steps: the default would keep them all
-    assert calls_by_task(server_env) == Counter(outline=1, steps=1, question=1, answer=1, evaluate=1)
+    assert calls_by_task(server_env) == Counter(outline=1, steps=1, question=1, answer=1, evaluate=1, synthesize=1)
 
 
 def test_configurable_still_works_and_the_context_wins_over_it(server_env):
@@ -49,7 +49,7 @@ def test_configurable_still_works_and_the_context_wins_over_it(server_env):
     steps = step_tree.steps(final["tree"])
     assert len(steps) == 2  # from configurable
     assert all(s["mcts"]["rollouts_done"] == 0 for s in steps)  # the context's 0 over configurable's 1
-    assert calls_by_task(server_env) == Counter(outline=1, steps=1, question=2, answer=2, evaluate=2)
+    assert calls_by_task(server_env) == Counter(outline=1, steps=1, question=2, answer=2, evaluate=2, synthesize=1)
 
 
 def test_precedence_is_defaults_then_environment_then_configurable_then_context(monkeypatch):

@@ -20,8 +20,8 @@ from typing_extensions import TypedDict
 
 from deepstep.citations import cited_numbers, renumber_citations
 from deepstep.corpus import CJK_CHARACTERS
-from deepstep.records import Claim, Context, Verdict
-from deepstep.text_terms import STOPWORDS, cjk_terms, stem_words
+from deepstep.records import Claim, Context, EvidenceCheck, PassageOverlap, Verdict
+from deepstep.text_terms import cjk_terms, stem_words, stopwords
 
 TermKind = Literal["word", "name", "identifier", "number", "cjk"]
 
@@ -42,26 +42,6 @@ class ClaimText(TypedDict):
     citations: list[int]
     start: int  # where the sentence starts in the answer
     end: int  # where it ends there, after its stop and citations (the report marks an unsupported claim here)
-
-
-class PassageOverlap(TypedDict):
-    """How much of the research question one retrieved passage shares."""
-
-    index: int  # position in the contexts (0-based; the citation number is index + 1)
-    overlap: float  # weighted share of the question's terms found in the passage, in [0, 1]
-    shared_terms: list[str]
-    title: str
-    source: str
-
-
-class EvidenceCheck(TypedDict):
-    """The evidence gate's decision for one step, with what a report needs to list the closest passages."""
-
-    answerable: bool
-    best_overlap: float
-    closest: list[int]  # indexes of the contexts, highest overlap first (ties keep retrieval order)
-    passages: list[PassageOverlap]  # in the order of ``closest``
-    question_terms: list[str]
 
 
 # --- content terms ---
@@ -132,7 +112,7 @@ def _pieces(text: str) -> Iterator[tuple[TermKind | Literal["token"], str]]:
         else:
             token = match.group("word")
             lowered = token.lower()
-            if len(token) < 2 or not any(c.isalpha() for c in token) or lowered in STOPWORDS:
+            if len(token) < 2 or not any(c.isalpha() for c in token) or lowered in stopwords():
                 yield "token", lowered
             else:
                 yield _word_kind(token, at_start), lowered
@@ -183,7 +163,7 @@ def _vocabulary(text: str) -> _Vocabulary:
             tokens.add(term)
     numbers.update(_NUMBER_WORDS[token] for token in tokens if token in _NUMBER_WORDS)
     # log_loss also says "log" and "loss".
-    words = {part for token in tokens for part in token.split("_") if len(part) > 1 and part not in STOPWORDS}
+    words = {part for token in tokens for part in token.split("_") if len(part) > 1 and part not in stopwords()}
     return _Vocabulary(frozenset(stem_words(sorted(words | tokens))), frozenset(tokens), frozenset(numbers), frozenset(cjk))
 
 
@@ -370,15 +350,47 @@ def check_answer(answer: str, contexts: Sequence[Context], question: str) -> lis
     return claims
 
 
+# Put after a claim its cited passages do not back (unsupported_claims = mark); the report explains it once.
+UNSUPPORTED_MARK = "[unsupported]"
+
+
+def mark_unsupported(answer: str, claims: list[Claim], *, drop: bool = False) -> str:
+    """``answer`` with ``[unsupported]`` after each unsupported claim (or, with ``drop``, without those
+    sentences). Claims carry where they end in the answer (``end``); ones without are left as they are."""
+    for claim in sorted((c for c in claims if c["verdict"] == "unsupported" and "end" in c), key=lambda c: c["end"], reverse=True):
+        end = claim["end"]
+        if drop:
+            answer = answer[: claim["start"]] + answer[end:].lstrip(" ")
+        else:
+            answer = f"{answer[:end].rstrip()} {UNSUPPORTED_MARK}{answer[end:]}"
+    return answer.rstrip() if drop else answer
+
+
+def unsupported_share(claims: Sequence[Claim]) -> float:
+    """The share of ``claims`` their cited passages do not back (0 for an answer without claims)."""
+    return sum(1 for claim in claims if claim["verdict"] == "unsupported") / len(claims) if claims else 0.0
+
+
 # --- the evidence gate ---
+
+
+# Words that frame a question rather than name its subject ("how is it used in practice", "what should
+# I know about", "explain the role of"): a passage sharing only these says nothing about the subject.
+QUESTION_FRAMING = frozenset(
+    stem_words(
+        "use used uses using practice practical know known work works working role explain describe "
+        "example examples important importance purpose main key concept overview basic basics".split()
+    )
+)
 
 
 def evidence_gate(research_question: str, contexts: Sequence[Context]) -> EvidenceCheck:
     """Whether any retrieved passage covers ``research_question``: it shares at least GATE_MIN_TERMS distinct
     content terms with it (all of them when the question has fewer) and at least GATE_MIN_OVERLAP of their
-    weight. BM25 scores are not used: they rank passages within one corpus but say nothing across corpora.
-    A question without content terms cannot be judged and passes when there is any passage."""
-    terms = content_terms(research_question)
+    weight, the question's framing words (QUESTION_FRAMING) left out. BM25 scores are not used: they rank
+    passages within one corpus but say nothing across corpora. A question without content terms cannot be
+    judged and passes when there is any passage."""
+    terms = {term: kind for term, kind in content_terms(research_question).items() if term not in QUESTION_FRAMING}
     needed_terms = min(GATE_MIN_TERMS, len(terms))
     overlaps: list[PassageOverlap] = []
     answerable = False

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
 
+UnsupportedClaims = Literal["mark", "drop"]
+ReportLayout = Literal["answer_first", "seed"]
+
+
 class RunSettings(TypedDict, total=False):
     """The settings that shape a thread's result, as JSON values: kept in the thread's state so a
     resumed thread goes on as it started. Everything else (model server, home, timeouts) comes
@@ -60,6 +64,8 @@ class RunSettings(TypedDict, total=False):
     language: str | None
     structured_output: str
     max_repairs: int
+    unsupported_claims: UnsupportedClaims
+    report_layout: ReportLayout
 
 
 RUN_SHAPING_FIELDS = tuple(RunSettings.__annotations__)
@@ -204,6 +210,18 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=4, ge=1, le=64)
     review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
     language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
+
+    # Trust.
+    unsupported_claims: UnsupportedClaims = Field(
+        default="mark",
+        description="What the report does with a claim its cited passages do not back: mark it ([unsupported] after the "
+        "sentence), or drop the sentence from the step's answer (and count it).",
+    )
+    report_layout: ReportLayout = Field(
+        default="answer_first",
+        description="answer_first: a synthesized answer (one more model call), then the steps with their confidence and one "
+        "reference list; seed: the seed notebook's layout byte for byte.",
+    )
 
     @field_validator("home", "checkpoint_path", "corpus", mode="before")
     @classmethod

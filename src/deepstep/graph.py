@@ -1,7 +1,7 @@
 """Wiring only: the run graph and the per-step subgraph.
 
-START -> outline -> decompose -> review -> Send(step) per step -> collect -> report -> END
-step:  question -> retrieve -> answer -> evaluate <-> critique -> refine -> ... -> finish
+START -> outline -> decompose -> review -> Send(step) per step -> collect -> synthesize -> report -> END
+step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from deepstep.nodes.failures import (
 from deepstep.nodes.finish import finish
 from deepstep.nodes.question import question
 from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
-from deepstep.nodes.retrieve import make_retrieve
+from deepstep.nodes.retrieve import after_retrieve, make_retrieve
 from deepstep.nodes.review import review
 from deepstep.nodes.run_settings import with_settings
+from deepstep.nodes.synthesize import synthesize
 from deepstep.state import (
     RunInput,
     RunOutput,
@@ -58,10 +59,10 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     builder.add_node("evaluate", fail_softly(evaluate, "evaluate"), retry_policy=STEP_RETRY)
     builder.add_node("critique", fail_softly(critique, "critique"), retry_policy=STEP_RETRY)
     builder.add_node("refine", fail_softly(refine, "refine"), retry_policy=STEP_RETRY)
-    builder.add_node("finish", finish)
+    builder.add_node("finish", with_settings(finish))
     builder.add_edge(START, "question")
     builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
-    builder.add_conditional_edges("retrieve", route_unless_failed("answer"), ["answer", "finish"])
+    builder.add_conditional_edges("retrieve", after_retrieve, ["answer", "finish"])
     builder.add_conditional_edges("answer", route_unless_failed("evaluate"), ["evaluate", "finish"])
     builder.add_conditional_edges("evaluate", after_evaluate, ["evaluate", "critique", "finish"])
     builder.add_conditional_edges("critique", route_unless_failed("refine"), ["refine", "finish"])
@@ -79,13 +80,15 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     builder.add_node("review", with_settings(review))
     builder.add_node("step", build_step_graph(retriever))
     builder.add_node("collect", collect)
-    builder.add_node("report", report)
+    builder.add_node("synthesize", count_retries(synthesize, "answer"), retry_policy=plan_retry)
+    builder.add_node("report", with_settings(report))
     builder.add_edge(START, "outline")
     builder.add_edge("outline", "decompose")
     builder.add_edge("decompose", "review")
     builder.add_conditional_edges("review", dispatch_steps, ["step", "collect"])
     builder.add_edge("step", "collect")
-    builder.add_edge("collect", "report")
+    builder.add_edge("collect", "synthesize")
+    builder.add_edge("synthesize", "report")
     builder.add_edge("report", END)
     return builder.compile(checkpointer=checkpointer, name="deepstep")
 

@@ -55,6 +55,16 @@ def suppress_reward(raw: float) -> float:
     return reward - SUPPRESS_BY if reward > SUPPRESS_ABOVE else reward
 
 
+# Points off the critic's score for an answer all of whose claims are unsupported by their cited passages.
+UNSUPPORTED_PENALTY = 50.0
+
+
+def claim_adjusted_score(score: float, unsupported_share: float) -> float:
+    """The critic's score less ``UNSUPPORTED_PENALTY`` times the share of the answer's claims its cited
+    passages do not back (docs/mcts.md): refinement learns to fix or drop invented claims."""
+    return score - UNSUPPORTED_PENALTY * unsupported_share
+
+
 def q_value(rewards: list[float]) -> float:
     """Q = (min + mean) / 2: one bad sample drags the node down."""
     return (min(rewards) + sum(rewards) / len(rewards)) / 2

@@ -87,6 +87,30 @@ class StepResult(TypedDict):
     error: str  # why the step failed ("" when done)
     answer: str  # the best-Q answer of the MCTSr search
     mcts: FinishedSearch | Search | dict[str, object]  # the whole search; as far as it got, or {}, when the step failed
+    claims: NotRequired[list[Claim]]  # the kept answer's claims with their verdicts
+    dropped_claims: NotRequired[int]  # unsupported sentences removed from the answer (unsupported_claims = drop)
+    confidence: NotRequired[Confidence]
+    evidence: NotRequired[EvidenceCheck]  # insufficient_evidence: the gate's decision
+
+
+class PassageOverlap(TypedDict):
+    """How much of the research question one retrieved passage shares."""
+
+    index: int  # position in the contexts (0-based; the citation number is index + 1)
+    overlap: float  # weighted share of the question's terms found in the passage, in [0, 1]
+    shared_terms: list[str]
+    title: str
+    source: str
+
+
+class EvidenceCheck(TypedDict):
+    """The evidence gate's decision for one step, with what a report needs to list the closest passages."""
+
+    answerable: bool
+    best_overlap: float
+    closest: list[int]  # indexes of the contexts, highest overlap first (ties keep retrieval order)
+    passages: list[PassageOverlap]  # in the order of ``closest``
+    question_terms: list[str]
 
 
 class FailedStep(TypedDict):
@@ -124,4 +148,6 @@ class Step(TypedDict):
     truncated_contexts: NotRequired[int]
     dreamsboard_fields: NotRequired[dict[str, object]]  # an imported step's store fields deepstep does not map
     claims: NotRequired[list[Claim]]  # the kept answer's claims with their verdicts
+    dropped_claims: NotRequired[int]
     confidence: NotRequired[Confidence]
+    evidence: NotRequired[EvidenceCheck]

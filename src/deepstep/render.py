@@ -19,12 +19,14 @@ import networkx as nx
 from deepstep import dreamsboard_fields as dreamsboard
 from deepstep import json_text, step_tree
 from deepstep.citations import cited_numbers, renumber_citations
+from deepstep.claims import UNSUPPORTED_MARK, mark_unsupported
 from deepstep.records import Claim, Context, Step
 
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_COLUMNS = dreamsboard.TABLE_COLUMNS
+# The seed's columns, then how far each step can be trusted.
+TABLE_COLUMNS = [*dreamsboard.TABLE_COLUMNS, "confidence", "unsupported_claims"]
 
 
 def _answer_text(step: Step) -> str:
@@ -71,17 +73,13 @@ def markdown_report(tree: nx.DiGraph) -> str:
     steps = step_tree.steps(tree)
     text = f"\n# {step_tree.question_of(tree)} \n\n\n"
     text += "".join(_step_block(step).strip() + "\n\n" for step in steps)
-    failed = [s for s in steps if s.get("status") == "failed"]
-    if failed:
-        lines = [f"- {s['name']} [task_id:{s['level']}]({s['id']}): {s.get('error') or 'unknown error'}" for s in failed]
-        text += "## Failed steps\n\n" + "\n".join(lines) + "\n\n"
+    text += _failed_steps_section(steps)
     references = cited_passages(tree)
     if references:
         text += "# References\n\n" + "\n".join(_reference_line(p) for p in references) + "\n"
     return _inert_html(text)
 
 
-UNSUPPORTED_MARK = "[unsupported]"
 LEGEND = f"{UNSUPPORTED_MARK} marks a sentence its cited passages do not back."
 NOT_COVERED = "The corpus does not cover this."
 
@@ -119,18 +117,6 @@ def report_references(tree: nx.DiGraph) -> ReportReferences:
     return ReportReferences(passages, numbers)
 
 
-def marked(answer: str, claims: list[Claim], *, drop: bool = False) -> str:
-    """``answer`` with ``[unsupported]`` after each unsupported claim (or, with ``drop``, without those
-    sentences). Claims carry where they end in the answer (``end``); ones without are left as they are."""
-    for claim in sorted((c for c in claims if c["verdict"] == "unsupported" and "end" in c), key=lambda c: c["end"], reverse=True):
-        end = claim["end"]
-        if drop:
-            answer = answer[: claim["start"]] + answer[end:].lstrip(" ")
-        else:
-            answer = f"{answer[:end].rstrip()} {UNSUPPORTED_MARK}{answer[end:]}"
-    return answer.rstrip() if drop else answer
-
-
 def _confidence_line(step: Step) -> str:
     confidence = step.get("confidence")
     if not confidence:
@@ -160,7 +146,7 @@ def _answer_first_step(step: Step, numbers: dict[int, int]) -> str:
     elif step.get("status") == "insufficient_evidence":
         parts.append(_closest_line(step))
     else:
-        parts.append(renumber_citations(marked(step.get("answer") or "", step.get("claims") or []), numbers)[0])
+        parts.append(renumber_citations(mark_unsupported(step.get("answer") or "", step.get("claims") or []), numbers)[0])
     return "\n\n".join(part for part in parts if part)
 
 
@@ -192,8 +178,9 @@ def answer_first_report(tree: nx.DiGraph) -> str:
     if low:
         text += "**Low confidence:** " + "; ".join(f"{s['name']} [task_id:{s['level']}]({s['id']})" for s in low) + "\n\n"
     if root.get("answer"):
-        text += f"## Answer\n\n{marked(root['answer'], root_claims).strip()}\n\n"
+        text += f"## Answer\n\n{mark_unsupported(root['answer'], root_claims).strip()}\n\n"
     text += "".join(_answer_first_step(step, references.numbers.get(step["id"], {})).strip() + "\n\n" for step in steps)
+    text += _failed_steps_section(steps)
     if references.passages:
         lines = [f"- [{number}] {_passage_title(p)}{_passage_source(p)}, ref_id:{p.get('ref_id', '')}, chunk_id:{p.get('chunk_id', '')}"
                  for number, p in enumerate(references.passages, start=1)]  # fmt: skip
@@ -207,6 +194,15 @@ def _passage_title(passage: Mapping[str, Any]) -> str:
 
 def _passage_source(passage: Mapping[str, Any]) -> str:
     return f" ({passage['source']})" if passage.get("source") else ""
+
+
+def _failed_steps_section(steps: list[Step]) -> str:
+    """Both layouts end with the failed steps and why (``deepstep resume`` retries them)."""
+    failed = [s for s in steps if s.get("status") == "failed"]
+    if not failed:
+        return ""
+    lines = [f"- {s['name']} [task_id:{s['level']}]({s['id']}): {s.get('error') or 'unknown error'}" for s in failed]
+    return "## Failed steps\n\n" + "\n".join(lines) + "\n\n"
 
 
 def _inert_html(markdown: str) -> str:
@@ -245,6 +241,8 @@ def _table_row(step: Step, index: int, run_fields: dict[str, str]) -> dict[str, 
         **run_fields,
         **dreamsboard.renamed(step_fields, dreamsboard.STEP_FIELDS),
         dreamsboard.REF_STEP_ID: (step.get(dreamsboard.EXTRA_FIELDS) or {}).get(dreamsboard.REF_STEP_ID) or "",
+        "confidence": confidence["level"] if (confidence := step.get("confidence")) else "",
+        "unsupported_claims": sum(1 for claim in step.get("claims") or [] if claim["verdict"] == "unsupported"),
     }
 
 

@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 from deepstep.configuration import RunSettings
 from deepstep.mcts import Search
-from deepstep.records import Ancestor, Context, FailedStep, PendingExpansion, PlannedStep, StepResult
+from deepstep.records import Ancestor, Claim, Context, EvidenceCheck, FailedStep, PendingExpansion, PlannedStep, StepResult
 from deepstep.tree_encoding import StepTree, TreeChannel
 from deepstep.usage import Usage, add_usage
 
@@ -115,6 +115,10 @@ class StepState(StepInput, total=False):
     """The first answer, the root of the MCTSr search."""
     removed_citations: Annotated[int, operator.add]
     """Citations of passages that do not exist, removed from the answers."""
+    evidence: EvidenceCheck
+    """The evidence gate's decision: whether any retrieved passage covers the research question, and how closely each does."""
+    claims: dict[str, list[Claim]]
+    """Each answer's claims with their verdicts, by its node id in the search (as text: JSON keys)."""
     search: Search
     """The MCTSr search: every answer with its critique, rewards, Q and visits."""
     pending_expansion: PendingExpansion | None

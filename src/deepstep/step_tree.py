@@ -244,6 +244,13 @@ def outline_of(tree: nx.DiGraph) -> str:
     return tree.nodes[ROOT_ID].get("outline", "") if ROOT_ID in tree else ""
 
 
+def with_root_update(tree: nx.DiGraph, **fields: Any) -> StepTree:
+    """A copy of ``tree`` with ``fields`` set on the question root (e.g. the synthesized ``answer``)."""
+    updated = StepTree(tree)
+    updated.nodes[ROOT_ID].update(fields)
+    return updated
+
+
 def with_step_updates(tree: nx.DiGraph, updates: Iterable[Mapping[str, Any]]) -> StepTree:
     """A copy of ``tree`` with each ``{"id": ..., **fields}`` merged into its step node.
 

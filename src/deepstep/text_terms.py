@@ -6,19 +6,21 @@ change without bumping ``bm25_index._INDEX_FORMAT``) and the claim check (``deep
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
 
 import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
 
 from deepstep.corpus import CJK_CHARACTERS
 
 CJK_RUN = re.compile(f"[{CJK_CHARACTERS}]+")
 _TOKEN = re.compile(rf"[{CJK_CHARACTERS}]+|[^\W_{CJK_CHARACTERS}]+")
 
-STOPWORDS = frozenset(STOPWORDS_EN) | {
+# Besides bm25s's English stop words (read on first use: importing bm25s loads numpy and its index code,
+# which drawing the graph or showing a stored report does not need).
+QUESTION_WORDS = {
     "what",
     "which",
     "who",
@@ -44,6 +46,16 @@ STOPWORDS = frozenset(STOPWORDS_EN) | {
     "its",
     "about",
 }
+
+
+@functools.cache
+def stopwords() -> frozenset[str]:
+    """English words that say nothing about a text's subject."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN) | QUESTION_WORDS
+
+
 CJK_STOPWORDS = frozenset("的了是在和与及或也就都而之吗呢么")
 
 _local = threading.local()
@@ -53,10 +65,11 @@ def tokenize(text: str) -> list[str]:
     """Index terms: stemmed English words without stopwords, CJK character unigrams and bigrams."""
     words: list[str] = []
     cjk: list[str] = []
+    skip = stopwords()
     for run in _TOKEN.findall(unicodedata.normalize("NFKC", text).lower()):
         if CJK_RUN.match(run):
             cjk.extend(cjk_terms(run))
-        elif len(run) > 1 and run not in STOPWORDS:
+        elif len(run) > 1 and run not in skip:
             words.append(run)
     return stem_words(words) + cjk
 
@@ -79,4 +92,4 @@ def _stemmer() -> Stemmer.Stemmer:
     return stemmer
 
 
-__all__ = ["CJK_RUN", "CJK_STOPWORDS", "STOPWORDS", "cjk_terms", "stem_words", "tokenize"]
+__all__ = ["CJK_RUN", "CJK_STOPWORDS", "cjk_terms", "stem_words", "stopwords", "tokenize"]

@@ -26,6 +26,7 @@ def settings_for(base_url: str, home: Path, **overrides: object) -> Settings:
         "max_concurrency": 4,
         "step_attempts": 2,
         "max_retries": 0,
+        "report_layout": "seed",  # exact call counts: the answer-first synthesis call is tested in test_trust.py
     }
     values.update(overrides)
     return Settings.build(**values)

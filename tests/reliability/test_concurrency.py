@@ -17,7 +17,8 @@ from deepstep.testing.crash import answered, cli_command, cli_env, integrity_che
 
 from .conftest import CORPUS, settings_for
 
-TOPICS = ["loss functions", "gradient descent", "learning rates", "photosynthesis", "volcanoes", "overfitting", "regularization", "batch size"]
+# Each topic is in the test corpus: a topic it does not cover would end its steps as insufficient_evidence.
+TOPICS = ["loss functions", "gradient descent", "learning rates", "photosynthesis", "volcanoes", "chlorophyll", "lava", "batch size"]
 STEPS = 3
 CALLS_PER_THREAD = 2 + STEPS * (3 + 3 * 1)
 

@@ -18,6 +18,7 @@ from deepstep import step_tree
 from deepstep.cli import app
 from deepstep.mcts import REWARD_MIN, SUPPRESS_ABOVE
 from deepstep.testing import FakeLLMServer, Fault
+from tests.conftest import fallback_rewards
 
 from .conftest import CORPUS, QUESTION, settings_for
 
@@ -136,7 +137,7 @@ def test_a_structured_reply_that_never_parses_falls_back_and_is_counted(fake_llm
     assert_all_steps_sound(result)
     for step in step_tree.steps(result.tree):
         nodes = step["mcts"]["nodes"]
-        assert {r for n in nodes for r in n["rewards"]} == {0}  # the neutral fallback score
+        assert [n["rewards"] for n in nodes] == fallback_rewards(step, QUESTION)  # the neutral score less the claim penalty
         # Nothing unusable became an answer: the refinement kept its parent's answer.
         assert all(n["answer"] == nodes[n["parent"]]["answer"] for n in nodes[1:])
 
@@ -169,7 +170,8 @@ def test_cli_reports_the_failed_step_and_resume_retries_only_it(fake_llm, tmp_pa
     resumed = runner.invoke(app, ["resume", "f", "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
     assert "5/5 steps done, 0 failed" in resumed.output
-    assert len(fake_llm.log()) - before == calls_per_step(1)
+    # The failed step's calls, and the report's opening answer synthesized again from the new step answers.
+    assert len(fake_llm.log()) - before == calls_per_step(1) + 1
     assert "Failed steps" not in (out / "report.md").read_text(encoding="utf-8")
 
 

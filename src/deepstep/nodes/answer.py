@@ -1,4 +1,4 @@
-"""answer: a draft grounded in the contexts, with invalid citations removed; it roots the MCTSr search."""
+"""answer: a draft grounded in the contexts, with invalid citations removed and every claim checked; it roots the MCTSr search."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Any
 
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
+from deepstep.claims import check_answer
 from deepstep.configuration import Settings
 from deepstep.models import call_text
 from deepstep.parsing import require_usable_text
+from deepstep.records import Claim
 from deepstep.state import StepState
 
 
@@ -27,4 +29,16 @@ def answer(state: StepState, settings: Settings) -> dict[str, Any]:
     )
     text = require_usable_text("answer", text)
     draft, removed = remove_invalid_citations(text, len(state["contexts"]))
-    return {"draft": draft, "search": mcts.new_search(draft), "removed_citations": removed, "usage": usage}
+    return {
+        "draft": draft,
+        "search": mcts.new_search(draft),
+        "claims": {"0": claims_of(draft, state)},
+        "removed_citations": removed,
+        "usage": usage,
+    }
+
+
+def claims_of(answer: str, state: StepState) -> list[Claim]:
+    """The answer's claims checked against the step's passages (model-free). A claim citing nothing
+    passes only when it restates the run's or the step's question."""
+    return check_answer(answer, state["contexts"], f"{state['question']}\n{state['research_question']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepstep import render, step_tree
+from deepstep.configuration import Settings
 from deepstep.records import FailedStep
 from deepstep.state import RunState
 
@@ -20,6 +21,7 @@ def collect(state: RunState) -> dict[str, Any]:
     return {"tree": tree, "failed_steps": failed, "step_results": None}
 
 
-def report(state: RunState) -> dict[str, Any]:
-    """Render the Markdown report from the tree."""
-    return {"report": render.markdown_report(state["tree"])}
+def report(state: RunState, settings: Settings) -> dict[str, Any]:
+    """Render the Markdown report from the tree, in the layout the settings ask for."""
+    layout = render.answer_first_report if settings.report_layout == "answer_first" else render.markdown_report
+    return {"report": layout(state["tree"])}

@@ -5,18 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from deepstep import mcts
+from deepstep.citations import cited_numbers
+from deepstep.claims import check_answer, mark_unsupported
+from deepstep.confidence import step_confidence
+from deepstep.configuration import Settings
 from deepstep.records import StepResult
 from deepstep.state import StepState
 
 
-def finish(state: StepState) -> dict[str, Any]:
-    """Report the step's result to the run: its best answer and whole search, or why it failed."""
+def finish(state: StepState, settings: Settings) -> dict[str, Any]:
+    """Report the step's result to the run: its best answer with its checked claims and confidence and the
+    whole search; or that the corpus does not cover it, with the closest passages first; or why it failed."""
     step_id = state["step"]["id"]
     search = state.get("search")
+    contexts = state.get("contexts", [])
     result: StepResult = {
         "id": step_id,
         "question": state.get("research_question", ""),
-        "contexts": state.get("contexts", []),
+        "contexts": contexts,
         "removed_citations": state.get("removed_citations", 0),
         "truncated_contexts": state.get("truncated_contexts", 0),
         "status": "failed",
@@ -24,7 +30,31 @@ def finish(state: StepState) -> dict[str, Any]:
         "answer": "",
         "mcts": search or {},
     }
-    if search and not state.get("error"):
+    evidence = state.get("evidence")
+    if state.get("error"):
+        pass
+    elif evidence is not None and not evidence["answerable"]:
+        closest = [contexts[i] for i in evidence["closest"]]
+        result = {**result, "status": "insufficient_evidence", "error": "", "contexts": closest, "evidence": evidence}
+    elif search:
         best = mcts.best_node(search)
-        result = {**result, "status": "done", "error": "", "answer": best["answer"], "mcts": {**search, "best": best["id"]}}
+        answer, claims = best["answer"], state.get("claims", {}).get(str(best["id"]), [])
+        dropped = 0
+        if settings.unsupported_claims == "drop":
+            answer = mark_unsupported(answer, claims, drop=True)
+            dropped = sum(1 for claim in claims if claim["verdict"] == "unsupported")
+            claims = check_answer(answer, contexts, f"{state['question']}\n{state['research_question']}")
+        supported = sum(1 for claim in claims if claim["verdict"] == "supported") / len(claims) if claims else None
+        cited = len({n for n in cited_numbers(answer) if 1 <= n <= len(contexts)})
+        strength = evidence["best_overlap"] if evidence is not None else 0.0
+        result = {
+            **result,
+            "status": "done",
+            "error": "",
+            "answer": answer,
+            "mcts": {**search, "best": best["id"]},
+            "claims": claims,
+            "dropped_claims": dropped,
+            "confidence": step_confidence(best["q"], supported, cited, strength),
+        }
     return {"step_results": {step_id: result}}

@@ -14,8 +14,10 @@ from langgraph.runtime import Runtime
 
 from deepstep import mcts, prompts
 from deepstep.citations import remove_invalid_citations
+from deepstep.claims import unsupported_share
 from deepstep.configuration import Settings
 from deepstep.models import call_structured, call_text
+from deepstep.nodes.answer import claims_of
 from deepstep.nodes.run_settings import settings_of
 from deepstep.parsing import RefineResponse, Score, looks_like_refusal, require_usable_text
 from deepstep.state import StepState
@@ -25,12 +27,14 @@ FALLBACK_SCORE = 0
 
 
 def evaluate(state: StepState, settings: Settings) -> dict[str, Any]:
-    """Score the answer that still needs a reward (one model call), and backpropagate once it has all its samples."""
+    """Score the answer that still needs a reward (one model call), less the claim penalty, and backpropagate
+    once it has all its samples."""
     params = settings.mcts_params()
     search = state["search"]
     node_id = mcts.needs_reward(search, params)
     if node_id is None:
         return {}
+    claims = state.get("claims", {}).get(str(node_id), [])
     score, usage = call_structured(
         settings,
         "evaluate",
@@ -38,11 +42,12 @@ def evaluate(state: StepState, settings: Settings) -> dict[str, Any]:
             research_question=state["research_question"],
             contexts=prompts.format_contexts(state["contexts"]),
             answer=search["nodes"][node_id]["answer"],
+            claim_check=prompts.format_claim_check(claims),
         ),
         Score,
         fallback=lambda _reply: Score(score=FALLBACK_SCORE),
     )
-    search = mcts.add_reward(search, node_id, score.score)
+    search = mcts.add_reward(search, node_id, mcts.claim_adjusted_score(score.score, unsupported_share(claims)))
     if node_id != 0 and mcts.needs_reward(search, params) is None:
         search = mcts.backpropagate(search, node_id)
     return {"search": search, "usage": usage}
@@ -92,8 +97,9 @@ def refine(state: StepState, settings: Settings) -> dict[str, Any]:
         fallback=lambda reply: unparsed_refinement(reply, parent_answer),
     )
     new_answer, removed = remove_invalid_citations(refined.answer, len(state["contexts"]))
-    search, _ = mcts.expand(search, pending["parent"], critique=pending["critique"], thought=refined.thought, answer=new_answer)
-    return {"search": search, "pending_expansion": None, "removed_citations": removed, "usage": usage}
+    search, node_id = mcts.expand(search, pending["parent"], critique=pending["critique"], thought=refined.thought, answer=new_answer)
+    claims = {**state.get("claims", {}), str(node_id): claims_of(new_answer, state)}
+    return {"search": search, "claims": claims, "pending_expansion": None, "removed_citations": removed, "usage": usage}
 
 
 _BROKEN_JSON = re.compile(r"\{\s*[\"']?(?:thought|answer)\b")

@@ -1,13 +1,14 @@
-"""retrieve: the top ``top_k`` passages for the step's research question."""
+"""retrieve: the top ``top_k`` passages for the step's research question, and whether they cover it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.retrievers import BaseRetriever
 
 from deepstep import prompts
+from deepstep.claims import evidence_gate
 from deepstep.configuration import Settings
 from deepstep.state import StepState
 
@@ -16,7 +17,8 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
     """A retrieve node over ``retriever``, or over the configured corpus when it is ``None``."""
 
     def retrieve(state: StepState, settings: Settings) -> dict[str, Any]:
-        """Retrieve the top ``top_k`` passages for the step's research question, cut to the prompt budget."""
+        """Retrieve the top ``top_k`` passages for the step's research question, cut to the prompt budget, and
+        ask the evidence gate whether any of them covers the question (no model call)."""
         # deepstep.retrieval (bm25s, numpy) is imported when a step first retrieves: building the graph
         # to draw it or to read a stored thread does not need it.
         from deepstep.retrieval import top_contexts
@@ -24,6 +26,14 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
         query = f"{state['step']['name']} {state['research_question']}"
         found = top_contexts(query, settings, retriever)  # LangGraph hands the run's callbacks on to the retriever
         contexts, truncated = prompts.fit_contexts(found, settings.context_tokens)
-        return {"contexts": contexts, "truncated_contexts": truncated}
+        return {"contexts": contexts, "truncated_contexts": truncated, "evidence": evidence_gate(state["research_question"], contexts)}
 
     return retrieve
+
+
+def after_retrieve(state: StepState) -> Literal["answer", "finish"]:
+    """Answer only when the evidence gate found a passage that covers the research question: a step
+    the corpus is silent on ends as ``insufficient_evidence`` without an answer, refine or evaluate call."""
+    if state.get("error") or not state["evidence"]["answerable"]:
+        return "finish"
+    return "answer"

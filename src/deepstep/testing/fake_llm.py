@@ -57,6 +57,8 @@ FAULT_KINDS = (
     "huge_numbers",  # JSON content with numbers past float range and Python's 4300-digit int limit
     "deep_json",  # JSON content nested far past Python's recursion limit
     "thinking",  # a reasoning model's reply: a <think> block with a misleading score and plan, then the normal reply
+    "fabricate",  # answers copy passage [1]'s first sentence and add an invented claim citing [1]; refinements drop it;
+    # the critic scores an answer with the invented claim 60, any other 50 (so only a claim check prefers the refinement)
     *HOSTILE_KINDS,
 )
 
@@ -120,6 +122,11 @@ def _topic(user: str) -> str:
     return _line_value(user, "Question") or user.strip()[:80] or "the topic"
 
 
+def _subject(question: str) -> str:
+    """``What is a loss function?`` -> ``a loss function``; ``什么是损失函数？`` -> ``损失函数``."""
+    return re.sub(r"^(?:what (?:is|are)|什么是)\s*|[?？]+$", "", question.strip(), flags=re.IGNORECASE).strip() or question
+
+
 def _context_count(user: str) -> int:
     return len(set(re.findall(r"^\[(\d+)\]", user, re.MULTILINE)))
 
@@ -147,9 +154,14 @@ CRITIQUES = (
 PHRASES = ("with a worked example", "with the formula spelled out", "with its limits stated", "with a comparison", "more precisely")
 
 
+def user_message(messages: list[dict[str, Any]]) -> str:
+    """The last user message: what the task asks (prompts put the variable parts there)."""
+    return next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
 def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json_format: bool) -> str:
     """The deterministic, plausible reply for one task."""
-    user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+    user = user_message(messages)
     h = int(_digest({"messages": messages, "task": task}), 16)
     topic = _topic(user)
     if task == "outline":
@@ -172,8 +184,8 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
         ]
         return json.dumps({"steps": items}, ensure_ascii=False)
     if task == "question":
-        step = _line_value(user, "Step") or user.strip()[:60]
-        return f"What does {step} mean for {topic}?"
+        # Worded like a model's research question: about the topic itself, not the plan's "Aspect 2 of ..." labels.
+        return f"What is {_subject(topic)}, and how is it used in practice?"
     if task == "answer":
         contexts = _context_count(user)
         step = _line_value(user, "Step") or "this step"
@@ -190,6 +202,9 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
         phrase = PHRASES[h % len(PHRASES)]
         answer = f"A refined answer {phrase}: the step is defined by the sources{cite} and its role in training is explained (v{h % 997})."
         return json.dumps({"thought": f"Addressed the critique {phrase}.", "answer": answer})
+    if task == "synthesize":
+        cites = " [1]" if _context_count(user) else ""
+        return f"{_subject(topic)} is what the steps describe{cites}. Together they answer the question."
     if task == "evaluate":
         score = (h % 121) - 20
         return json.dumps({"score": score}) if json_format else f"Score: {score}/100"
@@ -201,6 +216,32 @@ THINKING = (
     '<think>The user wants JSON. Maybe {"score": 100}? Score: 100. Or {"steps": [{"name": "Thought step", "level": "0"}]}. '
     "Draft: a loss function is a kind of fruit [1].</think>\n"
 )
+
+
+# The invented claim of the "fabricate" fault: no passage of any test corpus says it.
+FABRICATED = "Loss functions were invented on the Moon in 1850 by Ada Quimby [1]."
+
+
+def _first_passage_sentence(user: str) -> str:
+    """The first sentence of passage [1] as the prompt shows it (``[1] title: text``), its heading left out."""
+    passage = re.search(r"^\[1\] ([^:\n]*): (.+)$", user, re.MULTILINE)
+    if not passage:
+        return "No passage was given."
+    text = re.sub(rf"^#+\s*{re.escape(passage.group(1))}\s*", "", passage.group(2).strip())
+    return re.split(r"(?<=[.!?。])\s+", text)[0].rstrip(".。") + "."
+
+
+def _fabricating_content(task: str, user: str, *, json_format: bool) -> str | None:
+    """The "fabricate" fault's reply, or None for a task it leaves alone."""
+    copied = _first_passage_sentence(user)[:-1] + " [1]."
+    if task == "answer":
+        return f"{copied} {FABRICATED}"
+    if task == "refine":
+        return json.dumps({"thought": "Dropped what the passages do not say.", "answer": copied})
+    if task == "evaluate":
+        score = 60 if "Ada Quimby" in user else 50
+        return json.dumps({"score": score}) if json_format else f"Score: {score}/100"
+    return None
 
 
 def _faulty_content(kind: str, task: str, seq: int) -> str:
@@ -506,7 +547,7 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             messages = body.get("messages") or []
             response_format = body.get("response_format") or {}
             task = self.headers.get("X-Deepstep-Task") or _guess_task(messages)
-            user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+            user = user_message(messages)
             entry: dict[str, Any] = {
                 "task": task,
                 "hash": _digest({"model": body.get("model"), "messages": messages, "response_format": response_format}),
@@ -569,9 +610,12 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if fault and fault.kind == "timeout":
                 time.sleep(fault.seconds)
             json_format = response_format.get("type") in ("json_object", "json_schema")
-            if fault and fault.kind == "thinking":
+            fabricated = _fabricating_content(task, user, json_format=json_format) if fault and fault.kind == "fabricate" else None
+            if fabricated is not None:
+                content = fabricated
+            elif fault and fault.kind == "thinking":
                 content = THINKING + reply_content(task, messages, steps=server.steps, json_format=json_format)
-            elif fault and fault.kind not in ("timeout", *HOSTILE_KINDS):
+            elif fault and fault.kind not in ("timeout", "fabricate", *HOSTILE_KINDS):
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
             elif fault and fault.kind == "huge_json":
                 content = ("A very long answer. " * (fault.size // 20 + 1))[: fault.size]

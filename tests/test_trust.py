@@ -1,0 +1,84 @@
+"""Answers you can trust, over real HTTP with the fake model server: every claim checked against the
+passages it cites, the reward lowered by unsupported claims, and no answer when the corpus is silent."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import deepstep
+from deepstep import mcts, step_tree
+from deepstep.configuration import Settings
+from deepstep.testing import Fault
+from deepstep.testing.fake_llm import FABRICATED
+
+QUESTION = "What is a loss function?"
+OFF_TOPIC_CORPUS = Path(__file__).parent / "data" / "offtopic_corpus"
+
+
+def with_settings(settings: Settings, **changes) -> Settings:
+    return Settings.build(**{**settings.model_dump(), **changes})
+
+
+def calls_by_task(fake_llm) -> Counter:
+    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
+
+
+def test_a_copied_sentence_is_supported_and_an_invented_claim_is_not(settings, fake_llm):
+    fake_llm.set_faults([Fault("fabricate")])
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, max_steps=2, report_layout="seed"))
+    for step in step_tree.steps(result.tree):
+        copied, invented = step["claims"]
+        assert copied["text"].rstrip(".") in " ".join(step["contexts"][0]["text"].split())  # copied from passage [1]
+        assert (copied["verdict"], copied["support"], copied["citations"]) == ("supported", 1.0, [1])
+        assert invented["text"] == FABRICATED.replace(" [1]", "") and invented["citations"] == [1]
+        assert invented["verdict"] == "unsupported"
+        assert step["confidence"]["supported_share"] == 0.5 and step["confidence"]["level"] == "medium"
+    table = result.table()
+    assert list(table.columns[-2:]) == ["confidence", "unsupported_claims"]  # after the seed's columns
+    assert list(table["confidence"]) == ["medium", "medium"] and list(table["unsupported_claims"]) == [1, 1]
+
+
+def test_the_claim_penalty_changes_which_answer_mctsr_keeps(settings, fake_llm):
+    """The critic scores the draft with the invented claim 60 and its refinement without it 50: by the
+    critic alone the draft would be kept; less 50 x its unsupported share (1 of 2 claims) it scores 35."""
+    fake_llm.set_faults([Fault("fabricate")])
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=1, max_steps=1, report_layout="seed"))
+    (step,) = step_tree.steps(result.tree)
+    draft, refinement = step["mcts"]["nodes"]
+    assert FABRICATED in draft["answer"] and FABRICATED not in refinement["answer"]
+    assert draft["rewards"] == [mcts.claim_adjusted_score(60, 0.5)] == [35.0]
+    assert refinement["rewards"] == [50.0]
+    assert step["mcts"]["best"] == refinement["id"] and step["answer"] == refinement["answer"]
+    assert [c["verdict"] for c in step["claims"]] == ["supported"]
+    evaluations = [entry for entry in fake_llm.log() if entry["task"] == "evaluate"]
+    assert len(evaluations) == 2  # the claim check itself makes no model call
+
+
+def test_drop_removes_unsupported_sentences_and_counts_them(settings, fake_llm):
+    fake_llm.set_faults([Fault("fabricate")])
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, max_steps=1, unsupported_claims="drop", report_layout="seed"))
+    (step,) = step_tree.steps(result.tree)
+    assert FABRICATED not in step["answer"] and step["dropped_claims"] == 1
+    assert [c["verdict"] for c in step["claims"]] == ["supported"]
+
+
+@pytest.mark.parametrize("layout", ["seed", "answer_first"])
+def test_an_off_topic_corpus_answers_no_step(settings, fake_llm, layout):
+    result = deepstep.run(QUESTION, corpus=OFF_TOPIC_CORPUS, settings=with_settings(settings, report_layout=layout))
+    steps = step_tree.steps(result.tree)
+    assert [s["status"] for s in steps] == ["insufficient_evidence"] * 5
+    assert all(s["answer"] == "" and s["contexts"] and not s["evidence"]["answerable"] for s in steps)
+    # Planning and one research question per step; no answer, critique, refine or evaluate call.
+    assert calls_by_task(fake_llm) == Counter(outline=1, steps=1, question=5)
+    assert result.failed_steps == [] and result.status == "done"
+    if layout == "answer_first":
+        assert "_5 steps: 0 answered, 5 not covered by the corpus._" in result.markdown
+        assert result.markdown.count("The corpus does not cover this. Closest passages:") == 5
+
+
+def test_an_on_topic_corpus_answers_every_step(settings, fake_llm):
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, report_layout="seed"))
+    assert [s["status"] for s in step_tree.steps(result.tree)] == ["done"] * 5
