@@ -191,7 +191,7 @@ def resume_cost(plan: Plan) -> dict[str, Any]:
     from deepstep.testing import FakeLLMServer, crash
 
     steps, concurrency = plan.resume_steps, plan.resume_concurrency
-    shape = {"rollouts": ROLLOUTS, "max_concurrency": concurrency, "max_steps": steps, "max_retries": 0}
+    shape = {"rollouts": ROLLOUTS, "max_concurrency": concurrency, "max_steps": steps, "max_retries": 0, "report_layout": "seed"}
 
     def cli(env: dict[str, str], *args: str) -> None:
         done = subprocess.run(crash.cli_command(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -128,6 +128,9 @@ def main() -> None:
             rollouts=args.rollouts,
             max_concurrency=args.concurrency,
             max_retries=0,
+            # The machinery's figures (3 + 3R calls per step, the critical path): the answer-first layout
+            # adds exactly one call after the fan-out (tests/test_trust.py counts it).
+            report_layout="seed",
         )
         corpus_retriever(settings)  # index the corpus before the clock starts
         started, cpu_started = time.perf_counter(), time.process_time()

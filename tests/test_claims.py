@@ -287,6 +287,22 @@ def test_the_gate_needs_two_shared_terms_and_a_third_of_the_question() -> None:
     assert evidence_gate("What learning rate suits deep networks?", passage)["answerable"]  # 2 of 5
 
 
+def test_a_long_question_needs_a_weight_of_four_not_a_third() -> None:
+    passage = [context("Gradient descent lowers the loss by moving the weights against the gradient; the learning rate sets the step.")]
+    # 3 of its 14 terms shared (gradient, descent, learn): a weight of 3 < 4, not covered although over 2 terms.
+    three = "gradient descent and learning in lakes, rivers, oceans, glaciers, deserts, forests, mountains, caves, islands, valleys, plains?"
+    check = evidence_gate(three, passage)
+    assert not check["answerable"] and check["passages"][0]["shared_terms"] == ["gradient", "descent", "learn"]
+    # A paragraph on the passage's subject (a small model's research question): 7 of 27 terms shared, a
+    # weight of 7 >= 4, though under a third (0.2593): covered.
+    paragraph = (
+        "gradient descent lowers loss moving weights against gradient while lakes rivers oceans glaciers deserts forests "
+        "mountains caves islands valleys plains harbours bridges castles towers gardens meadows orchards vineyards"
+    )
+    check = evidence_gate(paragraph, passage)
+    assert check["answerable"] and check["best_overlap"] == 0.2593 and len(check["question_terms"]) == 27
+
+
 def test_the_gate_without_passages_abstains() -> None:
     check = evidence_gate("What is gradient descent?", [])
     assert check == {"answerable": False, "best_overlap": 0.0, "closest": [], "passages": [], "question_terms": ["gradient", "descent"]}

@@ -72,7 +72,7 @@ def test_a_healthy_server_passes_the_proof_of_life_and_serves_one_call_at_a_time
     served = requests(log)
     proof, calls = served[0], served[1:]
     assert proof["prompt_tokens"] == sum(len(m["content"].split()) for m in llm_server.PROOF_OF_LIFE)
-    assert len(calls) == 2 + 3 * (3 + 3 * 1)  # plan + 3 steps x (question, answer, evaluate + one rollout)
+    assert len(calls) == 2 + 3 * (3 + 3 * 1) + 1  # plan + 3 steps x (question, answer, evaluate + one rollout) + the report's answer
     # max_concurrency 4 was asked for, but the embedded server computes one request at a time.
     spans = sorted((call["started"], call["finished"]) for call in calls)
     assert all(later_start >= earlier_end for (_, earlier_end), (later_start, _) in zip(spans, spans[1:], strict=False))

@@ -108,3 +108,9 @@ def test_thinking_is_never_read(reply, kept):
 
 def test_a_score_inside_thinking_is_not_the_score():
     assert parse_score(without_thinking('<think>{"score": 100}</think>Score: 35')).score == 35
+
+
+def test_a_refinement_without_words_is_a_parse_error():
+    with pytest.raises(ReplyParseError):
+        parse_reply('{"thought": "t", "answer": "{"}', RefineResponse)
+    assert parse_reply('{"thought": "t", "answer": "MSE [1]."}', RefineResponse).answer == "MSE [1]."

@@ -265,7 +265,8 @@ def test_export_loads_in_real_dreamsboard(settings: deepstep.Settings, tmp_path:
     assert loaded["ids"] == [s["id"] for s in steps]
     assert loaded["levels"] == [s["level"] for s in steps]
     assert loaded["answers"] == [s["answer"] for s in steps]
-    assert loaded["table_ids"] == loaded["ids"] and loaded["table_columns"] == list(result.table().columns)
+    # dreamsboard's table has the seed's columns; deepstep's adds confidence and unsupported_claims after them.
+    assert loaded["table_ids"] == loaded["ids"] and loaded["table_columns"] + ["confidence", "unsupported_claims"] == list(result.table().columns)
     assert [[c["chunk_id"] for c in contexts] for contexts in loaded["contexts"]] == [[c["chunk_id"] for c in s["contexts"]] for s in steps]
     assert all(c["paper_title"] for contexts in loaded["contexts"] for c in contexts)
     assert all(len(critiques) == 2 for critiques in loaded["critiques"])  # rollouts=2: the MCTSr trace came along
@@ -320,6 +321,7 @@ def test_store_made_by_dreamsboard_imports(settings: deepstep.Settings, fake_llm
 def test_cli_import(fake_llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     monkeypatch.setenv("DEEPSTEP_CORPUS", str(DATA / "corpus"))
+    monkeypatch.setenv("DEEPSTEP_REPORT_LAYOUT", "seed")  # the seed's store in the seed's layout
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["import", str(SEED_STORE), "--thread-id", "cli-import", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -170,12 +170,14 @@ def test_streamed_run_shows_the_tree_as_nodes_and_edges(server, client, assistan
     parts = stream_run(client, thread["thread_id"], assistant_id, input={"question": QUESTION}, context={"max_steps": 3})
     values = [part.data for part in parts if part.event == "values"]
     updated_nodes = [node for part in parts if part.event == "updates" for node in part.data]
-    assert {"outline", "decompose", "review", "step", "collect", "report"} <= set(updated_nodes)
+    assert {"outline", "decompose", "review", "step", "collect", "synthesize", "report"} <= set(updated_nodes)
     final = values[-1]
     assert f"# {QUESTION}" in final["report"]
     tree = node_link(final["tree"])
     assert len(step_tree.step_ids(tree)) == 3  # the context's max_steps reached the nodes
-    assert final["usage"]["answer"]["calls"] == 3 and final["usage"]["answer"]["prompt_tokens"] > 0
+    # 3 drafts, and the answer the answer-first report opens with (written by the answer role).
+    assert final["usage"]["answer"]["calls"] == 3 + 1 and final["usage"]["answer"]["prompt_tokens"] > 0
+    assert step_tree.question_of(tree) and node_link(final["tree"]).nodes[step_tree.ROOT_ID]["answer"]
     assert any(part.event.startswith("messages") for part in parts)  # whole model replies, not token streams
 
     state = client.threads.get_state(thread["thread_id"])

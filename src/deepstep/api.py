@@ -264,10 +264,17 @@ def run(
     _check_progress_callback(on_progress)
     settings = _prepare(settings, corpus, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
+    with _new_thread(settings, thread_id, retriever, f"continue it with `deepstep resume {thread_id}` or pick a new id") as graph:
+        return _execute(graph, {"question": text}, thread_id, settings, on_progress)
+
+
+@contextmanager
+def _new_thread(settings: Settings, thread_id: str, retriever: BaseRetriever | None, if_it_exists: str) -> Iterator[DeepstepGraph]:
+    """The graph, with the thread locked for this process and refused when it already exists."""
     with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
         if _thread_exists(graph, thread_id):
-            raise InputError(f"thread {thread_id} already exists: continue it with `deepstep resume {thread_id}` or pick a new id")
-        return _execute(graph, {"question": text}, thread_id, settings, on_progress)
+            raise InputError(f"thread {thread_id} already exists: {if_it_exists}")
+        yield graph
 
 
 def run_tree(
@@ -286,9 +293,7 @@ def run_tree(
     _check_progress_callback(on_progress)
     settings = _prepare(settings, None, retriever)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
-    with thread_lock(settings, thread_id), _open_graph(settings, retriever) as graph:
-        if _thread_exists(graph, thread_id):
-            raise InputError(f"thread {thread_id} already exists: pick a new thread id for the import")
+    with _new_thread(settings, thread_id, retriever, "pick a new thread id for the import") as graph:
         config = _run_config(thread_id, settings)
         plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.run_settings()}
         graph.update_state(config, plan, as_node="decompose")  # as if planned: review and the fan-out come next

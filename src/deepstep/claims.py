@@ -32,7 +32,8 @@ EXACT_KINDS: frozenset[TermKind] = frozenset({"number", "identifier"})
 SUPPORTED_AT = 0.7  # support from which a cited claim is "supported"
 PARTIAL_AT = 0.4  # support from which it is "partial"; below, "unsupported"
 GATE_MIN_TERMS = 2  # distinct question terms a passage must share to cover the question (fewer if the question has fewer)
-GATE_MIN_OVERLAP = 1 / 3  # share of the question's (weighted) terms a passage must share
+GATE_MIN_OVERLAP = 1 / 3  # share of the question's (weighted) terms a passage must share...
+GATE_ENOUGH_WEIGHT = 4.0  # ... or this much term weight: a long question (a paragraph from a small model) is covered by less than a third
 
 
 class ClaimText(TypedDict):
@@ -387,16 +388,18 @@ QUESTION_FRAMING = frozenset(
 def evidence_gate(research_question: str, contexts: Sequence[Context]) -> EvidenceCheck:
     """Whether any retrieved passage covers ``research_question``: it shares at least GATE_MIN_TERMS distinct
     content terms with it (all of them when the question has fewer) and at least GATE_MIN_OVERLAP of their
-    weight, the question's framing words (QUESTION_FRAMING) left out. BM25 scores are not used: they rank
-    passages within one corpus but say nothing across corpora. A question without content terms cannot be
-    judged and passes when there is any passage."""
+    weight (or GATE_ENOUGH_WEIGHT of it, for a long question), the question's framing words (QUESTION_FRAMING)
+    left out. BM25 scores are not used: they rank passages within one corpus but say nothing across corpora.
+    A question without content terms cannot be judged and passes when there is any passage."""
     terms = {term: kind for term, kind in content_terms(research_question).items() if term not in QUESTION_FRAMING}
     needed_terms = min(GATE_MIN_TERMS, len(terms))
     overlaps: list[PassageOverlap] = []
     answerable = False
+    total_weight = sum(TERM_WEIGHTS[kind] for kind in terms.values())
+    needed_overlap = min(GATE_MIN_OVERLAP, GATE_ENOUGH_WEIGHT / total_weight) if total_weight else 0.0
     for index, passage in enumerate(contexts):
         overlap, shared = _shared(terms, _passage_vocabulary([passage]))
-        answerable = answerable or (len(shared) >= needed_terms and overlap >= GATE_MIN_OVERLAP)
+        answerable = answerable or (len(shared) >= needed_terms and overlap >= needed_overlap)
         title, source = passage.get("title", ""), passage.get("source", "")
         overlaps.append({"index": index, "overlap": round(overlap, 4), "shared_terms": shared, "title": title, "source": source})
     overlaps.sort(key=lambda item: -item["overlap"])  # stable: ties keep retrieval order

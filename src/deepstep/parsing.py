@@ -52,6 +52,14 @@ class RefineResponse(BaseModel):
     thought: str = Field(default="", description="What was changed and why")
     answer: str = Field(min_length=1, description="The complete improved answer")
 
+    @field_validator("answer")
+    @classmethod
+    def _answer_has_words(cls, value: str) -> str:
+        # SmolLM2 sometimes fills the field with "{": a reply to repair, not an answer to keep.
+        if not any(char.isalnum() for char in value):
+            raise ValueError(f"the answer {value[:20]!r} has no words")
+        return value
+
 
 class Score(BaseModel):
     score: int = Field(ge=-100, le=100, description="Integer from -100 to 100")

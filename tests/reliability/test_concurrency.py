@@ -60,7 +60,7 @@ def test_eight_threads_at_once_in_one_process(slow_server, tmp_path):
 @pytest.mark.slow
 def test_eight_processes_at_once_on_one_database(slow_server, tmp_path):
     home = tmp_path / "home"
-    env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=2, max_retries=0)
+    env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=2, max_retries=0, report_layout="seed")
     processes = [
         subprocess.Popen(
             cli_command("run", question(topic), "--thread-id", f"p{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -97,7 +97,7 @@ def test_the_same_thread_twice_at_once_is_refused_in_process(slow_server, tmp_pa
 @pytest.mark.slow
 def test_the_same_thread_from_two_processes_is_refused_cleanly(slow_server, tmp_path):
     home = tmp_path / "home"
-    env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=1, max_retries=0)
+    env = cli_env(slow_server.base_url, home, corpus=CORPUS, rollouts=1, max_concurrency=1, max_retries=0, report_layout="seed")
     # One slow reply (not a timeout for the client) keeps the first run busy while the second starts.
     slow_server.set_faults([Fault("timeout", task="critique", times=1, seconds=10)])
     first = subprocess.Popen(

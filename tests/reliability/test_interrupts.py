@@ -99,7 +99,7 @@ POINTS = [1, PLAN_CALLS + 1, PLAN_CALLS + 12, TOTAL_CALLS - 3]
 @pytest.mark.parametrize("calls", POINTS, ids=[f"after{c}" for c in POINTS])
 def test_ctrl_c_stops_the_run_and_resume_finishes_it(server, baseline, tmp_path, calls):
     home = tmp_path / "home"
-    env = cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0)
+    env = cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, report_layout="seed")
     server.reset_log()
     interrupted = run_and_interrupt(cli_command("run", QUESTION, "--thread-id", "ctrlc"), env, server, calls)
     check_interrupted(interrupted, "ctrlc")
@@ -109,7 +109,7 @@ def test_ctrl_c_stops_the_run_and_resume_finishes_it(server, baseline, tmp_path,
 @pytest.mark.parametrize("pause", [0.0, 0.05, 0.3])
 def test_a_second_ctrl_c_also_exits_130_without_a_traceback(server, baseline, tmp_path, pause):
     home = tmp_path / "home"
-    env = cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0)
+    env = cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, report_layout="seed")
     server.reset_log()
     interrupted = run_and_interrupt(cli_command("run", QUESTION, "--thread-id", "twice"), env, server, PLAN_CALLS + 5, signals=2, pause=pause)
     check_interrupted(interrupted, "twice")

@@ -55,7 +55,7 @@ POINTS = kill_points()
 
 
 def env_for(server: FakeLLMServer, home, **extra: object) -> dict[str, str]:
-    return cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, **extra)
+    return cli_env(server.base_url, home, corpus=CORPUS, rollouts=ROLLOUTS, max_concurrency=CONCURRENCY, max_retries=0, report_layout="seed", **extra)
 
 
 def test_the_kill_points_cover_every_phase():
@@ -149,7 +149,7 @@ KILL_MID_WRITE = textwrap.dedent(
 def test_outputs_are_never_half_written_when_killed_while_writing(tmp_path, nth_output):
     with FakeLLMServer(steps=2) as fake:
         home, out = tmp_path / "home", tmp_path / "out"
-        env = {**cli_env(fake.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**cli_env(fake.base_url, home, corpus=CORPUS, rollouts=1, max_retries=0, report_layout="seed"), "PYTHONDONTWRITEBYTECODE": "1"}
         first = subprocess.run(
             cli_command("run", QUESTION, "--thread-id", "w", "--out", str(out)), env=env, capture_output=True, text=True, timeout=120
         )

@@ -27,4 +27,5 @@ def question(state: StepState, settings: Settings) -> dict[str, Any]:
         ),
     )
     text = require_usable_text("question", text)
-    return {"research_question": text, "usage": usage}
+    # One line, as the prompt asks: a small model may go on with an essay or the next steps' questions.
+    return {"research_question": text.strip().splitlines()[0].strip(), "usage": usage}
