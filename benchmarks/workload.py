@@ -25,7 +25,6 @@ import httpx
 
 import deepstep
 from benchmarks.harness import QUESTION, checkpoint_stats
-from deepstep import checkpoint as checkpoint_module
 from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.retrieval import corpus_retriever
@@ -39,28 +38,25 @@ def time_checkpointer(*, fsync_every_commit: bool = False) -> None:
     ``fsync_every_commit`` puts back SQLite's default ``synchronous=FULL`` (an fsync per commit),
     which deepstep ran with before it switched to ``NORMAL``: the before-the-fix figure.
     """
-    saver_class = getattr(checkpoint_module, "SqliteSaver", None)
-    if saver_class is None:
-        return
+    # Timed where the writes happen, in langgraph's SqliteSaver: deepstep's saver subclasses it
+    # (checkpoint._FailFastSqliteSaver), so replacing the name deepstep imported would time nothing.
+    from langgraph.checkpoint.sqlite import SqliteSaver
 
-    class TimedSqliteSaver(saver_class):  # type: ignore[misc, valid-type]
-        def _timed(self, method: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    def timed(method: Any, key: str) -> Any:
+        def run(self: SqliteSaver, *args: Any, **kwargs: Any) -> Any:
             if fsync_every_commit:
                 with self.lock:
                     self.conn.execute("PRAGMA synchronous=FULL")
             started = time.perf_counter()
             try:
-                return method(*args, **kwargs)
+                return method(self, *args, **kwargs)
             finally:
                 CHECKPOINT_SECONDS[key] += time.perf_counter() - started
 
-        def put(self, *args: Any, **kwargs: Any) -> Any:
-            return self._timed(super().put, "put", *args, **kwargs)
+        return run
 
-        def put_writes(self, *args: Any, **kwargs: Any) -> Any:
-            return self._timed(super().put_writes, "put_writes", *args, **kwargs)
-
-    checkpoint_module.SqliteSaver = TimedSqliteSaver
+    SqliteSaver.put = timed(SqliteSaver.put, "put")  # type: ignore[method-assign]
+    SqliteSaver.put_writes = timed(SqliteSaver.put_writes, "put_writes")  # type: ignore[method-assign]
 
 
 class FakeServerProcess:

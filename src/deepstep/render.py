@@ -131,7 +131,10 @@ def _confidence_line(step: Step) -> str:
 
 
 def _closest_line(step: Step) -> str:
-    closest = [c for c in step.get("contexts") or []][:3]
+    contexts = step.get("contexts") or []
+    evidence = step.get("evidence")
+    order = evidence["closest"] if evidence is not None else range(len(contexts))
+    closest = [contexts[i] for i in order if i < len(contexts)][:3]
     if not closest:
         return NOT_COVERED
     listed = "; ".join(f"{c.get('title') or c.get('source') or 'untitled'}, chunk_id:{c.get('chunk_id', '')}" for c in closest)

@@ -6,23 +6,24 @@ from typing import Any
 
 from deepstep import mcts
 from deepstep.citations import cited_numbers
-from deepstep.claims import check_answer, mark_unsupported
+from deepstep.claims import mark_unsupported
 from deepstep.confidence import step_confidence
 from deepstep.configuration import Settings
+from deepstep.mcts import Search
+from deepstep.nodes.answer import claims_of
 from deepstep.records import StepResult
 from deepstep.state import StepState
 
 
 def finish(state: StepState, settings: Settings) -> dict[str, Any]:
     """Report the step's result to the run: its best answer with its checked claims and confidence and the
-    whole search; or that the corpus does not cover it, with the closest passages first; or why it failed."""
+    whole search; or that the corpus does not cover it, with how close each passage came; or why it failed."""
     step_id = state["step"]["id"]
     search = state.get("search")
-    contexts = state.get("contexts", [])
     result: StepResult = {
         "id": step_id,
         "question": state.get("research_question", ""),
-        "contexts": contexts,
+        "contexts": state.get("contexts", []),
         "removed_citations": state.get("removed_citations", 0),
         "truncated_contexts": state.get("truncated_contexts", 0),
         "status": "failed",
@@ -31,30 +32,35 @@ def finish(state: StepState, settings: Settings) -> dict[str, Any]:
         "mcts": search or {},
     }
     evidence = state.get("evidence")
-    if state.get("error"):
-        pass
-    elif evidence is not None and not evidence["answerable"]:
-        closest = [contexts[i] for i in evidence["closest"]]
-        result = {**result, "status": "insufficient_evidence", "error": "", "contexts": closest, "evidence": evidence}
-    elif search:
-        best = mcts.best_node(search)
-        answer, claims = best["answer"], state.get("claims", {}).get(str(best["id"]), [])
-        dropped = 0
-        if settings.unsupported_claims == "drop":
-            answer = mark_unsupported(answer, claims, drop=True)
-            dropped = sum(1 for claim in claims if claim["verdict"] == "unsupported")
-            claims = check_answer(answer, contexts, f"{state['question']}\n{state['research_question']}")
-        supported = sum(1 for claim in claims if claim["verdict"] == "supported") / len(claims) if claims else None
-        cited = len({n for n in cited_numbers(answer) if 1 <= n <= len(contexts)})
-        strength = evidence["best_overlap"] if evidence is not None else 0.0
-        result = {
-            **result,
-            "status": "done",
-            "error": "",
-            "answer": answer,
-            "mcts": {**search, "best": best["id"]},
-            "claims": claims,
-            "dropped_claims": dropped,
-            "confidence": step_confidence(best["q"], supported, cited, strength),
-        }
+    if not state.get("error") and evidence is not None and not evidence["answerable"]:
+        # The passages stay in retrieval order; evidence["closest"] orders them for the report.
+        result = {**result, "status": "insufficient_evidence", "error": "", "evidence": evidence}
+    elif not state.get("error") and search:
+        result = _answered(result, state, search, settings)
     return {"step_results": {step_id: result}}
+
+
+def _answered(result: StepResult, state: StepState, search: Search, settings: Settings) -> StepResult:
+    """``result`` with the kept (best-Q) answer, its claims (unsupported sentences dropped if asked) and confidence."""
+    contexts = state.get("contexts", [])
+    best = mcts.best_node(search)
+    answer, claims = best["answer"], state.get("claims", {}).get(str(best["id"]), [])
+    dropped = 0
+    if settings.unsupported_claims == "drop":
+        answer = mark_unsupported(answer, claims, drop=True)
+        dropped = sum(1 for claim in claims if claim["verdict"] == "unsupported")
+        claims = claims_of(answer, state)
+    supported = sum(1 for claim in claims if claim["verdict"] == "supported") / len(claims) if claims else None
+    cited = len({n for n in cited_numbers(answer) if 1 <= n <= len(contexts)})
+    evidence = state.get("evidence")
+    strength = evidence["best_overlap"] if evidence is not None else 0.0
+    return {
+        **result,
+        "status": "done",
+        "error": "",
+        "answer": answer,
+        "mcts": {**search, "best": best["id"]},
+        "claims": claims,
+        "dropped_claims": dropped,
+        "confidence": step_confidence(best["q"], supported, cited, strength),
+    }
