@@ -130,7 +130,7 @@ _PHASE_WHILE = {
     "review": "steps",
     "step": "steps",
     "collect": "report",
-    "synthesize": "report: answer",
+    "synthesize": "report",  # writing the answer the report opens with
     "report": "report",
 }
 _PHASE_AFTER = {**_PHASE_WHILE, "outline": "planning: steps", "decompose": "steps", "report": "done", "__interrupt__": "waiting for review"}
