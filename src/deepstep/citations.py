@@ -56,6 +56,11 @@ def remove_invalid_citations(text: str, context_count: int) -> tuple[str, int]:
     return renumber_citations(text, {n: n for n in range(1, context_count + 1)})
 
 
+def cited_contexts(text: str, context_count: int) -> list[int]:
+    """The distinct citation numbers of ``text`` that point at one of ``context_count`` contexts, in order."""
+    return [number for number in cited_numbers(text) if 1 <= number <= context_count]
+
+
 def cited_numbers(text: str) -> list[int]:
     """Distinct citation numbers in order of first appearance."""
     seen: dict[int, None] = {}

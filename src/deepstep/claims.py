@@ -355,7 +355,7 @@ def check_answer(answer: str, contexts: Sequence[Context], question: str) -> lis
 UNSUPPORTED_MARK = "[unsupported]"
 
 
-def mark_unsupported(answer: str, claims: list[Claim], *, drop: bool = False) -> str:
+def mark_unsupported(answer: str, claims: Sequence[Claim], *, drop: bool = False) -> str:
     """``answer`` with ``[unsupported]`` after each unsupported claim (or, with ``drop``, without those
     sentences). Claims carry where they end in the answer (``end``); ones without are left as they are."""
     for claim in sorted((c for c in claims if c["verdict"] == "unsupported" and "end" in c), key=lambda c: c["end"], reverse=True):
@@ -367,9 +367,14 @@ def mark_unsupported(answer: str, claims: list[Claim], *, drop: bool = False) ->
     return answer.rstrip() if drop else answer
 
 
+def count_verdict(claims: Sequence[Claim], verdict: Verdict) -> int:
+    """How many of ``claims`` have ``verdict``."""
+    return sum(1 for claim in claims if claim["verdict"] == verdict)
+
+
 def unsupported_share(claims: Sequence[Claim]) -> float:
     """The share of ``claims`` their cited passages do not back (0 for an answer without claims)."""
-    return sum(1 for claim in claims if claim["verdict"] == "unsupported") / len(claims) if claims else 0.0
+    return count_verdict(claims, "unsupported") / len(claims) if claims else 0.0
 
 
 # --- the evidence gate ---

@@ -18,8 +18,8 @@ import networkx as nx
 
 from deepstep import dreamsboard_fields as dreamsboard
 from deepstep import json_text, step_tree
-from deepstep.citations import cited_numbers, renumber_citations
-from deepstep.claims import UNSUPPORTED_MARK, mark_unsupported
+from deepstep.citations import cited_contexts, renumber_citations
+from deepstep.claims import UNSUPPORTED_MARK, count_verdict, mark_unsupported
 from deepstep.records import Claim, Context, Step
 
 if TYPE_CHECKING:
@@ -55,9 +55,8 @@ def cited_passages(tree: nx.DiGraph) -> list[dict[str, Any]]:
         if step.get("status") == "failed":
             continue
         contexts = step.get("contexts") or []
-        for number in cited_numbers(step.get("answer") or ""):
-            if 1 <= number <= len(contexts):
-                cited.append({**contexts[number - 1], "level": step["level"], "number": number})
+        for number in cited_contexts(step.get("answer") or "", len(contexts)):
+            cited.append({**contexts[number - 1], "level": step["level"], "number": number})
     return cited
 
 
@@ -106,13 +105,12 @@ def report_references(tree: nx.DiGraph) -> ReportReferences:
             continue
         contexts = step.get("contexts") or []
         own: dict[int, int] = {}
-        for number in cited_numbers(step.get("answer") or ""):
-            if 1 <= number <= len(contexts):
-                key = _passage_key(contexts[number - 1])
-                if key not in numbered:
-                    passages.append(contexts[number - 1])
-                    numbered[key] = len(passages)
-                own[number] = numbered[key]
+        for number in cited_contexts(step.get("answer") or "", len(contexts)):
+            key = _passage_key(contexts[number - 1])
+            if key not in numbered:
+                passages.append(contexts[number - 1])
+                numbered[key] = len(passages)
+            own[number] = numbered[key]
         numbers[step["id"]] = own
     return ReportReferences(passages, numbers)
 
@@ -124,7 +122,7 @@ def _confidence_line(step: Step) -> str:
     inputs = [f"Q {confidence['best_q']:g}" if confidence["best_q"] is not None else "no score"]
     claims = step.get("claims") or []
     if claims:
-        supported = sum(1 for c in claims if c["verdict"] == "supported")
+        supported = count_verdict(claims, "supported")
         inputs.append(f"{supported} of {len(claims)} claim{'s' * (len(claims) != 1)} supported")
     inputs.append(f"{confidence['cited_passages']} passage{'s' * (confidence['cited_passages'] != 1)} cited")
     return f"_Confidence: {confidence['level']} ({', '.join(inputs)})._"
@@ -174,8 +172,8 @@ def answer_first_report(tree: nx.DiGraph) -> str:
     references = report_references(tree)
     root = tree.nodes[step_tree.ROOT_ID]
     root_claims: list[Claim] = root.get("claims") or []
-    unsupported = sum(1 for claims in [root_claims, *(s.get("claims") or [] for s in steps if s.get("status") == "done")]
-                      for c in claims if c["verdict"] == "unsupported")  # fmt: skip
+    answered_claims = [root_claims, *(s.get("claims") or [] for s in steps if s.get("status") == "done")]
+    unsupported = sum(count_verdict(claims, "unsupported") for claims in answered_claims)
     text = f"# {step_tree.question_of(tree)}\n\n{_summary_line(steps, unsupported)}\n\n"
     low = [s for s in steps if (confidence := s.get("confidence")) and confidence["level"] == "low"]
     if low:
@@ -245,7 +243,7 @@ def _table_row(step: Step, index: int, run_fields: dict[str, str]) -> dict[str, 
         **dreamsboard.renamed(step_fields, dreamsboard.STEP_FIELDS),
         dreamsboard.REF_STEP_ID: (step.get(dreamsboard.EXTRA_FIELDS) or {}).get(dreamsboard.REF_STEP_ID) or "",
         "confidence": confidence["level"] if (confidence := step.get("confidence")) else "",
-        "unsupported_claims": sum(1 for claim in step.get("claims") or [] if claim["verdict"] == "unsupported"),
+        "unsupported_claims": count_verdict(step.get("claims") or [], "unsupported"),
     }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from deepstep import mcts
-from deepstep.citations import cited_numbers
-from deepstep.claims import mark_unsupported
+from deepstep.citations import cited_contexts
+from deepstep.claims import count_verdict, mark_unsupported
 from deepstep.confidence import step_confidence
 from deepstep.configuration import Settings
 from deepstep.mcts import Search
@@ -48,10 +48,10 @@ def _answered(result: StepResult, state: StepState, search: Search, settings: Se
     dropped = 0
     if settings.unsupported_claims == "drop":
         answer = mark_unsupported(answer, claims, drop=True)
-        dropped = sum(1 for claim in claims if claim["verdict"] == "unsupported")
+        dropped = count_verdict(claims, "unsupported")
         claims = claims_of(answer, state)
-    supported = sum(1 for claim in claims if claim["verdict"] == "supported") / len(claims) if claims else None
-    cited = len({n for n in cited_numbers(answer) if 1 <= n <= len(contexts)})
+    supported = count_verdict(claims, "supported") / len(claims) if claims else None
+    cited = len(cited_contexts(answer, len(contexts)))
     evidence = state.get("evidence")
     strength = evidence["best_overlap"] if evidence is not None else 0.0
     return {
