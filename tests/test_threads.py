@@ -67,3 +67,14 @@ def test_an_unknown_thread(settings):
     api.run(QUESTION, thread_id="known", settings=settings)
     with pytest.raises(api.UnknownThreadError, match="no thread other"):
         threads.load("other", settings=settings)
+
+
+def test_a_thread_stopped_before_its_report_is_shown_in_its_own_layout(settings):
+    answer_first = settings.model_copy(update={"report_layout": "answer_first"})
+    config = api._run_config("partial-answer-first", answer_first)
+    with api._open_graph(answer_first, None) as graph:
+        for seen, _ in enumerate(graph.stream({"question": QUESTION}, config, context=answer_first, stream_mode="updates"), start=1):
+            if seen == 3:  # planned, no step answered
+                break
+    loaded = threads.load("partial-answer-first", settings=answer_first)
+    assert loaded.status == "incomplete" and loaded.markdown.startswith(f"# {QUESTION}\n\n_5 steps: 0 answered._")

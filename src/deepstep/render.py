@@ -25,6 +25,8 @@ from deepstep.records import Claim, Context, Step
 if TYPE_CHECKING:
     import pandas as pd
 
+    from deepstep.configuration import ReportLayout
+
 # The seed's columns, then how far each step can be trusted.
 TABLE_COLUMNS = [*dreamsboard.TABLE_COLUMNS, "confidence", "unsupported_claims"]
 
@@ -162,6 +164,11 @@ def _summary_line(steps: list[Step], unsupported: int) -> str:
     if unsupported:
         line += f" _{unsupported} claim{'s' * (unsupported != 1)} marked: {LEGEND}_"
     return line
+
+
+def report(tree: nx.DiGraph, layout: ReportLayout) -> str:
+    """The Markdown report in ``layout``: ``answer_first_report`` or the seed's ``markdown_report``."""
+    return answer_first_report(tree) if layout == "answer_first" else markdown_report(tree)
 
 
 def answer_first_report(tree: nx.DiGraph) -> str:

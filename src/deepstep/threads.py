@@ -80,7 +80,8 @@ def result_from_state(thread_id: str, values: dict[str, Any], *, review_request:
     return RunResult(
         thread_id=thread_id,
         tree=tree,
-        markdown=values.get("report") or render.markdown_report(tree),
+        # A thread stopped before its report: rendered in its own layout (threads older than the setting used the seed's).
+        markdown=values.get("report") or render.report(tree, values.get("settings", {}).get("report_layout", "seed")),
         usage=values.get("usage", {}),
         failed_steps=values.get("failed_steps", []),
         warnings=values.get("warnings", []),

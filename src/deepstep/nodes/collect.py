@@ -23,5 +23,4 @@ def collect(state: RunState) -> dict[str, Any]:
 
 def report(state: RunState, settings: Settings) -> dict[str, Any]:
     """Render the Markdown report from the tree, in the layout the settings ask for."""
-    layout = render.answer_first_report if settings.report_layout == "answer_first" else render.markdown_report
-    return {"report": layout(state["tree"])}
+    return {"report": render.report(state["tree"], settings.report_layout)}
