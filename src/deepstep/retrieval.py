@@ -20,8 +20,6 @@ from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage
 from deepstep.corpus_fetch import default_corpus_dir
 
 if TYPE_CHECKING:
-    from langchain_core.callbacks import Callbacks
-
     from deepstep.configuration import Settings
     from deepstep.records import Context
 
@@ -126,7 +124,7 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
     return retriever.model_copy(update={"k": settings.top_k})
 
 
-def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None, *, callbacks: Callbacks = None) -> list[Context]:
+def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None) -> list[Context]:
     """The ``settings.top_k`` best passages for ``query`` from ``retriever`` (a caller's own), or from
     the configured corpus when it is ``None``, as context records for the graph state."""
     if retriever is None:
@@ -135,7 +133,7 @@ def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None
         source = retriever.model_copy(update={"k": settings.top_k})  # a caller's own BM25 index searches for top_k hits
     else:
         source = retriever  # any other retriever returns its own number of hits, cut to top_k below
-    documents = source.invoke(query, config={"callbacks": callbacks})
+    documents = source.invoke(query)  # inside a graph node, LangGraph hands the run's callbacks on to it
     return contexts_from_documents(documents[: settings.top_k])
 
 

@@ -24,7 +24,7 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
         from deepstep.retrieval import top_contexts
 
         query = f"{state['step']['name']} {state['research_question']}"
-        found = top_contexts(query, settings, retriever)  # LangGraph hands the run's callbacks on to the retriever
+        found = top_contexts(query, settings, retriever)
         contexts, truncated = prompts.fit_contexts(found, settings.context_tokens)
         return {"contexts": contexts, "truncated_contexts": truncated, "evidence": evidence_gate(state["research_question"], contexts)}
 
