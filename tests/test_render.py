@@ -295,6 +295,7 @@ def trust_tree() -> nx.DiGraph:
                 },
             ],  # fmt: skip
             "confidence": {"level": "high", "best_q": 70.0, "supported_share": 1.0, "cited_passages": 2, "retrieval_strength": 0.8},
+            "searches": [{"reason": "critique", "missing": "the formula", "query": "squared error formula", "new_passages": 1}],
         },
         {
             "id": "00000000-0000-4000-8000-00000000000c",
@@ -304,6 +305,10 @@ def trust_tree() -> nx.DiGraph:
             "answer": "",
             "status": "insufficient_evidence",
             "contexts": [_context(5, "Unrelated page")],
+            "searches": [
+                {"reason": "gate", "missing": "No retrieved passage covers the research question.", "query": "loss term origin", "new_passages": 0},
+                {"reason": "gate", "missing": "No retrieved passage covers the research question.", "query": "who coined loss", "new_passages": 0},
+            ],
         },
         {
             "id": "00000000-0000-4000-8000-00000000000d",

@@ -71,8 +71,10 @@ def test_an_off_topic_corpus_answers_no_step(settings, fake_llm, layout):
     steps = step_tree.steps(result.tree)
     assert [s["status"] for s in steps] == ["insufficient_evidence"] * 5
     assert all(s["answer"] == "" and s["contexts"] and not s["evidence"]["answerable"] for s in steps)
-    # Planning and one research question per step; no answer, critique, refine or evaluate call.
-    assert calls_by_task(fake_llm) == Counter(outline=1, steps=1, question=5)
+    # Planning, one research question per step and its max_searches (2) follow-up queries; no answer, critique,
+    # refine or evaluate call.
+    assert calls_by_task(fake_llm) == Counter(outline=1, steps=1, question=5, search=10)
+    assert all([s["reason"] for s in step["searches"]] == ["gate", "gate"] for step in steps)
     assert result.failed_steps == [] and result.status == "done"
     if layout == "answer_first":
         assert "_5 steps: 0 answered, 5 not covered by the corpus._" in result.markdown

@@ -7,6 +7,7 @@ No LangChain here: ``deepstep corpus index|search`` use this module alone and an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from deepstep.corpus import (
     read_corpus,
 )
 from deepstep.errors import CorpusError
+from deepstep.languages import CorpusLanguage, detect_corpus_language
 from deepstep.records import Context
 from deepstep.text_terms import tokenize
 
@@ -146,6 +148,11 @@ class BM25Index:
                 logger.warning("cannot write retrieval cache %s: %s", target, exc)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @functools.cached_property
+    def language(self) -> CorpusLanguage | None:
+        """The corpus's language, detected once from a sample of its passages."""
+        return detect_corpus_language([passage.text for passage in self.passages])
 
     def search(self, query: str, k: int) -> list[tuple[Passage, float]]:
         """Up to ``k`` passages matching ``query`` with their scores, best first; passages scoring 0 are left out."""

@@ -6,7 +6,9 @@ Text inside code (```fenced``` blocks and `inline` spans) is never a citation: `
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from deepstep.records import Context
 
 _CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
@@ -70,3 +72,15 @@ def cited_numbers(text: str) -> list[int]:
                 for number in _numbers(match):
                     seen.setdefault(number, None)
     return list(seen)
+
+
+def merge_contexts(contexts: Sequence[Context], found: Sequence[Context]) -> list[Context]:
+    """``contexts`` followed by the passages of ``found`` they do not hold yet (by ``chunk_id``): a follow-up
+    search only appends, so every citation ``[n]`` an answer already made keeps pointing at the same passage."""
+    merged = list(contexts)
+    held = {context["chunk_id"] for context in contexts}
+    for context in found:
+        if context["chunk_id"] not in held:
+            merged.append(context)
+            held.add(context["chunk_id"])
+    return merged

@@ -54,6 +54,8 @@ class RunSettings(TypedDict, total=False):
     reward_samples: int
     early_stop_q: float | None
     top_k: int
+    max_searches: int
+    search_language: str | None
     context_tokens: int
     chunk_tokens: int
     chunk_overlap: int
@@ -69,7 +71,7 @@ class RunSettings(TypedDict, total=False):
 
 
 RUN_SHAPING_FIELDS = tuple(RunSettings.__annotations__)
-Role = Literal["decompose", "question", "answer", "critique", "refine", "evaluate"]
+Role = Literal["decompose", "question", "search", "answer", "critique", "refine", "evaluate"]
 ROLES: tuple[Role, ...] = get_args(Role)
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
 
@@ -199,6 +201,18 @@ class Settings(BaseSettings):
 
     # Plan and retrieval.
     top_k: int = Field(default=4, ge=1, le=50, description="Passages retrieved per step.")
+    max_searches: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Follow-up retrievals a step may run, each with a query the model writes, when the evidence gate or "
+        "the critique finds something missing (0: one retrieval only).",
+    )
+    search_language: str | None = Field(
+        default=None,
+        description="Language of the corpus, in which research questions and follow-up queries are also written "
+        "(default: detected from the corpus index when its script differs from the question's; off: never).",
+    )
     context_tokens: int = Field(default=1200, ge=64, le=MOST_TOKENS, description="Token budget of the retrieved passages in one prompt.")
     chunk_tokens: int = Field(
         default=180, ge=16, le=4096, description="Passage size when indexing a corpus, in words (a CJK character counts as one)."

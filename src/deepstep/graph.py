@@ -2,6 +2,8 @@
 
 START -> outline -> decompose -> review -> Send(step) per step -> collect -> synthesize -> report -> END
 step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
+       a follow-up search (search_query -> search) runs when the gate finds no covering passage, or before
+       a refine when the critique says facts are missing, at most max_searches times per step
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from deepstep.nodes.failures import (
     route_unless_failed,
 )
 from deepstep.nodes.finish import finish
-from deepstep.nodes.question import question
-from deepstep.nodes.refine import after_evaluate, critique, evaluate, refine
-from deepstep.nodes.retrieve import after_retrieve, make_retrieve
+from deepstep.nodes.question import make_question
+from deepstep.nodes.refine import after_critique, after_evaluate, critique, evaluate, refine
+from deepstep.nodes.retrieve import after_retrieve, after_search, make_retrieve
 from deepstep.nodes.review import review
 from deepstep.nodes.run_settings import with_settings
+from deepstep.nodes.search import make_search, search_query
 from deepstep.nodes.synthesize import synthesize
 from deepstep.state import (
     RunInput,
@@ -53,8 +56,10 @@ DeepstepGraph = CompiledStateGraph[RunState, BaseModel, RunInput, RunOutput]
 
 def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGraph[StepState, None, StepInput, StepOutput]:
     builder = StateGraph(StepState, input_schema=StepInput, output_schema=StepOutput)
-    builder.add_node("question", fail_softly(question, "question"), retry_policy=STEP_RETRY)
+    builder.add_node("question", fail_softly(make_question(retriever), "question"), retry_policy=STEP_RETRY)
     builder.add_node("retrieve", fail_softly(make_retrieve(retriever)), retry_policy=STEP_RETRY)
+    builder.add_node("search_query", fail_softly(search_query, "search"), retry_policy=STEP_RETRY)
+    builder.add_node("search", fail_softly(make_search(retriever)), retry_policy=STEP_RETRY)
     builder.add_node("answer", fail_softly(answer, "answer"), retry_policy=STEP_RETRY)
     builder.add_node("evaluate", fail_softly(evaluate, "evaluate"), retry_policy=STEP_RETRY)
     builder.add_node("critique", fail_softly(critique, "critique"), retry_policy=STEP_RETRY)
@@ -62,10 +67,12 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     builder.add_node("finish", with_settings(finish))
     builder.add_edge(START, "question")
     builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
-    builder.add_conditional_edges("retrieve", after_retrieve, ["answer", "finish"])
+    builder.add_conditional_edges("retrieve", after_retrieve, ["answer", "search_query", "finish"])
+    builder.add_conditional_edges("search_query", route_unless_failed("search"), ["search", "finish"])
+    builder.add_conditional_edges("search", after_search, ["answer", "refine", "search_query", "finish"])
     builder.add_conditional_edges("answer", route_unless_failed("evaluate"), ["evaluate", "finish"])
     builder.add_conditional_edges("evaluate", after_evaluate, ["evaluate", "critique", "finish"])
-    builder.add_conditional_edges("critique", route_unless_failed("refine"), ["refine", "finish"])
+    builder.add_conditional_edges("critique", after_critique, ["search_query", "refine", "finish"])
     builder.add_conditional_edges("refine", route_unless_failed("evaluate"), ["evaluate", "finish"])
     builder.add_edge("finish", END)
     return builder.compile(name="step")

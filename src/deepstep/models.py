@@ -36,6 +36,7 @@ TASK_ROLES: dict[str, Role] = {
     "outline": "decompose",
     "steps": "decompose",
     "question": "question",
+    "search": "search",
     "answer": "answer",
     "critique": "critique",
     "refine": "refine",

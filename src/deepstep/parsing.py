@@ -278,3 +278,38 @@ def require_usable_text(task: str, text: str) -> str:
     if looks_like_refusal(text):
         raise StructuredOutputError(f"{task}: the model refused the task ({text.strip()[:80]!r})")
     return text
+
+
+_MISSING_LINE = re.compile(r"^[\s*_>-]*missing[\s*_]*:[\s*_]*(.*?)[\s*_]*$", re.IGNORECASE | re.MULTILINE)
+_NOTHING_MISSING = re.compile(r"^(?:none|nothing|n/?a|no|-+|\(none\))\W*$", re.IGNORECASE)
+
+
+def missing_information(critique: str) -> str | None:
+    """What a critique says the contexts lack (its ``Missing: ...`` line, as the prompt asks), or None when
+    it has no such line or says nothing is missing."""
+    found = [match.group(1).strip() for match in _MISSING_LINE.finditer(critique)]
+    wanted = [text for text in found if text and not _NOTHING_MISSING.match(text)]
+    return wanted[-1] if wanted else None
+
+
+_QUERY_LABEL = re.compile(r"^[\W_]*(?:search\s+)?query[*_\s]*:[*_\s]*", re.IGNORECASE)
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a reply: a small model may go on with an essay after the one line asked for."""
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+def research_question_and_query(reply: str) -> tuple[str, str]:
+    """The research question (the reply's first line) and, when the prompt asked for one, the ``Search query:``
+    line after it ("" when the model wrote none)."""
+    question = first_line(reply)
+    for line in reply.strip().splitlines()[1:]:
+        if _QUERY_LABEL.match(line):
+            return question, search_query_text(line)
+    return question, ""
+
+
+def search_query_text(reply: str) -> str:
+    """One search query from a reply: its first line without a ``Query:`` label or wrapping quotes."""
+    return _QUERY_LABEL.sub("", first_line(reply)).strip().strip("\"'`“”「」").strip()

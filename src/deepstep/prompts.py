@@ -65,7 +65,19 @@ QUESTION = ChatPromptTemplate.from_messages(
         (
             "human",
             "Question: {question}\nOutline:\n{outline}\nParent steps: {ancestors}\nStep: {name}\nDescription: {description}\n"
-            "Write one research question for this step: one line, no preamble. {language_rule}",
+            "Write one research question for this step: one line, no preamble. {language_rule}{search_rule}",
+        ),
+    ]
+)
+
+SEARCH_QUERY = ChatPromptTemplate.from_messages(
+    [
+        ("system", "You write one search query that finds the passages a research step still needs."),
+        (
+            "human",
+            "Research question: {research_question}\nMissing: {missing}\nQueries already tried: {tried}\n"
+            "Write one new search query of a few keywords, different from the queries already tried, that would find "
+            "what is missing. Reply with the query only, on one line. {language_rule}",
         ),
     ]
 )
@@ -91,7 +103,8 @@ CRITIQUE = ChatPromptTemplate.from_messages(
             "human",
             "Step: {name}\nResearch question: {research_question}\nContexts:\n{contexts}\nAnswer:\n{answer}\n"
             "Earlier critiques of this answer (do not repeat them): {earlier_critiques}\n"
-            "Say briefly and specifically what is wrong, missing, or not supported by the contexts. {language_rule}",
+            "Say briefly and specifically what is wrong, missing, or not supported by the contexts. {language_rule} "
+            "If the answer needs facts that none of the contexts gives, end with one line 'Missing: ' and what to look up.",
         ),
     ]
 )
@@ -165,6 +178,17 @@ def fit_contexts(contexts: Sequence[Context], max_tokens: int) -> tuple[list[Con
 
 def language_rule(language: str | None) -> str:
     return f"Write in {language}." if language else "Write in the same language as the question."
+
+
+# The label of the research question's second line when the corpus is in another language.
+SEARCH_QUERY_LABEL = "Search query:"
+
+
+def search_rule(search_language: str | None) -> str:
+    """What the question prompt adds when the corpus is in another language: the same question as a query in it."""
+    if not search_language:
+        return ""
+    return f" Then, on a second line starting '{SEARCH_QUERY_LABEL}', write the same question as a short search query in {search_language}."
 
 
 def format_contexts(contexts: Sequence[Context]) -> str:

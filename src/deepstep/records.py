@@ -29,6 +29,15 @@ class Context(TypedDict):
     source: str  # the document's path in the corpus
 
 
+class FollowUpSearch(TypedDict):
+    """One follow-up retrieval of a step: why it ran, the query the model wrote, and what it added."""
+
+    reason: Literal["gate", "critique"]  # the evidence gate found no covering passage, or the critique found something missing
+    missing: str  # what was missing, in the gate's or the critique's words
+    query: str
+    new_passages: NotRequired[int]  # passages it added to the step's contexts (set once it retrieved)
+
+
 class Claim(TypedDict):
     """One sentence of an answer with the passages it cites and how well they support it."""
 
@@ -91,6 +100,8 @@ class StepResult(TypedDict):
     dropped_claims: NotRequired[int]  # unsupported sentences removed from the answer (unsupported_claims = drop)
     confidence: NotRequired[Confidence]
     evidence: NotRequired[EvidenceCheck]  # insufficient_evidence: the gate's decision
+    searches: NotRequired[list[FollowUpSearch]]  # the step's follow-up retrievals, in order
+    search_query: NotRequired[str]  # the research question in the corpus's language (cross-language search)
 
 
 class PassageOverlap(TypedDict):
@@ -151,3 +162,5 @@ class Step(TypedDict):
     dropped_claims: NotRequired[int]
     confidence: NotRequired[Confidence]
     evidence: NotRequired[EvidenceCheck]
+    searches: NotRequired[list[FollowUpSearch]]
+    search_query: NotRequired[str]

@@ -141,6 +141,15 @@ def _closest_line(step: Step) -> str:
     return f"{NOT_COVERED} Closest passages: {listed}."
 
 
+def _searches_line(step: Step) -> str:
+    """The step's follow-up searches: each query and how many passages it added."""
+    searches = step.get("searches") or []
+    if not searches:
+        return ""
+    listed = "; ".join(f'"{s["query"]}" (+{s.get("new_passages", 0)} passage{"s" * (s.get("new_passages", 0) != 1)})' for s in searches)
+    return f"_Searched again: {listed}._"
+
+
 def _answer_first_step(step: Step, numbers: dict[int, int]) -> str:
     heading = "#" * min(2 + step_tree.level_depth(step["level"]), 6)
     parts = [f"{heading} {step['name']} [task_id:{step['level']}]({step['id']})", _confidence_line(step), step.get("description") or ""]
@@ -150,6 +159,7 @@ def _answer_first_step(step: Step, numbers: dict[int, int]) -> str:
         parts.append(_closest_line(step))
     else:
         parts.append(renumber_citations(mark_unsupported(step.get("answer") or "", step.get("claims") or []), numbers)[0])
+    parts.append(_searches_line(step))
     return "\n\n".join(part for part in parts if part)
 
 

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, SecretStr
 from deepstep.bm25_index import BM25Index, passage_context, tokenize
 from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, demo_corpus_dir, load_passages
 from deepstep.corpus_fetch import default_corpus_dir
+from deepstep.languages import cross_language_search
 
 if TYPE_CHECKING:
     from deepstep.configuration import Settings
@@ -124,6 +125,18 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
     return retriever.model_copy(update={"k": settings.top_k})
 
 
+def search_language(question: str, settings: Settings, retriever: BaseRetriever | None = None) -> str | None:
+    """The language to also write a step's queries in: ``settings.search_language`` when set ("off": none);
+    else the corpus index's detected language when ``question`` is written in another script; else None
+    (one language). Only a BM25 index is detected; with another retriever, set ``search_language``."""
+    if settings.search_language:
+        return None if settings.search_language.lower() == "off" else settings.search_language
+    source = corpus_retriever(settings) if retriever is None else retriever
+    if not isinstance(source, BM25Retriever):
+        return None
+    return cross_language_search(question, source.index.language)
+
+
 def top_contexts(query: str, settings: Settings, retriever: BaseRetriever | None = None) -> list[Context]:
     """The ``settings.top_k`` best passages for ``query`` from ``retriever`` (a caller's own), or from
     the configured corpus when it is ``None``, as context records for the graph state."""
@@ -142,6 +155,7 @@ __all__ = [
     "Passage",
     "contexts_from_documents",
     "corpus_retriever",
+    "search_language",
     "top_contexts",
     "passage_document",
     "demo_corpus_dir",

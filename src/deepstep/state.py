@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 from deepstep.configuration import RunSettings
 from deepstep.mcts import Search
-from deepstep.records import Ancestor, Claim, Context, EvidenceCheck, FailedStep, PendingExpansion, PlannedStep, StepResult
+from deepstep.records import Ancestor, Claim, Context, EvidenceCheck, FailedStep, FollowUpSearch, PendingExpansion, PlannedStep, StepResult
 from deepstep.tree_encoding import StepTree, TreeChannel
 from deepstep.usage import Usage, add_usage
 
@@ -107,8 +107,14 @@ class StepState(StepInput, total=False):
 
     research_question: str
     """The focused research question the ``question`` node wrote."""
+    search_language: str | None
+    """The corpus's language when it differs from the question's (``search_language``): queries are also written in it."""
+    search_query: str
+    """The research question in ``search_language`` ("" when the corpus is in the question's language)."""
+    searches: list[FollowUpSearch]
+    """The follow-up retrievals so far (at most ``max_searches``); the last one lacks ``new_passages`` until it ran."""
     contexts: list[Context]
-    """The retrieved passages, numbered [1], [2], ... in the prompts."""
+    """The retrieved passages, numbered [1], [2], ... in the prompts; a follow-up search appends, so numbers never change."""
     truncated_contexts: int
     """Passages cut to fit the prompt budget (``context_tokens``)."""
     draft: str

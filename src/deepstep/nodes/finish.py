@@ -30,7 +30,10 @@ def finish(state: StepState, settings: Settings) -> dict[str, Any]:
         "error": state.get("error") or "the step produced no answer",
         "answer": "",
         "mcts": search or {},
+        "searches": state.get("searches", []),
     }
+    if state.get("search_query"):
+        result = {**result, "search_query": state["search_query"]}
     evidence = state.get("evidence")
     if not state.get("error") and evidence is not None and not evidence["answerable"]:
         # The passages stay in retrieval order; evidence["closest"] orders them for the report.

@@ -19,7 +19,8 @@ from deepstep.configuration import Settings
 from deepstep.models import call_structured, call_text
 from deepstep.nodes.answer import claims_of
 from deepstep.nodes.run_settings import settings_of
-from deepstep.parsing import RefineResponse, Score, looks_like_refusal, require_usable_text
+from deepstep.nodes.search import searches_left
+from deepstep.parsing import RefineResponse, Score, looks_like_refusal, missing_information, require_usable_text
 from deepstep.state import StepState
 
 # The last-resort score when the critic's reply never parses: neutral, and counted as a fallback.
@@ -126,3 +127,13 @@ def next_after_evaluate(state: StepState, params: mcts.MCTSParams) -> Literal["e
     if mcts.needs_reward(state["search"], params) is not None:
         return "evaluate"
     return "finish" if mcts.is_done(state["search"], params) else "critique"
+
+
+def after_critique(state: StepState, runtime: Runtime[Any]) -> Literal["search_query", "refine", "finish"]:
+    """Search again before refining when the critique says the contexts lack facts and ``max_searches`` allows."""
+    pending = state.get("pending_expansion")
+    if state.get("error") or pending is None:
+        return "finish"
+    if missing_information(pending["critique"]) and searches_left(state, settings_of(runtime)):
+        return "search_query"
+    return "refine"

@@ -6,10 +6,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from langchain_core.retrievers import BaseRetriever
+from langgraph.runtime import Runtime
 
 from deepstep import prompts
 from deepstep.claims import evidence_gate
 from deepstep.configuration import Settings
+from deepstep.nodes.run_settings import settings_of
+from deepstep.nodes.search import gate_query, searches_left
 from deepstep.state import StepState
 
 
@@ -23,17 +26,27 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
         # to draw it or to read a stored thread does not need it.
         from deepstep.retrieval import top_contexts
 
-        query = f"{state['step']['name']} {state['research_question']}"
+        query = " ".join(part for part in (state["step"]["name"], state["research_question"], state.get("search_query")) if part)
         found = top_contexts(query, settings, retriever)
         contexts, truncated = prompts.fit_contexts(found, settings.context_tokens)
-        return {"contexts": contexts, "truncated_contexts": truncated, "evidence": evidence_gate(state["research_question"], contexts)}
+        return {"contexts": contexts, "truncated_contexts": truncated, "evidence": evidence_gate(gate_query(state), contexts)}
 
     return retrieve
 
 
-def after_retrieve(state: StepState) -> Literal["answer", "finish"]:
-    """Answer only when the evidence gate found a passage that covers the research question: a step
-    the corpus is silent on ends as ``insufficient_evidence`` without an answer, refine or evaluate call."""
-    if state.get("error") or not state["evidence"]["answerable"]:
+def after_retrieve(state: StepState, runtime: Runtime[Any]) -> Literal["answer", "search_query", "finish"]:
+    """Answer only when the evidence gate found a passage that covers the research question; else search
+    again while ``max_searches`` allows. A step the corpus is silent on ends as ``insufficient_evidence``
+    without an answer, refine or evaluate call."""
+    if state.get("error"):
         return "finish"
-    return "answer"
+    if state["evidence"]["answerable"]:
+        return "answer"
+    return "search_query" if searches_left(state, settings_of(runtime)) else "finish"
+
+
+def after_search(state: StepState, runtime: Runtime[Any]) -> Literal["answer", "refine", "search_query", "finish"]:
+    """After a follow-up search: back to the refinement the critique asked it for, or on as after the first retrieval."""
+    if not state.get("error") and state.get("pending_expansion") is not None:
+        return "refine"
+    return after_retrieve(state, runtime)

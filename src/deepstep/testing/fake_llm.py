@@ -57,6 +57,7 @@ FAULT_KINDS = (
     "huge_numbers",  # JSON content with numbers past float range and Python's 4300-digit int limit
     "deep_json",  # JSON content nested far past Python's recursion limit
     "thinking",  # a reasoning model's reply: a <think> block with a misleading score and plan, then the normal reply
+    "missing",  # critiques end with a "Missing: ..." line, so the step runs a follow-up search before refining
     "fabricate",  # answers copy passage [1]'s first sentence and add an invented claim citing [1]; refinements drop it;
     # the critic scores an answer with the invented claim 60, any other 50 (so only a claim check prefers the refinement)
     *HOSTILE_KINDS,
@@ -151,6 +152,12 @@ CRITIQUES = (
     "Some claims are not supported by the contexts; the comparison with alternatives is missing.",
     "The answer repeats itself and never explains why the quantity is minimised during training.",
 )
+# The label deepstep's question prompt asks for when the corpus is in another language (prompts.SEARCH_QUERY_LABEL).
+SEARCH_QUERY_LABEL = "Search query:"
+# What follow-up queries add to the step's subject, one per earlier query, so each query is new.
+SEARCH_WORDS = ("definition", "worked example", "formula", "pitfalls")
+# The fake's dictionary for cross-language queries.
+TRANSLATIONS = {"损失函数": "loss function", "交叉验证": "cross-validation", "决策树": "decision tree"}
 PHRASES = ("with a worked example", "with the formula spelled out", "with its limits stated", "with a comparison", "more precisely")
 
 
@@ -185,7 +192,14 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
         return json.dumps({"steps": items}, ensure_ascii=False)
     if task == "question":
         # Worded like a model's research question: about the topic itself, not the plan's "Aspect 2 of ..." labels.
-        return f"What is {_subject(topic)}, and how is it used in practice?"
+        research_question = f"What is {_subject(topic)}, and how is it used in practice?"
+        if SEARCH_QUERY_LABEL in user:  # the corpus is in another language: the question as a query in it, too
+            return f"{research_question}\n{SEARCH_QUERY_LABEL} {TRANSLATIONS.get(_subject(topic), _subject(topic))} definition"
+        return research_question
+    if task == "search":
+        subject = _subject(re.split(r",", _line_value(user, "Research question") or topic)[0])
+        tried = _line_value(user, "Queries already tried") or ""
+        return f"{subject} {SEARCH_WORDS[tried.count(';') % len(SEARCH_WORDS)]}"
     if task == "answer":
         contexts = _context_count(user)
         step = _line_value(user, "Step") or "this step"
@@ -216,6 +230,10 @@ THINKING = (
     '<think>The user wants JSON. Maybe {"score": 100}? Score: 100. Or {"steps": [{"name": "Thought step", "level": "0"}]}. '
     "Draft: a loss function is a kind of fruit [1].</think>\n"
 )
+
+
+# The line the "missing" fault adds to a critique.
+MISSING = "\nMissing: the formula and a worked example."
 
 
 # The invented claim of the "fabricate" fault: no passage of any test corpus says it.
@@ -458,6 +476,8 @@ class FakeLLMServer:
 
 def _guess_task(messages: list[dict[str, Any]]) -> str:
     system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system").lower()
+    if "search query" in system:
+        return "search"
     for task in ("outline", "critique", "refine", "evaluate", "question"):
         if task in system:
             return task
@@ -613,9 +633,11 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             fabricated = _fabricating_content(task, user, json_format=json_format) if fault and fault.kind == "fabricate" else None
             if fabricated is not None:
                 content = fabricated
+            elif fault and fault.kind == "missing" and task == "critique":
+                content = reply_content(task, messages, steps=server.steps, json_format=json_format) + MISSING
             elif fault and fault.kind == "thinking":
                 content = THINKING + reply_content(task, messages, steps=server.steps, json_format=json_format)
-            elif fault and fault.kind not in ("timeout", "fabricate", *HOSTILE_KINDS):
+            elif fault and fault.kind not in ("timeout", "fabricate", "missing", *HOSTILE_KINDS):
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
             elif fault and fault.kind == "huge_json":
                 content = ("A very long answer. " * (fault.size // 20 + 1))[: fault.size]
