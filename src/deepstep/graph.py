@@ -2,6 +2,7 @@
 
 START -> outline -> decompose -> review -> Send(step) per step -> collect -> synthesize -> report -> END
 step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
+       (with verify = model: answer -> verify -> evaluate and refine -> verify -> evaluate)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from deepstep.nodes.retrieve import after_retrieve, make_retrieve
 from deepstep.nodes.review import review
 from deepstep.nodes.run_settings import with_settings
 from deepstep.nodes.synthesize import synthesize
+from deepstep.nodes.verify import after_answer, verify
 from deepstep.state import (
     RunInput,
     RunOutput,
@@ -59,14 +61,16 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     builder.add_node("evaluate", fail_softly(evaluate, "evaluate"), retry_policy=STEP_RETRY)
     builder.add_node("critique", fail_softly(critique, "critique"), retry_policy=STEP_RETRY)
     builder.add_node("refine", fail_softly(refine, "refine"), retry_policy=STEP_RETRY)
+    builder.add_node("verify", fail_softly(verify, "verify"), retry_policy=STEP_RETRY)
     builder.add_node("finish", with_settings(finish))
     builder.add_edge(START, "question")
     builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
     builder.add_conditional_edges("retrieve", after_retrieve, ["answer", "finish"])
-    builder.add_conditional_edges("answer", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_conditional_edges("answer", after_answer, ["verify", "evaluate", "finish"])
     builder.add_conditional_edges("evaluate", after_evaluate, ["evaluate", "critique", "finish"])
     builder.add_conditional_edges("critique", route_unless_failed("refine"), ["refine", "finish"])
-    builder.add_conditional_edges("refine", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_conditional_edges("refine", after_answer, ["verify", "evaluate", "finish"])
+    builder.add_conditional_edges("verify", route_unless_failed("evaluate"), ["evaluate", "finish"])
     builder.add_edge("finish", END)
     return builder.compile(name="step")
 
