@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from deepstep.bm25_index import BM25Index, passage_context
-from deepstep.claims import check_answer, check_claim, content_terms, evidence_gate, split_claims
-from deepstep.records import Context
+from deepstep.claims import apply_verdicts, carry_verdicts, check_answer, check_claim, content_terms, evidence_gate, split_claims
+from deepstep.records import Claim, Context, Verdict
 
 DATA = Path(__file__).parent / "data"
 LABELLED_SET = DATA / "claims_sklearn.jsonl"
@@ -223,6 +223,61 @@ def test_check_answer_drops_citations_of_no_passage() -> None:
         # gradient, descent found (2); invent (1), 1990 (2), Adam (2) missing: 2/7; the missing year alone makes it unsupported.
         {"text": "Gradient descent was invented in 1990 by Adam.", "citations": [1], "verdict": "unsupported", "support": 0.2857},
         {"text": "Volcanoes erupt lava.", "citations": [], "verdict": "unsupported", "support": 0.0},
+    ]
+
+
+# --- the model verifier's verdicts ---
+
+
+def claim(text: str, verdict: Verdict, support: float, citations: tuple[int, ...] = (1,)) -> Claim:
+    return {"text": text, "citations": list(citations), "verdict": verdict, "support": support, "start": 0, "end": len(text)}
+
+
+LEXICAL = [
+    claim("A.", "supported", 0.9),
+    claim("B.", "partial", 0.5),
+    claim("C.", "unsupported", 0.2),
+    claim("D.", "unsupported", 0.8),  # a number missing from the passage: unsupported whatever the share
+]
+
+
+def test_the_models_verdict_replaces_the_lexical_one_and_support_moves_into_its_band() -> None:
+    merged = apply_verdicts(LEXICAL, [(1, "unsupported"), (2, "supported"), (3, "partial"), (4, "unsupported")])
+    assert merged == [
+        # 0.9 -> below 0.4 (PARTIAL_AT): the highest support an unsupported claim can have at 4 decimals.
+        {**LEXICAL[0], "verdict": "unsupported", "support": 0.3999, "lexical_verdict": "supported"},
+        {**LEXICAL[1], "verdict": "supported", "support": 0.7, "lexical_verdict": "partial"},  # 0.5 -> up to SUPPORTED_AT
+        {**LEXICAL[2], "verdict": "partial", "support": 0.4, "lexical_verdict": "unsupported"},  # 0.2 -> up to PARTIAL_AT
+        LEXICAL[3],  # the model agrees: the claim stays as the lexical check left it, support 0.8 included
+    ]
+    assert apply_verdicts([claim("E.", "supported", 0.95)], [(1, "partial")])[0]["support"] == 0.6999  # below SUPPORTED_AT
+    assert apply_verdicts([claim("F.", "partial", 0.55)], [(1, "partial")]) == [claim("F.", "partial", 0.55)]
+
+
+def test_the_lexical_verdict_stands_where_the_model_says_nothing_usable() -> None:
+    # Claims 2-4 skipped, numbers 0 and 7 out of range, a second verdict for claim 1 ignored (the first counts).
+    merged = apply_verdicts(LEXICAL, [(0, "supported"), (1, "partial"), (7, "supported"), (1, "unsupported")])
+    assert merged == [{**LEXICAL[0], "verdict": "partial", "support": 0.6999, "lexical_verdict": "supported"}, *LEXICAL[1:]]
+    assert apply_verdicts(LEXICAL, []) == LEXICAL  # an unparsable reply: every lexical verdict kept
+    assert apply_verdicts([], [(1, "supported")]) == []
+
+
+def test_a_sentence_an_edit_left_alone_keeps_its_verdict() -> None:
+    earlier = [
+        {**claim("Kept.", "supported", 0.7), "lexical_verdict": "unsupported"},
+        claim("Dropped.", "unsupported", 0.1),
+        claim("Kept.", "partial", 0.5),
+    ]
+    # Checked again after "Dropped." went: positions changed, the lexical check says unsupported again.
+    rechecked = [
+        {**claim("Kept.", "unsupported", 0.2), "start": 0, "end": 9},
+        {**claim("Kept.", "partial", 0.5), "start": 10, "end": 19},
+        claim("Kept.", "unsupported", 0.0, citations=(2,)),  # other citations: another claim
+    ]
+    assert carry_verdicts(rechecked, earlier) == [
+        {**rechecked[0], "verdict": "supported", "support": 0.7, "lexical_verdict": "unsupported"},
+        rechecked[1],  # matched with the third earlier claim, each earlier claim used once
+        rechecked[2],
     ]
 
 

@@ -23,6 +23,16 @@ def test_roles_resolve_with_overrides():
     assert (evaluate.model, evaluate.base_url, evaluate.temperature) == ("small", "http://b/v1", 0.0)
 
 
+def test_the_claim_verifier_is_a_role_of_its_own():
+    settings = Settings.build(base_url="http://a/v1", model="big", temperature=0.7, roles={"verify": {"model": "judge"}})
+    assert settings.verify == "off"  # opt-in: the default run makes the calls it always made
+    verify = settings.resolve_model("verify")
+    assert (verify.model, verify.temperature) == ("judge", 0.0)  # a judge, like the critic: evaluate_temperature
+    assert settings.resolve_model("answer").model == "big"
+    with pytest.raises(ConfigError, match="verify"):
+        Settings.build(verify="always")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -12,7 +12,11 @@ import httpx
 import openai
 import pytest
 
+from deepstep import prompts
+from deepstep.models import _with_schema_instructions
+from deepstep.parsing import ClaimVerdicts
 from deepstep.testing import FakeLLMServer, Fault, parse_fault
+from deepstep.testing.fake_llm import _guess_task
 
 
 def chat(server, task, user, *, response_format=None, client_timeout=10.0):
@@ -46,6 +50,40 @@ def test_each_task_has_the_documented_shape(server):
     assert content(chat(server, "evaluate", "Answer: a")).startswith("Score: ")
     usage = chat(server, "outline", "Question: X").json()["usage"]
     assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def verify_prompt() -> str:
+    contexts = [
+        {"ref_id": "r", "chunk_id": "r:0", "score": 1.0, "text": "Ridge regression adds an L2 penalty of 0.5.", "title": "Ridge", "source": "r.md"}
+    ]
+    claims = [
+        {"text": "Ridge regression adds a penalty.", "citations": [1], "verdict": "partial", "support": 0.5},
+        {"text": "The penalty is 0.7 in Lasso.", "citations": [1], "verdict": "supported", "support": 0.8},
+        {"text": "Nothing backs this.", "citations": [], "verdict": "unsupported", "support": 0.0},
+    ]
+    messages = prompts.VERIFY.format_messages(
+        research_question="Q", contexts=prompts.format_contexts(contexts), claims=prompts.format_claims_to_verify(claims)
+    )
+    return str(messages[-1].content)
+
+
+def test_the_verifier_judges_every_listed_claim(server):
+    # Claim 2 names a figure (0.7) and a name (Lasso) its passage lacks; the others keep the word check's verdict.
+    expected = ["partial", "unsupported", "unsupported"]
+    assert json.loads(content(chat(server, "verify", verify_prompt()))) == {
+        "verdicts": [{"claim": n, "verdict": v} for n, v in enumerate(expected, 1)]
+    }
+    server.set_faults([Fault("overturn")])  # claim 1 turned around: partial -> supported
+    assert [v["verdict"] for v in json.loads(content(chat(server, "verify", verify_prompt())))["verdicts"]] == ["supported", *expected[1:]]
+
+
+def test_only_the_verify_prompt_is_taken_for_the_verifier():
+    """A request without the task header is told apart by its system message, schema instructions included."""
+    templates = {name: value for name, value in vars(prompts).items() if isinstance(value, prompts.ChatPromptTemplate)}
+    for name, template in templates.items():
+        messages = _with_schema_instructions(template.format_messages(**dict.fromkeys(template.input_variables, "x")), ClaimVerdicts)
+        sent = [{"role": "system" if m.type == "system" else "user", "content": m.content} for m in messages]
+        assert (_guess_task(sent) == "verify") == (name == "VERIFY"), name
 
 
 def test_replies_are_deterministic(server):

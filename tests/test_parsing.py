@@ -4,6 +4,8 @@ import pytest
 
 from deepstep.citations import cited_numbers, remove_invalid_citations
 from deepstep.parsing import (
+    ClaimVerdict,
+    ClaimVerdicts,
     RefineResponse,
     ReplyParseError,
     Score,
@@ -114,3 +116,24 @@ def test_a_refinement_without_words_is_a_parse_error():
     with pytest.raises(ReplyParseError):
         parse_reply('{"thought": "t", "answer": "{"}', RefineResponse)
     assert parse_reply('{"thought": "t", "answer": "MSE [1]."}', RefineResponse).answer == "MSE [1]."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"verdicts": [{"claim": 1, "verdict": "supported"}, {"claim": 2, "verdict": "unsupported"}]}',
+        '[{"claim": "1", "verdict": "Supported"}, {"claim": "Claim 2", "verdict": "not supported."}]',  # a bare list, words
+        'Verdicts: ```json\n{"claims": [{"claim": "[1]", "verdict": "fully supported"}, {"claim": 2, "verdict": "Contradicted"}]}\n```',
+    ],
+)
+def test_claim_verdicts_recovered(text):
+    expected = [ClaimVerdict(claim=1, verdict="supported"), ClaimVerdict(claim=2, verdict="unsupported")]
+    assert parse_reply(text, ClaimVerdicts).verdicts == expected
+
+
+def test_a_verdict_of_no_known_kind_is_a_parse_error():
+    assert parse_reply('[{"claim": 1, "verdict": "Partially supported"}]', ClaimVerdicts).verdicts[0].verdict == "partial"
+    with pytest.raises(ReplyParseError, match="verdict"):
+        parse_reply('{"verdicts": [{"claim": 1, "verdict": "maybe"}]}', ClaimVerdicts)
+    with pytest.raises(ReplyParseError, match="claim"):
+        parse_reply('{"verdicts": [{"claim": "the first", "verdict": "supported"}]}', ClaimVerdicts)

@@ -84,3 +84,55 @@ def test_an_off_topic_corpus_answers_no_step(settings, fake_llm, layout):
 def test_an_on_topic_corpus_answers_every_step(settings, fake_llm):
     result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, report_layout="seed"))
     assert [s["status"] for s in step_tree.steps(result.tree)] == ["done"] * 5
+
+
+# --- the model verifier (verify = model) ---
+
+
+@pytest.mark.parametrize("verify", ["off", "model"])
+def test_the_verifier_makes_one_call_per_answer_and_refinement(settings, fake_llm, verify):
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=1, max_steps=2, verify=verify))
+    calls = calls_by_task(fake_llm)
+    # Per step: question, answer, evaluate, then per rollout critique, refine, evaluate (3 + 3R); the verifier
+    # adds one call after the answer and one after each refinement (4 + 4R).
+    verify_calls = 4 if verify == "model" else 0
+    assert calls == Counter(outline=1, steps=1, question=2, answer=2, evaluate=4, critique=2, refine=2, verify=verify_calls) - Counter()
+    assert result.usage.get("verify", {}).get("calls", 0) == verify_calls
+    assert all(s["status"] == "done" and s["claims"] for s in step_tree.steps(result.tree))
+
+
+def test_a_verdict_the_verifier_overturns_is_the_one_the_run_keeps(settings, fake_llm):
+    """The answer copies a sentence of passage [1] (lexically supported) and invents one (unsupported); the
+    verifier turns the copied sentence's verdict around. The step keeps the verifier's verdict, and the critic's
+    60 loses 50 x the share of claims unsupported after verification (2 of 2), not the lexical 1 of 2."""
+    fake_llm.set_faults([Fault("overturn", task="verify"), Fault("fabricate")])
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, max_steps=1, verify="model"))
+    (step,) = step_tree.steps(result.tree)
+    copied, invented = step["claims"]
+    assert (copied["verdict"], copied["support"], copied["lexical_verdict"]) == ("unsupported", 0.3999, "supported")
+    assert invented["verdict"] == "unsupported" and "lexical_verdict" not in invented
+    assert step["mcts"]["nodes"][0]["rewards"] == [mcts.claim_adjusted_score(60, 1.0)] == [10.0]
+    assert step["confidence"]["supported_share"] == 0.0 and step["confidence"]["level"] == "low"
+    assert calls_by_task(fake_llm)["verify"] == 1
+
+
+def test_an_unparsable_verdict_keeps_the_lexical_ones(settings, fake_llm):
+    fake_llm.set_faults([Fault("malformed_json", task="verify")])
+    lexical = deepstep.run(QUESTION, thread_id="lexical", settings=with_settings(settings, rollouts=0, max_steps=2))
+    verified = deepstep.run(QUESTION, thread_id="verified", settings=with_settings(settings, rollouts=0, max_steps=2, verify="model"))
+    assert [s["claims"] for s in step_tree.steps(verified.tree)] == [s["claims"] for s in step_tree.steps(lexical.tree)]
+    # Each answer's verification: the call and its two repairs, then the fallback.
+    assert verified.usage["verify"]["calls"] == 6 and verified.usage["verify"]["repairs"] == 4
+    assert verified.usage["verify"]["fallbacks"] == 2
+
+
+def test_drop_keeps_what_the_verifier_backs_with_its_verdict(settings, fake_llm):
+    """The fake's draft opens with a sentence citing nothing (lexically unsupported) that the verifier turns to
+    supported. ``drop`` removes the other, unsupported sentences; what is left is checked again and the sentence
+    keeps the verifier's verdict."""
+    fake_llm.set_faults([Fault("overturn", task="verify")])
+    result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, max_steps=1, verify="model", unsupported_claims="drop"))
+    (step,) = step_tree.steps(result.tree)
+    (kept,) = step["claims"]
+    assert step["answer"] == kept["text"] and kept["citations"] == [] and step["dropped_claims"] >= 1
+    assert (kept["verdict"], kept["support"], kept["lexical_verdict"]) == ("supported", 0.7, "unsupported")

@@ -351,6 +351,54 @@ def check_answer(answer: str, contexts: Sequence[Context], question: str) -> lis
     return claims
 
 
+# Where each verdict's support lies: [low, high] (a band's upper edge is the next band's start, less the last decimal).
+VERDICT_BANDS: dict[Verdict, tuple[float, float]] = {
+    "supported": (SUPPORTED_AT, 1.0),
+    "partial": (PARTIAL_AT, round(SUPPORTED_AT - 0.0001, 4)),
+    "unsupported": (0.0, round(PARTIAL_AT - 0.0001, 4)),
+}
+
+
+def apply_verdicts(claims: Sequence[Claim], verdicts: Sequence[tuple[int, Verdict]]) -> list[Claim]:
+    """``claims`` (checked lexically) with a model's verdicts, given as (claim number from 1, verdict).
+
+    The lexical check runs first and stands wherever the model says nothing usable: a claim the model skips,
+    a number outside 1..len(claims), a second verdict for the same claim (the first counts). A verdict that
+    differs from the lexical one replaces it; the claim keeps its lexical support moved to the nearest value in
+    the new verdict's band (VERDICT_BANDS), so verdict and support never disagree, and records the
+    lexical verdict it overturned (``lexical_verdict``). See docs/claims.md."""
+    chosen: dict[int, Verdict] = {}
+    for number, verdict in verdicts:
+        if 1 <= number <= len(claims):
+            chosen.setdefault(number - 1, verdict)
+    merged: list[Claim] = []
+    for index, claim in enumerate(claims):
+        verdict = chosen.get(index, claim["verdict"])
+        if verdict == claim["verdict"]:
+            merged.append(claim)
+            continue
+        low, high = VERDICT_BANDS[verdict]
+        merged.append({**claim, "verdict": verdict, "support": min(max(claim["support"], low), high), "lexical_verdict": claim["verdict"]})
+    return merged
+
+
+def carry_verdicts(rechecked: Sequence[Claim], earlier: Sequence[Claim]) -> list[Claim]:
+    """``rechecked`` (the claims of an edited answer, checked again) with the verdict, support and overturned
+    lexical verdict of the earlier claim with the same text and citations, each earlier claim used once, in
+    order: a sentence the edit left alone keeps what the verifier said of it."""
+    unused = list(earlier)
+    carried: list[Claim] = []
+    for claim in rechecked:
+        same = next((c for c in unused if (c["text"], c["citations"]) == (claim["text"], claim["citations"])), None)
+        if same is None:
+            carried.append(claim)
+            continue
+        unused.remove(same)
+        verdict = {key: same[key] for key in ("verdict", "support", "lexical_verdict") if key in same}
+        carried.append({**claim, **verdict})  # type: ignore[typeddict-item]
+    return carried
+
+
 # Put after a claim its cited passages do not back (unsupported_claims = mark); the report explains it once.
 UNSUPPORTED_MARK = "[unsupported]"
 
@@ -418,9 +466,12 @@ def evidence_gate(research_question: str, contexts: Sequence[Context]) -> Eviden
 
 
 __all__ = [
+    "VERDICT_BANDS",
     "ClaimText",
     "EvidenceCheck",
     "PassageOverlap",
+    "apply_verdicts",
+    "carry_verdicts",
     "check_answer",
     "check_claim",
     "content_terms",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 UnsupportedClaims = Literal["mark", "drop"]
 ReportLayout = Literal["answer_first", "seed"]
+Verification = Literal["off", "model"]
 
 
 class RunSettings(TypedDict, total=False):
@@ -68,10 +69,11 @@ class RunSettings(TypedDict, total=False):
     max_repairs: int
     unsupported_claims: UnsupportedClaims
     report_layout: ReportLayout
+    verify: Verification
 
 
 RUN_SHAPING_FIELDS = tuple(RunSettings.__annotations__)
-Role = Literal["decompose", "question", "search", "answer", "critique", "refine", "evaluate"]
+Role = Literal["decompose", "question", "search", "answer", "critique", "refine", "evaluate", "verify"]
 ROLES: tuple[Role, ...] = get_args(Role)
 StructuredMethod = Literal["auto", "json_schema", "json_object", "prompt"]
 
@@ -158,7 +160,13 @@ class Settings(BaseSettings):
     model: str = Field(default="gpt-4o-mini", description="Model name for every role unless a role overrides it.")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(default=0.7, ge=0, le=2)
-    evaluate_temperature: float = Field(default=0.0, ge=0, le=2, description="Temperature of the strict critic that scores answers.")
+    evaluate_temperature: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Temperature of the roles that judge rather than write: the strict critic that scores answers "
+        "and the claim verifier (verify = model).",
+    )
     max_tokens: int = Field(default=1024, ge=1, le=MOST_TOKENS)
     timeout: float = Field(
         default=120.0,
@@ -236,6 +244,11 @@ class Settings(BaseSettings):
         description="answer_first: a synthesized answer (one more model call), then the steps with their confidence and one "
         "reference list; seed: the seed notebook's layout byte for byte.",
     )
+    verify: Verification = Field(
+        default="off",
+        description="off: claims get the model-free lexical verdicts only; model: after every answer and refinement the "
+        "verify role judges all its claims in one structured call (one more call per answer), refining those verdicts.",
+    )
 
     @field_validator("home", "checkpoint_path", "corpus", mode="before")
     @classmethod
@@ -305,7 +318,8 @@ class Settings(BaseSettings):
                 f"the model server URL {redact_url(base_url, keep_user=False)!r} is not an http(s) URL: "
                 "set OPENAI_BASE_URL (or `deepstep run --base-url`) to one like http://127.0.0.1:8080/v1"
             )
-        default_temperature = self.evaluate_temperature if role == "evaluate" else self.temperature
+        # A judgement should not change from one call to the next; writing may vary.
+        default_temperature = self.evaluate_temperature if role in ("evaluate", "verify") else self.temperature
         return ResolvedModel(
             role=role,
             base_url=base_url,

@@ -4,6 +4,7 @@ START -> outline -> decompose -> review -> Send(step) per step -> collect -> syn
 step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
        a follow-up search (search_query -> search) runs when the gate finds no covering passage, or before
        a refine when the critique says facts are missing, at most max_searches times per step
+       (with verify = model: answer -> verify -> evaluate and refine -> verify -> evaluate)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from deepstep.nodes.review import review
 from deepstep.nodes.run_settings import with_settings
 from deepstep.nodes.search import make_search, search_query
 from deepstep.nodes.synthesize import synthesize
+from deepstep.nodes.verify import after_answer, verify
 from deepstep.state import (
     RunInput,
     RunOutput,
@@ -64,16 +66,18 @@ def build_step_graph(retriever: BaseRetriever | None = None) -> CompiledStateGra
     builder.add_node("evaluate", fail_softly(evaluate, "evaluate"), retry_policy=STEP_RETRY)
     builder.add_node("critique", fail_softly(critique, "critique"), retry_policy=STEP_RETRY)
     builder.add_node("refine", fail_softly(refine, "refine"), retry_policy=STEP_RETRY)
+    builder.add_node("verify", fail_softly(verify, "verify"), retry_policy=STEP_RETRY)
     builder.add_node("finish", with_settings(finish))
     builder.add_edge(START, "question")
     builder.add_conditional_edges("question", route_unless_failed("retrieve"), ["retrieve", "finish"])
     builder.add_conditional_edges("retrieve", after_retrieve, ["answer", "search_query", "finish"])
     builder.add_conditional_edges("search_query", route_unless_failed("search"), ["search", "finish"])
     builder.add_conditional_edges("search", after_search, ["answer", "refine", "search_query", "finish"])
-    builder.add_conditional_edges("answer", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_conditional_edges("answer", after_answer, ["verify", "evaluate", "finish"])
     builder.add_conditional_edges("evaluate", after_evaluate, ["evaluate", "critique", "finish"])
     builder.add_conditional_edges("critique", after_critique, ["search_query", "refine", "finish"])
-    builder.add_conditional_edges("refine", route_unless_failed("evaluate"), ["evaluate", "finish"])
+    builder.add_conditional_edges("refine", after_answer, ["verify", "evaluate", "finish"])
+    builder.add_conditional_edges("verify", route_unless_failed("evaluate"), ["evaluate", "finish"])
     builder.add_edge("finish", END)
     return builder.compile(name="step")
 

@@ -41,6 +41,7 @@ TASK_ROLES: dict[str, Role] = {
     "critique": "critique",
     "refine": "refine",
     "evaluate": "evaluate",
+    "verify": "verify",
     "synthesize": "answer",  # the report's opening answer is written like the step answers
 }
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from deepstep.errors import StructuredOutputError
+from deepstep.records import Verdict
 from deepstep.step_tree import normalize_level
 
 T = TypeVar("T", bound=BaseModel)
@@ -77,6 +78,50 @@ class Score(BaseModel):
                 raise ValueError(f"score {value} is not a finite number")
             return round(value)
         return value
+
+
+# How models word a verdict besides the three names: read as the verdict they mean.
+_VERDICT_WORDS: dict[str, Verdict] = {
+    "supported": "supported",
+    "support": "supported",
+    "fully supported": "supported",
+    "partial": "partial",
+    "partially supported": "partial",
+    "partly supported": "partial",
+    "unsupported": "unsupported",
+    "not supported": "unsupported",
+    "contradicted": "unsupported",
+}
+
+
+class ClaimVerdict(BaseModel):
+    """The verifier's verdict on one numbered claim."""
+
+    claim: int = Field(description="The claim's number, as listed")
+    verdict: Verdict = Field(description="supported, partial or unsupported by the contexts the claim cites")
+
+    @field_validator("claim", mode="before")
+    @classmethod
+    def _number_from_text(cls, value: Any) -> Any:
+        # "2", "Claim 2", "[2]": the number the prompt gave it.
+        if isinstance(value, str):
+            number = _first_number(value)
+            return value if number is None else number
+        return value
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict_from_words(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            words = " ".join(re.sub(r"[^a-z]+", " ", value.lower()).split())
+            return _VERDICT_WORDS.get(words, value)
+        return value
+
+
+class ClaimVerdicts(BaseModel):
+    """The verify role's reply: a verdict per numbered claim of one answer (the MCTSr verifier output)."""
+
+    verdicts: list[ClaimVerdict] = Field(description="One entry per claim")
 
 
 class ReplyParseError(ValueError):
@@ -191,6 +236,8 @@ def parse_reply(text: str, schema: type[T]) -> T:
     data = extract_json(text)
     if schema is StepList and isinstance(data, list):
         data = {"steps": data}
+    if schema is ClaimVerdicts:
+        data = _verdict_list(data)
     if schema is RefineResponse and isinstance(data, dict) and "answer" not in data:
         for alias in ("refined_answer", "improved_answer", "response", "text"):
             if isinstance(data.get(alias), str):
@@ -201,6 +248,15 @@ def parse_reply(text: str, schema: type[T]) -> T:
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
         raise ReplyParseError(f"the JSON does not match the schema ({details})") from None
+
+
+def _verdict_list(data: Any) -> Any:
+    """``{"verdicts": [...]}`` from what a small model sends instead: a bare list, or the list under ``claims``."""
+    if isinstance(data, list):
+        return {"verdicts": data}
+    if isinstance(data, dict) and "verdicts" not in data and isinstance(data.get("claims"), list):
+        return {**data, "verdicts": data["claims"]}
+    return data
 
 
 def parse_score(text: str) -> Score:

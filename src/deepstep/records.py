@@ -47,6 +47,7 @@ class Claim(TypedDict):
     support: float  # in [0, 1]
     start: NotRequired[int]  # where the sentence starts in the answer, its citations included
     end: NotRequired[int]  # where it ends (after its citations): the report marks an unsupported claim there
+    lexical_verdict: NotRequired[Verdict]  # what the lexical check said, when the model verifier (verify = model) overturned it
 
 
 ConfidenceLevel = Literal["high", "medium", "low"]

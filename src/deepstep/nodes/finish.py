@@ -6,7 +6,7 @@ from typing import Any
 
 from deepstep import mcts
 from deepstep.citations import cited_contexts
-from deepstep.claims import count_verdict, mark_unsupported
+from deepstep.claims import carry_verdicts, count_verdict, mark_unsupported
 from deepstep.confidence import step_confidence
 from deepstep.configuration import Settings
 from deepstep.mcts import Search
@@ -52,7 +52,8 @@ def _answered(result: StepResult, state: StepState, search: Search, settings: Se
     if settings.unsupported_claims == "drop":
         answer = mark_unsupported(answer, claims, drop=True)
         dropped = count_verdict(claims, "unsupported")
-        claims = claims_of(answer, state)
+        # What is left is checked again; its sentences keep what the model verifier (verify = model) said of them.
+        claims = carry_verdicts(claims_of(answer, state), claims)
     supported = count_verdict(claims, "supported") / len(claims) if claims else None
     cited = len(cited_contexts(answer, len(contexts)))
     evidence = state.get("evidence")

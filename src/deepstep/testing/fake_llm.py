@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
-TASKS = ("outline", "steps", "question", "answer", "critique", "refine", "evaluate")
-JSON_TASKS = ("steps", "refine", "evaluate")
+TASKS = ("outline", "steps", "question", "search", "answer", "critique", "refine", "evaluate", "verify", "synthesize")
+JSON_TASKS = ("steps", "refine", "evaluate", "verify")
 # Replies of a hostile or broken server, all with HTTP 200.
 HOSTILE_KINDS = (
     "error_200",  # {"error": {...}} with status 200, as some proxies send
@@ -60,6 +60,7 @@ FAULT_KINDS = (
     "missing",  # critiques end with a "Missing: ..." line, so the step runs a follow-up search before refining
     "fabricate",  # answers copy passage [1]'s first sentence and add an invented claim citing [1]; refinements drop it;
     # the critic scores an answer with the invented claim 60, any other 50 (so only a claim check prefers the refinement)
+    "overturn",  # the verifier turns claim 1's verdict around: supported -> unsupported, anything else -> supported
     *HOSTILE_KINDS,
 )
 
@@ -222,7 +223,49 @@ def reply_content(task: str, messages: list[dict[str, Any]], *, steps: int, json
     if task == "evaluate":
         score = (h % 121) - 20
         return json.dumps({"score": score}) if json_format else f"Score: {score}/100"
+    if task == "verify":
+        return json.dumps({"verdicts": [{"claim": number, "verdict": _judged(claim, user)} for number, claim in _claims_to_verify(user)]})
     return "OK"
+
+
+# A claim as the verify prompt lists it (prompts.format_claims_to_verify).
+_CLAIM_TO_VERIFY = re.compile(r"^Claim (\d+): (.*)\n\s*cites: ([\d, ]+|none); word-overlap check: (\w+)", re.MULTILINE)
+_NUMBER_OR_NAME = re.compile(r"\d+(?:\.\d+)?|(?<=\s)[A-Z][\w-]*")
+
+
+class ClaimToVerify(NamedTuple):
+    text: str
+    citations: list[int]
+    word_check: str  # the lexical verdict the prompt shows
+
+
+def _claims_to_verify(user: str) -> list[tuple[int, ClaimToVerify]]:
+    return [
+        (int(number), ClaimToVerify(text, [int(n) for n in re.findall(r"\d+", cites)], verdict))
+        for number, text, cites, verdict in _CLAIM_TO_VERIFY.findall(user)
+    ]
+
+
+def _judged(claim: ClaimToVerify, user: str) -> str:
+    """The fake verifier's verdict: unsupported when a number or a capitalized name (not the first word) of the claim
+    is in none of the passages it cites, else the word check's verdict."""
+    passages = " ".join(
+        match.group(2).lower() for match in re.finditer(r"^\[(\d+)\] (.*)$", user, re.MULTILINE) if int(match.group(1)) in claim.citations
+    )
+    if passages and any(term.lower() not in passages for term in _NUMBER_OR_NAME.findall(claim.text)):
+        return "unsupported"
+    return claim.word_check
+
+
+def _overturning_content(task: str, user: str) -> str | None:
+    """The "overturn" fault's verifier reply (claim 1 turned around, the others judged as usual), or None for another task."""
+    if task != "verify":
+        return None
+    claims = _claims_to_verify(user)
+    verdicts = [{"claim": number, "verdict": _judged(claim, user)} for number, claim in claims]
+    if verdicts:
+        verdicts[0]["verdict"] = "unsupported" if claims[0][1].word_check == "supported" else "supported"
+    return json.dumps({"verdicts": verdicts})
 
 
 # What a reasoning model thinks before it answers: a score, a plan and an answer that must never be read.
@@ -478,6 +521,8 @@ def _guess_task(messages: list[dict[str, Any]]) -> str:
     system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system").lower()
     if "search query" in system:
         return "search"
+    if "fact checker" in system:  # prompts.VERIFY's system message, and no other
+        return "verify"
     for task in ("outline", "critique", "refine", "evaluate", "question"):
         if task in system:
             return task
@@ -631,13 +676,16 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(fault.seconds)
             json_format = response_format.get("type") in ("json_object", "json_schema")
             fabricated = _fabricating_content(task, user, json_format=json_format) if fault and fault.kind == "fabricate" else None
+            overturned = _overturning_content(task, user) if fault and fault.kind == "overturn" else None
             if fabricated is not None:
                 content = fabricated
+            elif overturned is not None:
+                content = overturned
             elif fault and fault.kind == "missing" and task == "critique":
                 content = reply_content(task, messages, steps=server.steps, json_format=json_format) + MISSING
             elif fault and fault.kind == "thinking":
                 content = THINKING + reply_content(task, messages, steps=server.steps, json_format=json_format)
-            elif fault and fault.kind not in ("timeout", "fabricate", "missing", *HOSTILE_KINDS):
+            elif fault and fault.kind not in ("timeout", "fabricate", "missing", "overturn", *HOSTILE_KINDS):
                 content = _faulty_content(fault.kind, task, entry["prompt_tokens"])
             elif fault and fault.kind == "huge_json":
                 content = ("A very long answer. " * (fault.size // 20 + 1))[: fault.size]
