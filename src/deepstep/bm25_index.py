@@ -190,7 +190,7 @@ def _drop_superseded(target: Path, origin: str) -> None:
 
 def passage_context(passage: Passage, score: float) -> Context:
     """A retrieved passage as the graph state (and ``deepstep corpus search --json``) holds it: a plain dict."""
-    return {
+    context: Context = {
         "ref_id": passage.ref_id,
         "chunk_id": passage.chunk_id,
         "score": round(float(score), 4),
@@ -198,6 +198,13 @@ def passage_context(passage: Passage, score: float) -> Context:
         "title": passage.title,
         "source": passage.source,
     }
+    if passage.page is not None:
+        context["page"] = passage.page
+    if passage.page_end is not None:
+        context["page_end"] = passage.page_end
+    if passage.sheet is not None:
+        context["sheet"] = passage.sheet
+    return context
 
 
 __all__ = ["BM25Index", "passage_context", "tokenize"]

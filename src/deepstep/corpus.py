@@ -1,4 +1,5 @@
-"""Corpus ingestion: a folder of Markdown, text, reStructuredText and HTML files becomes passages.
+"""Corpus ingestion: a folder of Markdown, text, reStructuredText, HTML, PDF, Word, PowerPoint, Excel and
+EPUB files becomes passages; paged formats keep each passage's page (``deepstep.documents`` reads them).
 
 Also where the bundled demo corpus is. Fetching the scikit-learn user guide (and choosing it as the
 default corpus once fetched) is in ``deepstep.corpus_fetch``.
@@ -14,11 +15,13 @@ import re
 import stat
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from deepstep.documents import DOCUMENT_SUFFIXES, NO_TEXT_LAYER, PDF_SUFFIXES, Page, UnreadableDocument, read_document_pages
 from deepstep.errors import CorpusError
 
 # BeautifulSoup is imported where HTML is parsed: a cached index, and every command that only
@@ -29,12 +32,15 @@ if TYPE_CHECKING:
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
-CORPUS_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES
+CORPUS_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | DOCUMENT_SUFFIXES
+FORMATS = "Markdown, text, reStructuredText, HTML, PDF, Word, PowerPoint, Excel or EPUB files"
 DEFAULT_CHUNK_TOKENS = 180
 DEFAULT_CHUNK_OVERLAP = 30
 # Bounds that keep indexing linear in the corpus size: a bigger file, or HTML nested deeper, is
 # skipped with its reason (turning deep nesting into text is quadratic, and real pages nest < 50 deep).
+# A PDF or Office file is mostly layout and images: it may be larger for the same text.
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 # HTML costs about 10 µs a byte to parse and flatten (BeautifulSoup), text files far less.
 MAX_HTML_BYTES = 4 * 1024 * 1024
 MAX_HTML_DEPTH = 256
@@ -46,6 +52,7 @@ UNREADABLE = "unreadable"
 LINK_OUTSIDE = "links leaving the corpus folder"
 SPECIAL_FILE = "not regular files (FIFOs, devices, sockets)"
 TOO_LARGE = f"larger than {MAX_FILE_BYTES // 2**20} MB"
+DOCUMENT_TOO_LARGE = f"PDF or Office files larger than {MAX_DOCUMENT_BYTES // 2**20} MB"
 HTML_TOO_LARGE = f"HTML larger than {MAX_HTML_BYTES // 2**20} MB"
 TOO_DEEP = f"HTML nested over {MAX_HTML_DEPTH} deep"
 
@@ -70,6 +77,9 @@ class Passage:
     title: str
     source: str
     text: str
+    page: int | None = None  # paged documents: the 1-based physical page (a slide's number) where it starts
+    page_end: int | None = None  # the page where it ends, when that is another
+    sheet: str | None = None  # workbooks: the sheet's name
 
 
 # --- HTML to text ---
@@ -285,7 +295,7 @@ def read_document(path: Path) -> tuple[str, str] | None:
     return document if isinstance(document, tuple) else None
 
 
-def read_regular_file(path: Path) -> bytes | str:
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | str:
     """The bytes of a regular file, or why it cannot be read. Opened without blocking and checked after
     opening, so a FIFO or device put in a file's place is never waited on or read."""
     try:
@@ -298,11 +308,12 @@ def read_regular_file(path: Path) -> bytes | str:
         info = os.fstat(handle)
         if not stat.S_ISREG(info.st_mode):
             return SPECIAL_FILE
-        if info.st_size > MAX_FILE_BYTES:
-            return TOO_LARGE
+        too_large = TOO_LARGE if limit == MAX_FILE_BYTES else DOCUMENT_TOO_LARGE
+        if info.st_size > limit:
+            return too_large
         with os.fdopen(handle, "rb", closefd=False) as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
-        return TOO_LARGE if len(data) > MAX_FILE_BYTES else data
+            data = stream.read(limit + 1)
+        return too_large if len(data) > limit else data
     except OSError:
         return UNREADABLE
     finally:
@@ -312,9 +323,9 @@ def read_regular_file(path: Path) -> bytes | str:
 def corpus_root(corpus_dir: str | Path) -> Path:
     root = Path(corpus_dir).expanduser()
     if root.exists() and not root.is_dir():
-        raise CorpusError(f"corpus {root} is a file, not a folder: give the folder of Markdown, text, reStructuredText or HTML files")
+        raise CorpusError(f"corpus {root} is a file, not a folder: give the folder of {FORMATS}")
     if not root.is_dir():
-        raise CorpusError(f"corpus folder {root} does not exist: give the path of a folder of Markdown, text, reStructuredText or HTML files")
+        raise CorpusError(f"corpus folder {root} does not exist: give the path of a folder of {FORMATS}")
     return root
 
 
@@ -394,7 +405,7 @@ def read_corpus(root: Path) -> CorpusContent:
     scan = scan_corpus(root)
     content = CorpusContent(root, [], Counter(scan.skipped))
     for source, path in scan.files:
-        data = read_regular_file(path)
+        data = read_regular_file(path, MAX_DOCUMENT_BYTES if path.suffix.lower() in DOCUMENT_SUFFIXES else MAX_FILE_BYTES)
         if isinstance(data, bytes):
             content.files.append((source, data))
         else:
@@ -415,12 +426,17 @@ def describe_skipped(skipped: Counter[str]) -> str:
 def chunk_text(text: str, chunk_tokens: int, chunk_overlap: int) -> list[str]:
     """Split into chunks of at most ``chunk_tokens`` units, consecutive chunks sharing up to ``chunk_overlap``
     units; chunks end at a paragraph break where one fits, else at a line break, else mid-line."""
+    return [text[start:end] for start, end in chunk_spans(text, chunk_tokens, chunk_overlap)]
+
+
+def chunk_spans(text: str, chunk_tokens: int, chunk_overlap: int) -> list[tuple[int, int]]:
+    """Where ``chunk_text``'s chunks start and end in ``text``."""
     units = list(UNIT.finditer(text))
     # A chunk may end after units[:b] for b in these lists without cutting a paragraph (or a line).
     newlines = [text.count("\n", units[i - 1].end(), units[i].start()) for i in range(1, len(units))]
     paragraphs = [i for i, count in enumerate(newlines, 1) if count >= 2] + [len(units)]
     lines = [i for i, count in enumerate(newlines, 1) if count >= 1] + [len(units)]
-    chunks: list[str] = []
+    chunks: list[tuple[int, int]] = []
     start = end = 0
     while end < len(units):
         limit = start + chunk_tokens
@@ -434,7 +450,7 @@ def chunk_text(text: str, chunk_tokens: int, chunk_overlap: int) -> list[str]:
             start = line_start if line_start <= end else earliest
         else:
             new_end = _good_end(lines, start, end, limit) or limit
-        chunks.append(text[units[start].start() : units[new_end - 1].end()])
+        chunks.append((units[start].start(), units[new_end - 1].end()))
         end, start = new_end, _overlap_start(lines, new_end, chunk_overlap)
     return chunks
 
@@ -482,19 +498,74 @@ def passages_from(
     passages: list[Passage] = []
     skipped = Counter(content.skipped)
     for source, data in content.files:
-        document = document_text(data, source)
-        chunks = chunk_text(document[1], chunk_tokens, chunk_overlap) if isinstance(document, tuple) else []
-        if not chunks:
-            skipped[document if isinstance(document, str) else EMPTY] += 1
-            continue
-        ref_id = ref_id_for(source)
-        passages += [Passage(ref_id, f"{ref_id}:{index}", document[0], source, chunk) for index, chunk in enumerate(chunks)]
+        found = file_passages(source, data, chunk_tokens, chunk_overlap)
+        if isinstance(found, str):
+            skipped[found] += 1
+        else:
+            passages += found
     if not passages:
         raise CorpusError(
-            f"corpus folder {content.root} has no readable .md/.txt/.rst/.html files ({describe_skipped(skipped)}): "
-            "add UTF-8 text or HTML files to it, or use another folder"
+            f"corpus folder {content.root} has no readable files ({describe_skipped(skipped)}): add {FORMATS} to it, or use another folder"
         )
     return passages, skipped
+
+
+def file_passages(source: str, data: bytes, chunk_tokens: int, chunk_overlap: int) -> list[Passage] | str:
+    """One corpus file's passages, or why it is skipped."""
+    ref_id = ref_id_for(source)
+    if PurePosixPath(source).suffix.lower() in DOCUMENT_SUFFIXES:
+        document = read_document_pages(data, source)
+        if isinstance(document, str):
+            return document
+        try:
+            chunks = list(chunk_pages(document.pages, chunk_tokens, chunk_overlap, join_short_pages=document.join_short_pages))
+        except UnreadableDocument as error:
+            return error.reason
+        if not chunks:
+            return NO_TEXT_LAYER if PurePosixPath(source).suffix.lower() in PDF_SUFFIXES else EMPTY
+        return [Passage(ref_id, f"{ref_id}:{i}", document.title, source, c.text, c.page, c.page_end, c.sheet) for i, c in enumerate(chunks)]
+    text = document_text(data, source)
+    if isinstance(text, str):
+        return text
+    title, body = text
+    return [Passage(ref_id, f"{ref_id}:{i}", title, source, chunk) for i, chunk in enumerate(chunk_text(body, chunk_tokens, chunk_overlap))] or EMPTY
+
+
+class PageChunk(NamedTuple):
+    text: str
+    page: int | None
+    page_end: int | None
+    sheet: str | None
+
+
+def chunk_pages(pages: Iterable[Page], chunk_tokens: int, chunk_overlap: int, *, join_short_pages: bool = True) -> Iterator[PageChunk]:
+    """Chunks of a document's pages that prefer not to cross a page: each page is chunked on its own, but
+    with ``join_short_pages`` a page shorter than a third of a chunk joins the pages after it (a chunk then
+    spans pages). A sheet is never joined to another. Streams: one group of pages at a time."""
+    group: list[Page] = []
+    size = 0
+    for page in pages:
+        if not page.text.strip():
+            continue
+        if group and (page.sheet is not None or group[-1].sheet is not None):
+            yield from _chunk_group(group, chunk_tokens, chunk_overlap)
+            group, size = [], 0
+        group.append(page)
+        size += len(UNIT.findall(page.text))
+        if size >= chunk_tokens // 3 or not join_short_pages:
+            yield from _chunk_group(group, chunk_tokens, chunk_overlap)
+            group, size = [], 0
+    if group:
+        yield from _chunk_group(group, chunk_tokens, chunk_overlap)
+
+
+def _chunk_group(group: list[Page], chunk_tokens: int, chunk_overlap: int) -> Iterator[PageChunk]:
+    text = "\n\n".join(page.text for page in group)
+    starts = list(itertools.accumulate((len(page.text) + 2 for page in group[:-1]), initial=0))
+    for start, end in chunk_spans(text, chunk_tokens, chunk_overlap):
+        first, last = group[bisect.bisect_right(starts, start) - 1], group[bisect.bisect_right(starts, end - 1) - 1]
+        page_end = last.number if last.number != first.number else None
+        yield PageChunk(text[start:end], first.number, page_end, first.sheet)
 
 
 # --- the bundled corpus ---

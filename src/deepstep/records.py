@@ -27,6 +27,9 @@ class Context(TypedDict):
     text: str
     title: str  # the document's title (its first heading, else its file name)
     source: str  # the document's path in the corpus
+    page: NotRequired[int]  # paged documents (PDF, slides): the 1-based physical page where the passage starts
+    page_end: NotRequired[int]  # ... and where it ends, when that is another page
+    sheet: NotRequired[str]  # workbooks: the sheet's name
 
 
 class FollowUpSearch(TypedDict):

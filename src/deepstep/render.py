@@ -211,7 +211,18 @@ def _passage_title(passage: Mapping[str, Any]) -> str:
 
 
 def _passage_source(passage: Mapping[str, Any]) -> str:
-    return f" ({passage['source']})" if passage.get("source") else ""
+    """`` (R-intro.pdf, p. 23)``: the document, and where in it for a paged one (pages, or a workbook's sheet)."""
+    if not passage.get("source"):
+        return ""
+    return f" ({passage['source']}{passage_location(passage)})"
+
+
+def passage_location(passage: Mapping[str, Any]) -> str:
+    """``, p. 23``, ``, pp. 23-24`` or ``, sheet Prices``; "" for a passage of a document without pages."""
+    if passage.get("page") is not None:
+        end = passage.get("page_end")
+        return f", pp. {passage['page']}-{end}" if end is not None and end != passage["page"] else f", p. {passage['page']}"
+    return f", sheet {passage['sheet']}" if passage.get("sheet") else ""
 
 
 def _failed_steps_section(steps: list[Step]) -> str:

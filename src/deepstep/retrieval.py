@@ -73,7 +73,8 @@ def passage_document(passage: Passage, score: float) -> Document:
     """A retrieved passage as every deepstep retriever returns it: the text, with ref_id, chunk_id,
     title, source and score in the metadata."""
     metadata = {"ref_id": passage.ref_id, "chunk_id": passage.chunk_id, "title": passage.title, "source": passage.source, "score": score}
-    return Document(page_content=passage.text, metadata=metadata)
+    located = {"page": passage.page, "page_end": passage.page_end, "sheet": passage.sheet}
+    return Document(page_content=passage.text, metadata=metadata | {key: value for key, value in located.items() if value is not None})
 
 
 def contexts_from_documents(docs: list[Document]) -> list[Context]:
@@ -86,6 +87,9 @@ def contexts_from_documents(docs: list[Document]) -> list[Context]:
                 title=doc.metadata.get("title", ""),
                 source=doc.metadata.get("source", ""),
                 text=doc.page_content,
+                page=doc.metadata.get("page"),
+                page_end=doc.metadata.get("page_end"),
+                sheet=doc.metadata.get("sheet"),
             ),
             doc.metadata.get("score", 0.0),
         )

@@ -49,6 +49,12 @@ def _context_to_store(context: Mapping[str, Any]) -> dict[str, Any]:
     }
     if context.get("source"):
         item["source"] = str(context["source"])  # dreamsboard ignores it; deepstep's references use it on re-import
+    # Where in a paged document: extra fields too, which dreamsboard ignores and deepstep reads back.
+    for key in ("page", "page_end"):
+        if isinstance(context.get(key), int):
+            item[key] = context[key]
+    if context.get("sheet"):
+        item["sheet"] = str(context["sheet"])
     return item
 
 
@@ -61,7 +67,7 @@ def _context_from_store(item: Any, where: str) -> dict[str, Any]:
             raise ValueError(score)
     except (TypeError, ValueError):
         raise InputError(f"{where}: context score {str(item.get('score'))[:40]!r} is not a finite number") from None
-    return {
+    context = {
         "ref_id": str(item.get("ref_id", "")),
         "chunk_id": str(item.get("chunk_id", "")),
         "title": str(item.get(dreamsboard.CONTEXT_TITLE) or ""),
@@ -69,6 +75,10 @@ def _context_from_store(item: Any, where: str) -> dict[str, Any]:
         "score": score,
         "text": str(item.get("text", "")),
     }
+    located = {key: item[key] for key in ("page", "page_end") if isinstance(item.get(key), int) and not isinstance(item[key], bool) and item[key] > 0}
+    if isinstance(item.get("sheet"), str) and item["sheet"]:
+        located["sheet"] = item["sheet"]
+    return {**context, **located}
 
 
 def _search_trace(step: Step) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ def _describe(corpus: Path, index: BM25Index, seconds: float) -> str:
 
 @corpus_app.command("index")
 def index(
-    path: Annotated[Path, typer.Argument(help="Folder of Markdown, text, reStructuredText or HTML files.")],
+    path: Annotated[Path, typer.Argument(help="Folder of Markdown, text, reStructuredText, HTML, PDF, DOCX, PPTX, XLSX or EPUB files.")],
     chunk_tokens: Annotated[int | None, typer.Option(help="Passage size in words (default: DEEPSTEP_CHUNK_TOKENS or 180).")] = None,
     chunk_overlap: Annotated[int | None, typer.Option(help="Words shared by consecutive passages (default 30).")] = None,
 ) -> None:
