@@ -465,3 +465,14 @@ def test_a_worker_waiting_for_the_schema_lock_does_not_deadlock_create_index_con
             holder.execute("CREATE INDEX CONCURRENTLY schema_lock_probe_x ON schema_lock_probe (x)")
         worker.join(timeout=30)
         assert acquired.is_set() and not errors
+
+
+def test_full_text_hits_of_a_pdf_carry_their_page(postgres_url, tmp_path):
+    from tests.test_documents import guide_pdf
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "notes.pdf").write_bytes(guide_pdf())
+    retriever = PostgresRetriever.from_directory(postgres_url, corpus, k=1, chunk_tokens=20, chunk_overlap=5)
+    (hit,) = retriever.invoke("momentum running average")
+    assert (hit.metadata["source"], hit.metadata["page"]) == ("notes.pdf", 3)

@@ -47,7 +47,7 @@ CORPORA_TABLE = "deepstep_corpora"
 EMBEDDINGS_TABLE = "deepstep_embeddings"  # pgvector, only when an embedding model is configured
 TERMS_TABLE = "deepstep_terms"  # document frequency of each term, for the IDF weights of a query
 # Bump when the table layout or the analysis of the text changes, so old rows are not reused.
-_LOAD_FORMAT = 1
+_LOAD_FORMAT = 2  # 2: passages keep their page
 _TERM = re.compile(r"^\w+$")
 
 _SCHEMA = f"""
@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS {PASSAGES_TABLE} (
     terms tsvector NOT NULL,
     PRIMARY KEY (content_hash, position)
 );
+-- Where a passage of a paged document is (added after the first release: older tables gain the columns).
+ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS page integer;
+ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS page_end integer;
+ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS sheet text;
 CREATE INDEX IF NOT EXISTS {PASSAGES_TABLE}_terms ON {PASSAGES_TABLE} USING gin (terms);
 CREATE TABLE IF NOT EXISTS {TERMS_TABLE} (
     content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE,
@@ -127,10 +131,11 @@ def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0) ->
                 with connection.cursor() as cursor:
                     # The title is indexed with every chunk (as for BM25), weighted above the body.
                     cursor.executemany(
-                        f"INSERT INTO {PASSAGES_TABLE} (content_hash, position, ref_id, chunk_id, title, source, text, terms) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, setweight(to_tsvector('simple', %s), 'A') || to_tsvector('simple', %s))",
+                        f"INSERT INTO {PASSAGES_TABLE} (content_hash, position, ref_id, chunk_id, title, source, text, page, page_end, sheet, terms) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                        "setweight(to_tsvector('simple', %s), 'A') || to_tsvector('simple', %s))",
                         [
-                            (corpus_hash, i, p.ref_id, p.chunk_id, p.title, p.source, p.text, title, body)
+                            (corpus_hash, i, p.ref_id, p.chunk_id, p.title, p.source, p.text, p.page, p.page_end, p.sheet, title, body)
                             for i, (p, (title, body)) in enumerate(zip(passages, analyzed, strict=True))
                         ],
                     )
@@ -181,7 +186,8 @@ WITH query AS (
     FROM {TERMS_TABLE} t JOIN {CORPORA_TABLE} c USING (content_hash)
     WHERE t.content_hash = %(corpus)s AND t.term = ANY(%(terms)s)
 )
-SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, sum(query.idf * ts_rank(%(weights)s::float4[], p.terms, query.lexeme, 1)) AS score
+SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, p.page, p.page_end, p.sheet,
+       sum(query.idf * ts_rank(%(weights)s::float4[], p.terms, query.lexeme, 1)) AS score
 FROM {PASSAGES_TABLE} p JOIN query ON p.terms @@ query.lexeme
 WHERE p.content_hash = %(corpus)s AND p.terms @@ to_tsquery('simple', %(any_term)s)
 GROUP BY p.content_hash, p.position
@@ -247,7 +253,7 @@ CREATE TABLE IF NOT EXISTS {EMBEDDINGS_TABLE} (
 """
 
 _NEAREST = f"""
-SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, 1 - (e.embedding <=> %(vector)s::vector) AS score
+SELECT p.ref_id, p.chunk_id, p.title, p.source, p.text, p.page, p.page_end, p.sheet, 1 - (e.embedding <=> %(vector)s::vector) AS score
 FROM {EMBEDDINGS_TABLE} e JOIN {PASSAGES_TABLE} p USING (content_hash, position)
 WHERE e.content_hash = %(corpus)s AND e.model = %(model)s
 ORDER BY e.embedding <=> %(vector)s::vector, e.position
@@ -365,7 +371,7 @@ class PostgresRetriever(BaseRetriever):
                 rows = connection.execute(sql, parameters).fetchall()
         except psycopg.Error as error:
             raise connection_error(self.database_url, error) from None
-        # The queries select ref_id, chunk_id, title, source, text (Passage's fields, in order), then the score.
+        # The queries select Passage's fields in order (ref_id, chunk_id, title, source, text, page, page_end, sheet), then the score.
         return [passage_document(Passage(*fields), float(score)) for *fields, score in rows]
 
 
