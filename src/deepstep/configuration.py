@@ -120,6 +120,7 @@ class ResolvedModel(BaseModel):
     timeout: float
     max_retries: int
     llama_cpp: bool
+    max_concurrency: int  # calls in flight to this base URL and model, at most
 
 
 class Settings(BaseSettings):
@@ -229,7 +230,9 @@ class Settings(BaseSettings):
     outline_tokens: int = Field(default=400, ge=32, le=MOST_TOKENS, description="Token budget of the outline kept for later prompts.")
     max_steps: int = Field(default=8, ge=1, le=500, description="At most this many steps in the plan.")
     max_depth: int = Field(default=3, ge=1, le=6, description="Deepest step level (1: only top-level steps).")
-    max_concurrency: int = Field(default=4, ge=1, le=64)
+    max_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Steps run at once, and model calls in flight per model server (base URL + model) in this process."
+    )
     review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
     language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
 
@@ -330,6 +333,7 @@ class Settings(BaseSettings):
             timeout=override.timeout or self.timeout,
             max_retries=self.max_retries,
             llama_cpp=self.llama_cpp,
+            max_concurrency=self.max_concurrency,
         )
 
     def model_for(self, role: Role) -> str:

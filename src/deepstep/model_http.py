@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from deepstep.call_limits import InFlightLimit, limit_for
+
 # JSON escapes a character in at most 12 bytes (an astral one as two \\uXXXX); the rest of a completion is small.
 BYTES_PER_CHAR = 12
 ENVELOPE_BYTES = 64 * 1024
@@ -94,8 +96,11 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 class ModelTransport(httpx.HTTPTransport):
     """httpx's transport with a deadline per request and replies read whole (up to a cap) and checked."""
 
-    def __init__(self, *, deadline_seconds: float, max_reply_chars: int, proxy: str | None = None) -> None:
+    def __init__(
+        self, *, deadline_seconds: float, max_reply_chars: int, proxy: str | None = None, limit: InFlightLimit | None = None, max_in_flight: int = 0
+    ) -> None:
         super().__init__(proxy=proxy)
+        self.limit, self.max_in_flight = limit, max_in_flight
         # httpx takes no network backend of its own: give its connection pool one bounded by the deadline.
         self._pool._network_backend = _DeadlineBackend(self._pool._network_backend)
         self.deadline_seconds = deadline_seconds
@@ -103,6 +108,12 @@ class ModelTransport(httpx.HTTPTransport):
         self.max_body_bytes = BYTES_PER_CHAR * max_reply_chars + ENVELOPE_BYTES
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.limit is None:
+            return self._handle(request)
+        with self.limit.slot(self.max_in_flight):  # the deadline starts once the request may go
+            return self._handle(request)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         _request.deadline = time.monotonic() + self.deadline_seconds
         try:
             response = super().handle_request(request)
@@ -198,12 +209,15 @@ def _plausible_usage(usage: Any) -> bool:
     return isinstance(usage, list) and all(_plausible_usage(value) for value in usage)
 
 
-def model_http_client(base_url: str, *, timeout: float, max_reply_chars: int) -> httpx.Client:
-    """The httpx client for calls to the model server at ``base_url``."""
+def model_http_client(base_url: str, *, timeout: float, max_reply_chars: int, model: str | None = None, max_in_flight: int = 0) -> httpx.Client:
+    """The httpx client for calls to the model server at ``base_url``; with ``model`` and ``max_in_flight``,
+    at most that many requests to that model there are in flight in this process (``call_limits``)."""
     # A client with its own transport ignores proxy variables: honour them as httpx would.
     scheme, host = urlsplit(base_url).scheme, urlsplit(base_url).hostname or ""
     proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(scheme)
-    return httpx.Client(transport=ModelTransport(deadline_seconds=timeout, max_reply_chars=max_reply_chars, proxy=proxy))
+    limit = limit_for(base_url, model) if model is not None and max_in_flight > 0 else None
+    transport = ModelTransport(deadline_seconds=timeout, max_reply_chars=max_reply_chars, proxy=proxy, limit=limit, max_in_flight=max_in_flight)
+    return httpx.Client(transport=transport)
 
 
 __all__ = ["ModelTransport", "UnusableReplyError", "check_chat_completion", "model_http_client"]

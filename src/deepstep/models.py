@@ -126,7 +126,9 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_char
         extra_body={"max_tokens": resolved.max_tokens} if resolved.llama_cpp else None,
         timeout=resolved.timeout,
         # A deadline per request (not per read), and replies checked and capped before they are parsed.
-        http_client=model_http_client(resolved.base_url, timeout=resolved.timeout, max_reply_chars=max_reply_chars),
+        http_client=model_http_client(
+            resolved.base_url, model=resolved.model, timeout=resolved.timeout, max_reply_chars=max_reply_chars, max_in_flight=resolved.max_concurrency
+        ),
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
         # LangGraph Studio always streams "messages", which would switch every call to a

@@ -413,6 +413,7 @@ class FakeLLMServer:
         self._flight = threading.Condition()
         self._in_flight = 0
         self.max_in_flight = 0
+        self._this_request = threading.local()  # .in_flight: whether this handler thread's request still counts
         self._open = threading.Event()  # cleared by hold(): requests wait, in flight, until release()
         self._open.set()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
@@ -491,10 +492,18 @@ class FakeLLMServer:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             self._flight.notify_all()
+        self._this_request.in_flight = True
         try:
             self._open.wait()
             yield
         finally:
+            self._end_flight()
+
+    def _end_flight(self) -> None:
+        """The current request is no longer in flight: called as its reply goes out, since a client may send
+        its next request as soon as it has read the reply, before this thread has left ``_in_flight_request``."""
+        if getattr(self._this_request, "in_flight", False):
+            self._this_request.in_flight = False
             with self._flight:
                 self._in_flight -= 1
 
@@ -631,6 +640,7 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             entry["finished"] = time.time()
             # Logged before the bytes go out: a client holding the reply always finds it in the log.
             server._record(entry)
+            server._end_flight()
             try:
                 self._send_json(status, body, headers)
             except (BrokenPipeError, ConnectionResetError):
