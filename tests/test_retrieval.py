@@ -361,3 +361,51 @@ def test_retrieval_benchmark_scores_labelled_questions(tmp_path):
     assert figures["recall"] == {"4": 0.5, "10": 0.5} and figures["document_recall"] == {"4": 1.0, "10": 1.0}
     assert figures["misses"] == ["What is the margin in hinge loss, again?"]
     assert figures["build"]["passages"] > 0 and 0 < figures["p50_ms"] <= figures["p95_ms"]
+
+
+def test_cross_language_benchmark_scores_the_question_nodes_english_query(tmp_path, fake_llm):
+    """Chinese questions over an English corpus find nothing on their own; the fake model's ``Search query:`` line
+    (its dictionary: 损失函数 -> loss function, 交叉验证 -> cross-validation) finds both answers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "loss.md").write_text(
+        "# Loss functions\n\nA loss function measures how far the predictions of a model are from the targets. "
+        "Training a model means finding the parameters that make the loss on the training data as small as possible.\n",
+        encoding="utf-8",
+    )
+    (corpus / "validation.md").write_text(
+        "# Cross-validation\n\nCross-validation estimates how well a model generalises: the data is split into folds, "
+        "and the model is trained on all folds but one and scored on the one left out, once for every fold.\n",
+        encoding="utf-8",
+    )
+    questions = {
+        "questions": [
+            {"question": "What is a loss function?", "expected": [{"source": "loss.md", "phrase": "A loss function measures"}]},
+            {"question": "What is cross-validation?", "expected": [{"source": "validation.md", "phrase": "the data is split into folds"}]},
+        ]
+    }
+    translations = {
+        "questions": [
+            {"english": "What is a loss function?", "chinese": "什么是损失函数？"},
+            {"english": "What is cross-validation?", "chinese": "什么是交叉验证？"},
+        ]
+    }
+    (tmp_path / "questions.json").write_text(json.dumps(questions), encoding="utf-8")
+    (tmp_path / "zh.json").write_text(json.dumps(translations, ensure_ascii=False), encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks.cross_language", "--corpus", str(corpus), "--questions", str(tmp_path / "questions.json")]
+    command += ["--translations", str(tmp_path / "zh.json"), "--json"]
+    env = {**os.environ, "OPENAI_BASE_URL": fake_llm.base_url, "DEEPSTEP_HOME": str(tmp_path / "home")}
+    done = subprocess.run(command, cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout)
+    assert figures["questions"] == 2 and figures["corpus_language"] == "English" and figures["detected_cross_language"] == 2
+    assert figures["recall_english"] == 1.0 and figures["recall_chinese_without"] == 0.0
+    assert figures["recall_chinese_with"] == 1.0 and figures["recall_chinese_exact_query"] == 1.0
+    assert figures["query_line_share"] == 1.0
+    assert [reply["search_query"] for reply in figures["replies"]] == ["loss function definition", "cross-validation definition"]
+    assert [entry["task"] for entry in fake_llm.log()] == ["question", "question"]  # one question-node call per question, nothing else

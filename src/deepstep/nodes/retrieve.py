@@ -26,12 +26,17 @@ def make_retrieve(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
         # to draw it or to read a stored thread does not need it.
         from deepstep.retrieval import top_contexts
 
-        query = " ".join(part for part in (state["step"]["name"], state["research_question"], state.get("search_query")) if part)
-        found = top_contexts(query, settings, retriever)
+        found = top_contexts(step_query(state["step"]["name"], state["research_question"], state.get("search_query")), settings, retriever)
         contexts, truncated = prompts.fit_contexts(found, settings.context_tokens)
         return {"contexts": contexts, "truncated_contexts": truncated, "evidence": evidence_gate(gate_query(state), contexts)}
 
     return retrieve
+
+
+def step_query(step_name: str, research_question: str, search_query: str | None) -> str:
+    """What a step's first retrieval searches for: its name, its research question and, when the corpus is in
+    another language, the same question as a query in that language (benchmarks.cross_language scores this)."""
+    return " ".join(part for part in (step_name, research_question, search_query) if part)
 
 
 def after_retrieve(state: StepState, runtime: Runtime[Any]) -> Literal["answer", "search_query", "finish"]:
