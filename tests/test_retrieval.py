@@ -146,7 +146,9 @@ def test_missing_folder_says_what_to_do(tmp_path):
 def test_folder_without_readable_files_says_what_to_do(tmp_path):
     (tmp_path / "empty.md").write_bytes(b"")
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01")
-    with pytest.raises(CorpusError, match=r"no readable \.md/\.txt/\.rst/\.html files.*add UTF-8 text or HTML files to it, or use another folder"):
+    with pytest.raises(
+        CorpusError, match=r"has no readable files \(2 files skipped.*\): add Markdown, text, .* or EPUB files to it, or use another folder"
+    ):
         load_passages(tmp_path)
 
 
