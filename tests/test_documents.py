@@ -177,6 +177,8 @@ def test_ligatures_are_spelled_out_and_line_end_hyphens_joined():
     assert clean_text("the ﬁrst eﬀect is signiﬁcant") == "the first effect is significant"
     assert clean_text("an exam-\nple of hyphen-\n  ation") == "an example of hyphenation"
     assert clean_text("well-\nKnown stays, as do 1-\n2 ranges") == "well-\nKnown stays, as do 1-\n2 ranges"  # capital or digit: kept
+    # PDFium's mark of a line-end hyphen it joined (R-intro.pdf page 9: "pack\x02ages"), a soft hyphen, control characters.
+    assert clean_text("about 25 pack\x02ages of S\x02Plus, co\u00adop\x14erate") == "about 25 packages of S-Plus, cooperate"
 
 
 def test_running_headers_and_page_numbers_go_and_body_lines_stay():

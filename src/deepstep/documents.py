@@ -125,9 +125,16 @@ FURNITURE_WINDOW = 8  # pages looked at on each side: a few pages' text at a tim
 FURNITURE_REPEATS = 2  # other pages in the window with the same edge line
 
 
+# PDFium marks a hyphen it found at a line end (and joined the line at) as U+0002; a soft hyphen is U+00AD.
+_MARKED_HYPHEN = re.compile("[\x02\u00ad](?=[a-z])")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def clean_text(text: str) -> str:
-    """Ligatures spelled out and words hyphenated at line ends joined."""
-    return _LINE_END_HYPHEN.sub("", _LIGATURE.sub(lambda match: _LIGATURES[match.group()], text))
+    """Ligatures spelled out, words hyphenated at line ends joined, control characters dropped."""
+    text = _LINE_END_HYPHEN.sub("", _LIGATURE.sub(lambda match: _LIGATURES[match.group()], text))
+    text = _MARKED_HYPHEN.sub("", text).replace("\x02", "-")  # "pack\x02ages" -> "packages"; "S\x02Plus" -> "S-Plus"
+    return _CONTROL.sub("", text.replace("\u00ad", ""))
 
 
 FURNITURE_CHARS = 120  # a longer line is body text, even at a page's edge
