@@ -8,9 +8,10 @@ import time
 
 from langgraph.checkpoint.memory import InMemorySaver
 
-from deepstep import step_tree
+from deepstep import call_limits, step_tree
 from deepstep.call_limits import InFlightLimit, limit_for
 from deepstep.graph import build_graph
+from deepstep.testing import Fault
 from tests.conftest import TEST_CORPUS
 
 
@@ -60,3 +61,52 @@ def test_a_graph_invoked_without_langgraphs_bound_keeps_max_concurrency_calls_in
     final = graph.invoke({"question": "What is a loss function?"}, {"configurable": {"thread_id": "t"}}, context={"rollouts": 0})
     assert len(step_tree.steps(final["tree"])) == 8
     assert fake_llm.max_in_flight == 2
+
+
+def test_a_rate_limit_halves_the_calls_in_flight_once_per_event_and_successes_add_them_back(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(call_limits.time, "monotonic", lambda: clock[0])
+    limit = InFlightLimit()
+    with limit.slot(8) as first, limit.slot(8) as second:
+        limit.rate_limited(first, 0.5, 8)
+        assert limit.allowed == 4
+        limit.rate_limited(second, 0.5, 8)  # sent before that decrease: the same event
+        assert limit.allowed == 4
+    clock[0] += 1.0  # past the Retry-After
+    with limit.slot(8) as third:  # (two of the four allowed are free)
+        limit.rate_limited(third, None, 8)  # a call sent after the decrease: a new event
+    assert limit.allowed == 2
+    for _ in range(call_limits.INCREASE_AFTER * 2 - 1):
+        limit.succeeded(8)
+    assert limit.allowed == 2
+    limit.succeeded(8)  # INCREASE_AFTER successes per allowed call: one more
+    assert limit.allowed == 3
+
+
+def test_below_one_call_in_flight_calls_are_paced_from_the_retry_after(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(call_limits.time, "monotonic", lambda: clock[0])
+    limit = InFlightLimit()
+    with limit.slot(1) as started:
+        limit.rate_limited(started, 0.2, 1)  # one call in flight was already too many
+    assert limit.allowed == 1 and limit._interval == 0.2
+    clock[0] += 0.2
+    with limit.slot(1):
+        pass
+    assert limit._next_start == clock[0] + 0.2  # the next call waits 0.2 s after this one started
+    limit.succeeded(1)
+    assert limit._interval == 0.2 * (1 - 1 / (2 * call_limits.INCREASE_AFTER))
+
+
+def test_a_429_with_retry_after_over_http_halves_the_servers_limit(fake_llm, monkeypatch):
+    """An injected HTTP 429 (Retry-After 0.05 s) on the first answer: the run goes on (the OpenAI client
+    retries it) and the limit of that server and model now allows half of max_concurrency in flight."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    monkeypatch.setenv("DEEPSTEP_CORPUS", str(TEST_CORPUS))
+    monkeypatch.setenv("DEEPSTEP_MODEL", "rate-limit-test")
+    monkeypatch.setenv("DEEPSTEP_MAX_CONCURRENCY", "4")
+    fake_llm.set_faults([Fault("http429", task="answer", times=1, retry_after=0.05)])
+    graph = build_graph(InMemorySaver())
+    final = graph.invoke({"question": "What is a loss function?"}, {"configurable": {"thread_id": "t"}}, context={"rollouts": 0, "max_steps": 1})
+    assert [step["status"] for step in step_tree.steps(final["tree"])] == ["done"]
+    assert limit_for(fake_llm.base_url, "rate-limit-test").allowed == 2

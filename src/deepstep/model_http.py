@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from deepstep.call_limits import InFlightLimit, limit_for
+from deepstep.call_limits import InFlightLimit, limit_for, retry_after_seconds
 
 # JSON escapes a character in at most 12 bytes (an astral one as two \\uXXXX); the rest of a completion is small.
 BYTES_PER_CHAR = 12
@@ -110,8 +110,14 @@ class ModelTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.limit is None:
             return self._handle(request)
-        with self.limit.slot(self.max_in_flight):  # the deadline starts once the request may go
-            return self._handle(request)
+        with self.limit.slot(self.max_in_flight) as started:  # the deadline starts once the request may go
+            response = self._handle(request)
+        retry_after = retry_after_seconds(response.headers)
+        if response.status_code == 429 or (response.status_code == 503 and retry_after is not None):
+            self.limit.rate_limited(started, retry_after, self.max_in_flight)
+        elif response.status_code < 400:
+            self.limit.succeeded(self.max_in_flight)
+        return response
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         _request.deadline = time.monotonic() + self.deadline_seconds

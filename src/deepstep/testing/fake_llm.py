@@ -400,8 +400,16 @@ class FakeLLMServer:
         json_schema: bool = True,
         log_path: str | None = None,
         api_key: str | None = None,
+        rate_limit: float = 0,
+        rate_burst: int = 2,
     ) -> None:
         self.latency_ms = latency_ms
+        # An API's rate limit: a token bucket of rate_limit requests per second (0: none) holding at most
+        # rate_burst; a chat request finding it empty gets HTTP 429 with Retry-After (seconds to the next token).
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self._bucket = (float(rate_burst), time.monotonic())  # tokens, when counted
+        self._bucket_lock = threading.Lock()
         self.api_key = api_key  # when set, every request without it gets HTTP 401 (llama.cpp's --api_key)
         self.steps = steps
         self.json_schema = json_schema
@@ -506,6 +514,20 @@ class FakeLLMServer:
             self._this_request.in_flight = False
             with self._flight:
                 self._in_flight -= 1
+
+    def take_rate_token(self) -> float | None:
+        """Spend one request of the rate limit: None when allowed, else the seconds until a token is there."""
+        if not self.rate_limit:
+            return None
+        with self._bucket_lock:
+            tokens, counted = self._bucket
+            now = time.monotonic()
+            tokens = min(float(self.rate_burst), tokens + (now - counted) * self.rate_limit)
+            if tokens >= 1:
+                self._bucket = (tokens - 1, now)
+                return None
+            self._bucket = (tokens, now)
+            return (1 - tokens) / self.rate_limit
 
     def set_faults(self, faults: list[Fault]) -> None:
         self._rules.replace(faults)
@@ -658,6 +680,10 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if response_format.get("type") == "json_schema" and not server.json_schema:
                 self._respond_error(entry, 400, "json_schema response_format is not supported")
                 return
+            wait = server.take_rate_token()
+            if wait is not None:
+                self._respond_error(entry, 429, "rate limit reached", "rate_limit_error", {"Retry-After": f"{wait:.3f}"})
+                return
             if server.latency_ms:
                 time.sleep(server.latency_ms / 1000)
             fault = server._rules.pick(task, user)
@@ -785,13 +811,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps in a decompose reply")
     parser.add_argument("--no-json-schema", action="store_true", help="reject json_schema response formats like llama.cpp")
     parser.add_argument("--log", help="append each request as a JSON line to this file")
+    parser.add_argument("--rate-limit", type=float, default=0.0, help="requests per second before HTTP 429 with Retry-After (0: none)")
+    parser.add_argument("--rate-burst", type=int, default=2, help="requests the rate limit lets through at once")
     args = parser.parse_args(argv)
     try:
         faults = [parse_fault(spec) for spec in args.fault]
     except ValueError as error:
         parser.error(str(error))
     server = FakeLLMServer(
-        port=args.port, latency_ms=args.latency_ms, faults=faults, steps=args.steps, json_schema=not args.no_json_schema, log_path=args.log
+        port=args.port,
+        latency_ms=args.latency_ms,
+        faults=faults,
+        steps=args.steps,
+        json_schema=not args.no_json_schema,
+        log_path=args.log,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
     )
     server.serve_until_signalled(f"listening on {server.base_url}")
 
