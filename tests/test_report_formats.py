@@ -248,3 +248,23 @@ def test_pdf_without_weasyprint_is_one_line_and_keeps_the_old_file(stored_thread
     assert old.read_bytes() == b"the previous export"
     with pytest.raises(MissingDependencyError, match=r"deepstep\[pdf\]"):
         deepstep.load(stored_thread).write_pdf(tmp_path / "g.pdf")
+
+
+def test_money_is_not_math():
+    page = markdown_to_html("It costs $5 or $10, and $x$ is a variable.")
+    assert "It costs $5 or $10, and " in page and '<span class="math">x</span>' in page
+
+
+class _PangoMissing:
+    """An import finder that fails ``import weasyprint`` the way it fails when Debian's Pango is missing."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "weasyprint":
+            raise OSError("cannot load library 'libpango-1.0-0': libpango-1.0-0: cannot open shared object file")
+
+
+def test_pdf_without_pango_names_the_debian_packages(monkeypatch):
+    monkeypatch.delitem(sys.modules, "weasyprint", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_PangoMissing(), *sys.meta_path])
+    with pytest.raises(MissingDependencyError, match=r"needs the Pango library .*apt-get install libpango-1.0-0 libpangoft2-1.0-0$"):
+        markdown_to_pdf("# title")
