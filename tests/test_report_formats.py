@@ -29,6 +29,8 @@ HAND_REPORT = f"""# {QUESTION}
 
 _2 steps: 2 answered._
 
+**Low confidence:** 定义与作用 [task_id:0](aaaa-1111)
+
 ## Answer
 
 损失函数衡量预测值与真实值之间的差距 [1]. The mean squared error is $\\frac{{1}}{{n}} \\sum_i (y_i - \\hat{{y}}_i)^2$ for $n$ samples [2].
@@ -135,7 +137,11 @@ def test_simple_formulas_become_unicode_others_stay_tex(tex, readable):
 def test_html_has_the_report_with_markup_escaped_and_math_readable():
     page = markdown_to_html(HAND_REPORT, title=QUESTION)
     assert page.startswith("<!DOCTYPE html>") and f"<title>{QUESTION}</title>" in page
-    assert f"<h1>{QUESTION}</h1>" in page and "<h2>定义与作用 " in page and "<h3>Squared error " in page
+    assert f"<h1>{QUESTION}</h1>" in page and "<h2>Answer</h2>" in page
+    # A step is the anchor its id names, and links to it jump there.
+    assert '<h2 id="aaaa-1111">定义与作用 <a href="#aaaa-1111">task_id:0</a></h2>' in page
+    assert '<h3 id="bbbb-2222">Squared error <a href="#bbbb-2222">task_id:0&gt;1</a></h3>' in page
+    assert '<strong>Low confidence:</strong> 定义与作用 <a href="#aaaa-1111">task_id:0</a>' in page
     # Inert: the model's markup is text, and nothing is fetched when the page opens.
     assert "<script" not in page.lower() and "<img" not in page.lower()
     assert "&lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt;" in page or "&lt;script&gt;alert('owned')&lt;/script&gt;" in page

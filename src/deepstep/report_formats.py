@@ -143,6 +143,28 @@ def _tex_brackets(state: StateInline, silent: bool) -> bool:
     return True
 
 
+def _step_anchors(tokens: Sequence[Token]) -> None:
+    """Steps link to themselves by id (``## name [task_id:0](ID)``), a link that leads nowhere outside
+    deepstep. In HTML and PDF the heading becomes the anchor ``#ID``, and every link to ID (the
+    low-confidence line, failed steps) jumps to it. Word keeps the id as the Markdown writes it."""
+    headings: dict[str, Token] = {}
+    for heading, inline in zip(tokens, tokens[1:], strict=False):
+        if heading.type == "heading_open":
+            for child in inline.children or []:
+                href = str(child.attrGet("href") or "")
+                if child.type == "link_open" and _STEP_ID.fullmatch(href):
+                    headings.setdefault(href, heading)
+    for href, heading in headings.items():
+        heading.attrSet("id", href)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "link_open" and str(child.attrGet("href") or "") in headings:
+                child.attrSet("href", f"#{child.attrGet('href')}")
+
+
+_STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # no scheme, path or fragment: not an address
+
+
 @cache
 def _parser() -> MarkdownIt:
     # html off: raw HTML in an answer is escaped text. Tables and strikethrough on, as models write them.
@@ -210,7 +232,10 @@ def _render_image(renderer: RendererHTML, tokens: Sequence[Token], idx: int, opt
 
 def markdown_to_html(markdown: str, *, title: str = "Report") -> str:
     """The report as a standalone HTML page (UTF-8, its stylesheet inline, no script)."""
-    body = _parser().render(markdown)
+    parser = _parser()
+    tokens = parser.parse(markdown)
+    _step_anchors(tokens)
+    body = parser.renderer.render(tokens, parser.options, {})
     return (
         '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">\n'
