@@ -274,3 +274,33 @@ def test_pdf_without_pango_names_the_debian_packages(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [_PangoMissing(), *sys.meta_path])
     with pytest.raises(MissingDependencyError, match=r"needs the Pango library .*apt-get install libpango-1.0-0 libpangoft2-1.0-0$"):
         markdown_to_pdf("# title")
+
+
+def test_pdf_fetches_nothing_a_page_names(tmp_path):
+    """A page with a remote image and stylesheet (not one deepstep writes, but html_to_pdf takes any) makes no request."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deepstep.report_formats import html_to_pdf
+
+    requests: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            requests.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_port}"
+        page = f'<html><head><link rel="stylesheet" href="{address}/style.css"></head><body><p>text</p><img src="{address}/pixel.png"></body></html>'
+        assert html_to_pdf(page).startswith(b"%PDF")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []
