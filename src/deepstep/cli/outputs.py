@@ -50,7 +50,7 @@ def export(
     markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="The report as a standalone HTML page.")] = None,
     docx: Annotated[Path | None, typer.Option("--docx", help="The report as a Word document.")] = None,
-    pdf: Annotated[Path | None, typer.Option("--pdf", help="The report as a PDF (needs WeasyPrint: pip install 'deepstep[pdf]').")] = None,
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="The report as a PDF (needs WeasyPrint, in the pdf extra).")] = None,
 ) -> None:
     """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or its report as Markdown, HTML, Word or PDF."""
     from deepstep import store
