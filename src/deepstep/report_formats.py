@@ -22,11 +22,13 @@ What the formats keep, as the Markdown report has it:
   resource, and a Markdown image becomes its alt text and address, so opening the page fetches
   nothing. WeasyPrint's URL fetcher is limited to ``data:`` URLs: a PDF export makes no request.
 - **LaTeX math** (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``): a formula made only of
-  letters, digits, operators, Greek letters and single-character sub- and superscripts is shown in
-  Unicode (``$\\theta_i^2$`` -> θᵢ²); any other (``\\frac``, ``\\hat``, ``\\text``...) is kept as its
+  letters, digits, operators, named symbols (Greek letters, ``\\sum``, ``\\leq``...), one-letter accents
+  (``\\hat{y}``), ``\\text{...}`` words and sub- and superscripts Unicode has characters for is shown in
+  Unicode (``$\\hat{y}_i^2$`` -> ŷᵢ²); any other (``\\frac``, ``\\sqrt``, ``\\mathbf``...) is kept as its
   TeX source in a code-like span, which reads unambiguously and copies back into LaTeX. No
-  typesetting engine is involved.
-- **Links** stay links in HTML and PDF; in DOCX they are their text followed by the address.
+  typesetting engine is involved. (So an escaped ``\\[1\\]`` in prose reads as display math "1".)
+- **Links** stay links in HTML and PDF, and a step's own link makes its heading an anchor; in DOCX
+  links are their text followed by the address.
 """
 
 from __future__ import annotations
