@@ -77,6 +77,22 @@ fi
 # Its [server] dependencies (uvicorn, fastapi, ...), resolved against the installed wheel.
 .venv/bin/python -m pip install --quiet "$WHEEL[server]"
 
+# --- what PDF reports need from the system -------------------------------------------------
+# WeasyPrint lays text out with Pango and subsets fonts with HarfBuzz (C libraries, not on PyPI), and Chinese text needs a font with
+# its glyphs. apt only when something is missing and we are root; otherwise one line says what to do.
+system_packages=()
+ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || system_packages+=(libpango-1.0-0 libpangoft2-1.0-0)
+ldconfig -p 2>/dev/null | grep -q 'libharfbuzz-subset.so.0' || system_packages+=(libharfbuzz-subset0)  # smaller fonts in the PDF
+fc-list :lang=zh family 2>/dev/null | grep -q . || system_packages+=(fonts-wqy-microhei)
+if [ ${#system_packages[@]} -eq 0 ]; then
+  say "PDF reports: Pango, HarfBuzz and a CJK font are installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  say "PDF reports: installing ${system_packages[*]} with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null
+else
+  say "PDF reports need ${system_packages[*]}: install them as root (apt-get install ${system_packages[*]}); the other exports work without"
+fi
+
 # --- deepstep itself -----------------------------------------------------------------------
 # The local extra's llama-cpp-python pin is already met by the portable wheel: pip builds nothing.
 say "installing deepstep and its extras"

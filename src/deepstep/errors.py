@@ -42,3 +42,7 @@ class StructuredOutputError(Exception):
 
 class ThreadBusyError(DeepstepError):
     """Another process is running the same thread right now."""
+
+
+class MissingDependencyError(DeepstepError):
+    """A feature needs a library or system package that is not installed; the message names it."""

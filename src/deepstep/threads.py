@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langgraph.constants import TASKS
@@ -52,6 +53,39 @@ class RunResult:
     def table(self) -> pd.DataFrame:
         """The storyboard table (seed format)."""
         return render.storyboard_table(self.tree)
+
+    # The report in other formats, same content as ``markdown`` (deepstep/report_formats.py says how
+    # math, links and HTML inside answers come out). The writers write atomically and return the path.
+    def to_html(self) -> str:
+        """The report as a standalone HTML page: inline stylesheet, no script, nothing loaded from elsewhere."""
+        from deepstep.report_formats import markdown_to_html
+
+        return markdown_to_html(self.markdown, title=step_tree.question_of(self.tree))
+
+    def write_html(self, path: str | Path) -> Path:
+        """Write ``to_html()`` to ``path`` (UTF-8)."""
+        return _written(path, self.to_html().encode("utf-8"))
+
+    def write_docx(self, path: str | Path) -> Path:
+        """Write the report as a Word document (python-docx; no other program needed)."""
+        from deepstep.report_formats import markdown_to_docx
+
+        return _written(path, markdown_to_docx(self.markdown, title=step_tree.question_of(self.tree)))
+
+    def write_pdf(self, path: str | Path) -> Path:
+        """Write the report as an A4 PDF (WeasyPrint: ``pip install 'deepstep[pdf]'``; without it a
+        ``MissingDependencyError`` says what to install, and ``path`` is left as it was)."""
+        from deepstep.report_formats import markdown_to_pdf
+
+        return _written(path, markdown_to_pdf(self.markdown, title=step_tree.question_of(self.tree)))
+
+
+def _written(path: str | Path, content: bytes) -> Path:
+    """``content`` written to ``path`` whole or not at all; converted first, so a failed conversion leaves the file as it was."""
+    from deepstep.atomic_files import write_bytes_atomically
+
+    write_bytes_atomically(Path(path), content)
+    return Path(path)
 
 
 def check_thread_id(thread_id: str) -> str:

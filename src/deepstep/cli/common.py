@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deepstep import json_text
@@ -27,7 +28,8 @@ stdout = Console()
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one readable line on stderr and exit with ``code`` (2: bad input or settings)."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is text, not Rich markup: "pip install 'deepstep[pdf]'" must keep its "[pdf]".
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

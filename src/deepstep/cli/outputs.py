@@ -48,14 +48,17 @@ def export(
     parquet: Annotated[Path | None, typer.Option("--parquet", help="Storyboard table as Parquet (needs pyarrow).")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Storyboard table as CSV.")] = None,
     markdown: Annotated[Path | None, typer.Option("--md", help="The Markdown report.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="The report as a standalone HTML page.")] = None,
+    docx: Annotated[Path | None, typer.Option("--docx", help="The report as a Word document.")] = None,
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="The report as a PDF (needs WeasyPrint, in the pdf extra).")] = None,
 ) -> None:
-    """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or Markdown."""
+    """Write a stored thread as a dreamsboard store, a Parquet or CSV table, or its report as Markdown, HTML, Word or PDF."""
     from deepstep import store
     from deepstep.threads import load
 
     with user_errors():
-        if not any((dreamsboard, parquet, csv, markdown)):
-            fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE and/or --md FILE")
+        if not any((dreamsboard, parquet, csv, markdown, html, docx, pdf)):
+            fail("nothing to export: pass --dreamsboard DIR, --parquet FILE, --csv FILE, --md FILE, --html FILE, --docx FILE and/or --pdf FILE")
         result = load(thread_id, settings=load_settings())
         with writable_path(Path("the export")):
             if dreamsboard is not None:
@@ -71,6 +74,10 @@ def export(
             if markdown is not None:
                 write_text_atomically(markdown, result.markdown)
                 stderr.print(f"wrote {markdown}", highlight=False)
+            for path, write in ((html, result.write_html), (docx, result.write_docx), (pdf, result.write_pdf)):
+                if path is not None:
+                    write(path)
+                    stderr.print(f"wrote {path}", highlight=False)
 
 
 @app.command("import")
