@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import unicodedata
 import zipfile
 from collections import Counter, deque
@@ -82,11 +83,16 @@ def read_document_pages(data: bytes, name: str) -> Document | str:
 # --- PDF ---
 
 
+# PDFium is not thread-safe, and the steps of a run may index a corpus from several threads at once.
+_PDFIUM = threading.Lock()
+
+
 def _pdf(data: bytes, stem: str) -> Document | str:
     import pypdfium2 as pdfium  # loads PDFium only when a corpus holds a PDF
 
     try:
-        pdf = pdfium.PdfDocument(data)
+        with _PDFIUM:
+            pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as error:
         return ENCRYPTED if getattr(error, "err_code", None) in (pdfium.raw.FPDF_ERR_PASSWORD, pdfium.raw.FPDF_ERR_SECURITY) else BROKEN
     return Document(stem, clean_pages(_pdf_pages(pdf)))
@@ -98,17 +104,19 @@ def _pdf_pages(pdf: object) -> Iterator[Page]:
     assert isinstance(pdf, pdfium.PdfDocument)
     try:
         for index in range(len(pdf)):
-            try:
-                page = pdf[index]
-                textpage = page.get_textpage()
-                text = textpage.get_text_bounded()
-            except pdfium.PdfiumError as error:
-                raise UnreadableDocument(BROKEN) from error
-            textpage.close()
-            page.close()
+            with _PDFIUM:
+                try:
+                    page = pdf[index]
+                    textpage = page.get_textpage()
+                    text = textpage.get_text_bounded()
+                    textpage.close()
+                    page.close()
+                except pdfium.PdfiumError as error:  # a corrupt file may fail on any page: the whole file is skipped
+                    raise UnreadableDocument(BROKEN) from error
             yield Page(text.replace("\r\n", "\n").replace("\r", "\n"), number=index + 1)
     finally:
-        pdf.close()
+        with _PDFIUM:
+            pdf.close()
 
 
 # --- layout noise ---
@@ -125,15 +133,15 @@ FURNITURE_WINDOW = 8  # pages looked at on each side: a few pages' text at a tim
 FURNITURE_REPEATS = 2  # other pages in the window with the same edge line
 
 
-# PDFium marks a hyphen it found at a line end (and joined the line at) as U+0002; a soft hyphen is U+00AD.
-_MARKED_HYPHEN = re.compile("[\x02\u00ad](?=[a-z])")
+# PDFium marks a hyphen it found at a line end (and joined the line at) as U+0002 or U+FFFE; a soft hyphen is U+00AD.
+_MARKED_HYPHEN = re.compile("[\x02\ufffe\u00ad](?=[a-z])")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def clean_text(text: str) -> str:
     """Ligatures spelled out, words hyphenated at line ends joined, control characters dropped."""
     text = _LINE_END_HYPHEN.sub("", _LIGATURE.sub(lambda match: _LIGATURES[match.group()], text))
-    text = _MARKED_HYPHEN.sub("", text).replace("\x02", "-")  # "pack\x02ages" -> "packages"; "S\x02Plus" -> "S-Plus"
+    text = _MARKED_HYPHEN.sub("", text).replace("\x02", "-").replace("\ufffe", "-")  # "pack\x02ages" -> "packages"; "S\x02Plus" -> "S-Plus"
     return _CONTROL.sub("", text.replace("\u00ad", ""))
 
 
