@@ -48,7 +48,7 @@ def server(tmp_path_factory):
     with FakeLLMServer() as fake:
         env.update(
             OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="test", DEEPSTEP_HOME=str(folder / "home"), DEEPSTEP_CORPUS=str(CORPUS),
-            DEEPSTEP_ROLLOUTS="1", DEEPSTEP_MAX_RETRIES="0",
+            DEEPSTEP_ROLLOUTS="1", DEEPSTEP_MAX_RETRIES="0", DEEPSTEP_MAX_CONCURRENCY="2",
         )  # fmt: skip
         command = [sys.executable, "-m", "deepstep.cli", "studio", "--port", str(port), "--config", str(folder / "langgraph.json")]
         url = f"http://127.0.0.1:{port}"
@@ -194,6 +194,21 @@ def test_streamed_run_shows_the_tree_as_nodes_and_edges(server, client, assistan
     assert trees and step_tree.trees_equal(trees[0], tree)
     subgraph_events = {part.event.split("|")[0] for part in parts if "|" in part.event}
     assert {"updates", "debug"} <= subgraph_events  # the step subgraph streams too
+
+
+@pytest.mark.slow
+def test_studio_keeps_max_concurrency_model_calls_in_flight(server, client, assistant_id):
+    """langgraph dev passes no max_concurrency: the five steps fan out at once, and deepstep's own limit
+    keeps the server's DEEPSTEP_MAX_CONCURRENCY = 2 model calls in flight, counted by the model server."""
+    fake = server["fake"]
+    fake.set_latency(100)
+    try:
+        thread = client.threads.create()
+        stream_run(client, thread["thread_id"], assistant_id, input={"question": QUESTION}, context={"max_steps": 5, "rollouts": 0})
+    finally:
+        fake.set_latency(0)
+    assert len(step_tree.steps(node_link(client.threads.get_state(thread["thread_id"])["values"]["tree"]))) == 5
+    assert fake.max_in_flight == 2
 
 
 @pytest.mark.slow
