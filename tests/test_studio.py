@@ -344,6 +344,7 @@ def test_studio_starts_the_embedded_model_when_none_is_configured(tmp_path):
             ((server_pid, server_env),) = servers.items()
             assert server_env["OPENAI_BASE_URL"] == model.base_url
             assert server_env["DEEPSTEP_LLAMA_CPP"] == "true" and server_env["DEEPSTEP_MODEL"] == llm_server.MODEL_ALIAS
+            assert server_env["DEEPSTEP_MAX_CONCURRENCY"] == "1"  # llama.cpp computes one request at a time
             assert server_env["LANGSMITH_TRACING"] == "false" and server_env["LANGGRAPH_CLI_NO_ANALYTICS"] == "1"
         finally:
             process.send_signal(signal.SIGTERM)  # `kill` cleans up like Ctrl-C

@@ -27,7 +27,7 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, import_store, resume, run
+    from deepstep.api import Progress, import_store, rerun_step, resume, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
     from deepstep.store import export_store
@@ -39,6 +39,7 @@ _LAZY_NAMES = {
     "RunResult": "deepstep.threads",
     "load": "deepstep.threads",
     "resume": "deepstep.api",
+    "rerun_step": "deepstep.api",
     "run": "deepstep.api",
     "Settings": "deepstep.configuration",
     "build_graph": "deepstep.graph",
@@ -63,6 +64,7 @@ __all__ = [
     "graph",
     "import_store",
     "load",
+    "rerun_step",
     "resume",
     "run",
 ]

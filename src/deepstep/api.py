@@ -321,6 +321,13 @@ def import_store(
     return run_tree(tree, thread_id=thread_id, settings=settings, retriever=retriever, on_progress=on_progress)
 
 
+def _thread_settings(base: Settings, values: dict[str, Any], explicit: Settings | None) -> Settings:
+    """The settings that shape the result as the thread started, over ``base``; explicit settings win.
+    (Threads from before RunSettings stored every setting: only the run-shaping ones count.)"""
+    stored = {k: v for k, v in values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
+    return Settings.build(**{**base.model_dump(), **stored, **(explicit.model_dump(exclude_unset=True) if explicit else {})})
+
+
 def resume(
     thread_id: str,
     *,
@@ -339,10 +346,7 @@ def resume(
         snapshot = graph.get_state(probe)
         if not snapshot.values and not snapshot.next:
             raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
-        # Keep the settings that shape the result as the thread started; explicit settings win.
-        # (Threads from before RunSettings stored every setting: only the run-shaping ones count.)
-        stored = {k: v for k, v in snapshot.values.get("settings", {}).items() if k in RUN_SHAPING_FIELDS}
-        merged = Settings.build(**{**base.model_dump(), **stored, **(settings.model_dump(exclude_unset=True) if settings else {})})
+        merged = _thread_settings(base, snapshot.values, settings)
         config = _run_config(thread_id, merged)
         if snapshot.tasks:  # not finished (snapshot.next is empty when every task of the superstep saved its writes)
             waiting_for_review = any(task.interrupts for task in snapshot.tasks)
@@ -360,4 +364,39 @@ def resume(
         return _execute(graph, graph_input, thread_id, merged, on_progress)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "resume", "run", "run_tree"]
+def rerun_step(
+    thread_id: str,
+    step: str,
+    *,
+    note: str | None = None,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Research one step of a finished thread again (question, retrieve, answer, refine), with a reviewer's
+    ``note`` given to the model, and rebuild the report; every other step is kept without a model call.
+    ``step`` is the step's id or its level (``0>1``). The earlier report stays in the thread's history."""
+    check_thread_id(thread_id)
+    _check_progress_callback(on_progress)
+    if note is not None and not isinstance(note, str):
+        raise InputError(f"note must be text, not {type(note).__name__}")
+    base = settings_or_default(settings)
+    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
+        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
+        if not snapshot.values and not snapshot.next:
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
+        if snapshot.tasks or "tree" not in snapshot.values:
+            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then rerun a step")
+        tree = snapshot.values["tree"]
+        step_id = step_tree.find_step(tree, step)
+        if step_id is None:
+            levels = ", ".join(tree.nodes[n]["level"] for n in step_tree.step_ids(tree))
+            raise InputError(f"thread {thread_id} has no step {step!r}: give a step id or one of the levels {levels}")
+        merged = _thread_settings(base, snapshot.values, settings)
+        config = _run_config(thread_id, merged)
+        again = step_tree.with_step_updates(tree, [{"id": step_id, "status": "pending", "review_note": (note or "").strip()}])
+        graph.update_state(config, {"tree": again, "failed_steps": []}, as_node="review")  # the fan-out sends only that step
+        return _execute(graph, None, thread_id, merged, on_progress)
+
+
+__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "rerun_step", "resume", "run", "run_tree"]

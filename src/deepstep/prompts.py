@@ -64,7 +64,7 @@ QUESTION = ChatPromptTemplate.from_messages(
         ("system", "You write one focused research question for one step of a larger study."),
         (
             "human",
-            "Question: {question}\nOutline:\n{outline}\nParent steps: {ancestors}\nStep: {name}\nDescription: {description}\n"
+            "Question: {question}\nOutline:\n{outline}\nParent steps: {ancestors}\nStep: {name}\nDescription: {description}{review_note}\n"
             "Write one research question for this step: one line, no preamble. {language_rule}{search_rule}",
         ),
     ]
@@ -90,7 +90,7 @@ ANSWER = ChatPromptTemplate.from_messages(
         ),
         (
             "human",
-            "Question: {question}\nStep: {name}\nResearch question: {research_question}\nContexts:\n{contexts}\n"
+            "Question: {question}\nStep: {name}\nResearch question: {research_question}{review_note}\nContexts:\n{contexts}\n"
             "Write a concise answer (one to three paragraphs) that cites the contexts it uses. {language_rule}",
         ),
     ]
@@ -193,6 +193,11 @@ def fit_contexts(contexts: Sequence[Context], max_tokens: int) -> tuple[list[Con
         fitted.append({**context, "text": text})
         cut += was_cut
     return fitted, cut
+
+
+def review_note(note: str | None) -> str:
+    """The line a rerun step's prompts add: what its reviewer said about the earlier answer ("" without a note)."""
+    return f"\nReviewer's note on an earlier answer to this step (address it): {note}" if note else ""
 
 
 def language_rule(language: str | None) -> str:

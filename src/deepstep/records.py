@@ -73,6 +73,7 @@ class PlannedStep(TypedDict):
     name: str
     description: str
     level: str  # a level path: 0, 0>1, 0>1>1, ...
+    note: NotRequired[str]  # a reviewer's note on an earlier answer, when the step is researched again
 
 
 class Ancestor(TypedDict):
@@ -168,3 +169,4 @@ class Step(TypedDict):
     evidence: NotRequired[EvidenceCheck]
     searches: NotRequired[list[FollowUpSearch]]
     search_query: NotRequired[str]
+    review_note: NotRequired[str]  # the note a rerun of the step was given ("" when none)

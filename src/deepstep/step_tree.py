@@ -215,6 +215,14 @@ def steps_from_outline(question: str, outline: str, *, max_steps: int, max_depth
     return specs or [StepSpec(name=question[:120], description=outline.strip().split("\n")[0][:300], level="0")]
 
 
+def find_step(tree: nx.DiGraph, step: str) -> str | None:
+    """The id of the step named by its id or its level (``0>1``), or None."""
+    if step in tree and step != ROOT_ID:
+        return step
+    wanted = normalize_level(step) if isinstance(step, str) else None
+    return next((n for n in step_ids(tree) if tree.nodes[n]["level"] == wanted), None)
+
+
 def step_ids(tree: nx.DiGraph) -> list[str]:
     """Step ids in tree order: depth-first, siblings by level number."""
     return sorted((n for n in tree.nodes if n != ROOT_ID), key=lambda n: level_parts(tree.nodes[n]["level"]))

@@ -80,6 +80,27 @@ def resume(
 
 
 @app.command()
+def step(
+    thread_id: Annotated[str, typer.Argument(help="The finished thread.")],
+    step: Annotated[str, typer.Argument(help="The step: its id or its level, e.g. 0>1.")],
+    rerun: Annotated[bool, typer.Option("--rerun", help="Research the step again (question, retrieve, answer, refine).")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Same as --rerun: reject its answer, with --note saying why.")] = False,
+    note: Annotated[str | None, typer.Option("--note", help="What the model should do better; shown in the step's prompts.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
+) -> None:
+    """Change one step of a finished report: research it again (every other step is kept, no call for them)."""
+    from deepstep import api
+
+    with user_errors(thread_id):
+        if not (rerun or reject):
+            fail("nothing to do: pass --rerun (or --reject --note TEXT) to research the step again")
+        settings = load_settings()
+        with progress_display() as on_progress:
+            result = api.rerun_step(thread_id, step, note=note, on_progress=on_progress)
+        finish_run(result, out, settings)
+
+
+@app.command()
 def show(
     thread_id: Annotated[str, typer.Argument(help="The thread to show.")],
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or csv.")] = "md",

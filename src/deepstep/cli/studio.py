@@ -196,6 +196,7 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
     if model_server_configured(settings, dotenv):
         yield {}
         return
+    from deepstep.llm_server import CAPACITY as EMBEDDED_CAPACITY
     from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALIAS, embedded_server
 
     stderr.print("no model server configured: starting the embedded model (SmolLM2-135M via llama.cpp)")
@@ -206,6 +207,8 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
             "DEEPSTEP_MODEL": MODEL_ALIAS,
             "DEEPSTEP_LLAMA_CPP": "true",
             "DEEPSTEP_MAX_TOKENS": str(min(settings.max_tokens, EMBEDDED_MAX_TOKENS)),
+            # llama.cpp computes one request at a time: deepstep's per-server limit keeps Studio's fan-out to it.
+            "DEEPSTEP_MAX_CONCURRENCY": str(min(settings.max_concurrency, EMBEDDED_CAPACITY)),
             # The embedded server's own key, never the user's OpenAI key.
             "DEEPSTEP_API_KEY_ENV": EMBEDDED_KEY_ENV,
             EMBEDDED_KEY_ENV: server.api_key,

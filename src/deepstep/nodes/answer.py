@@ -23,6 +23,7 @@ def answer(state: StepState, settings: Settings) -> dict[str, Any]:
             question=state["question"],
             name=state["step"]["name"],
             research_question=state["research_question"],
+            review_note=prompts.review_note(state["step"].get("note")),
             contexts=prompts.format_contexts(state["contexts"]),
             language_rule=prompts.language_rule(settings.language),
         ),

@@ -18,8 +18,11 @@ def dispatch_steps(state: RunState) -> list[Send] | str:
         node = tree.nodes[step_id]
         if node["status"] == "done" or step_id in done:
             continue
+        step = PlannedStep(id=step_id, name=node["name"], description=node["description"], level=node["level"])
+        if node.get("review_note"):
+            step["note"] = node["review_note"]
         payload: StepInput = {
-            "step": PlannedStep(id=step_id, name=node["name"], description=node["description"], level=node["level"]),
+            "step": step,
             "question": state["question"],
             "outline": state.get("outline", ""),
             "ancestors": [Ancestor(name=a["name"], level=a["level"]) for a in step_tree.ancestors(tree, step_id)],

@@ -33,6 +33,7 @@ def make_question(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
                 ancestors=prompts.format_ancestors(state["ancestors"]),
                 name=step["name"],
                 description=step["description"],
+                review_note=prompts.review_note(state["step"].get("note")),
                 language_rule=prompts.language_rule(settings.language),
                 search_rule=prompts.search_rule(language),
             ),
