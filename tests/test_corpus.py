@@ -372,6 +372,8 @@ def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
         corpus_fetch.fetch_sklearn(tmp_path / "home")
     result = runner.invoke(app, ["corpus", "fetch", "sklearn"])
     assert result.exit_code == 2 and "not found: `deepstep corpus fetch sklearn` needs a Debian" in result.stderr
+    result = runner.invoke(app, ["corpus", "fetch", "r-manuals"])
+    assert result.exit_code == 2 and "not found: `deepstep corpus fetch r-manuals` needs a Debian" in result.stderr
 
 
 @pytest.mark.slow

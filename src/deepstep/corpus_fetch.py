@@ -103,7 +103,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except FileNotFoundError:
         raise CorpusError(
-            f"{command[0]} not found: `deepstep corpus fetch sklearn` needs a Debian or Ubuntu system; runs use the bundled "
+            f"{command[0]} not found: `deepstep corpus fetch` needs a Debian or Ubuntu system; runs use the bundled "
             "demo corpus, or your own folder with `deepstep run --corpus DIR`"
         ) from None
     except subprocess.TimeoutExpired:
@@ -282,6 +282,7 @@ def fetch_sklearn(home: Path, *, force: bool = False, on_status: Callable[[str],
 
 R_MANUALS_PACKAGE = "r-doc-pdf"
 _R_MANUAL_ROOT = PurePosixPath("usr/share/R/doc/manual")
+_R_COPYRIGHT = PurePosixPath("usr/share/doc/r-doc-pdf/copyright")
 # The reference manual: every base package's help pages, 2,415 pages (6.5 MB) beside the manuals' 677.
 # It is left out unless asked for (`--all`): it more than triples the passages and indexing time (2,378
 # passages in 2 s, 7,934 in 7 s), and its terse help pages crowd the manuals' prose out of the top passages
@@ -310,7 +311,7 @@ def _pdf_page_count(path: Path) -> int:
         with contextlib.closing(pdfium.PdfDocument(path)) as pdf:
             return len(pdf)
     except pdfium.PdfiumError as error:
-        raise CorpusError(f"{path.name} in {R_MANUALS_PACKAGE} is not a readable PDF ({error}): delete HOME/apt and fetch again") from None
+        raise CorpusError(f"{path.name} in {R_MANUALS_PACKAGE} is not a readable PDF ({error}): the download is damaged, fetch again") from None
 
 
 def _r_manuals(reference: bool) -> Callable[[Path, Path], dict[str, object]]:
@@ -321,7 +322,7 @@ def _r_manuals(reference: bool) -> Callable[[Path, Path], dict[str, object]]:
                 (staging / manual).write_bytes(read())
             return manual is not None
 
-        if unpack_deb(deb, staging, PurePosixPath("usr/share/doc/r-doc-pdf/copyright"), keep) == 0:
+        if unpack_deb(deb, staging, _R_COPYRIGHT, keep) == 0:
             raise CorpusError(f"{deb.name} holds no PDF manuals under /{_R_MANUAL_ROOT}: the package layout changed")
         pages = {path.name: _pdf_page_count(path) for path in sorted(staging.glob("*.pdf"))}
         return {"files": len(pages), "pages": sum(pages.values()), "manuals": pages}
