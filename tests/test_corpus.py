@@ -17,7 +17,7 @@ from deepstep import corpus_fetch, step_tree
 from deepstep.cli import app
 from deepstep.configuration import Settings
 from deepstep.corpus import UNIT, demo_corpus_dir, html_to_text, load_passages, read_document, ref_id_for
-from deepstep.corpus_fetch import default_corpus_dir, user_guide_page
+from deepstep.corpus_fetch import default_corpus_dir, r_manual_file, user_guide_page
 from deepstep.errors import CorpusError
 
 runner = CliRunner()
@@ -214,6 +214,19 @@ def test_user_guide_pages_are_selected_from_the_package():
     assert user_guide_page("usr/share/doc/other/html/modules/linear_model.html") is None
 
 
+def test_r_manuals_are_selected_from_the_package_and_the_reference_manual_only_when_asked():
+    root = "./usr/share/R/doc/manual/"
+    for manual in ("R-intro.pdf", "R-lang.pdf", "R-data.pdf", "R-admin.pdf", "R-FAQ.pdf", "R-ints.pdf", "R-exts.pdf"):
+        assert r_manual_file(root + manual) == manual
+    assert r_manual_file(root + "fullrefman.pdf") is None
+    assert r_manual_file(root + "fullrefman.pdf", reference=True) == "fullrefman.pdf"
+    assert r_manual_file(root + "refman.pdf", reference=True) is None  # the same file as fullrefman.pdf
+    # The package's links to the manuals, and other folders.
+    assert r_manual_file("./usr/share/doc/r-doc-pdf/manual/R-intro.pdf") is None
+    assert r_manual_file("./usr/share/R/doc/R-intro.pdf") is None
+    assert r_manual_file(root + "R-intro.html") is None
+
+
 # --- the commands ---
 
 
@@ -270,7 +283,8 @@ def test_search_uses_the_fetched_corpus_by_default(tmp_path):
         (["corpus", "search", "q", "--corpus", str(TEST_CORPUS), "-k", "0"], "-k must be between 1 and 50"),
         (["corpus", "index", "/no/such/folder"], "does not exist"),
         (["corpus", "index", str(TEST_CORPUS), "--chunk-tokens", "20", "--chunk-overlap", "30"], "chunk_overlap < chunk_tokens"),
-        (["corpus", "fetch", "wikipedia"], "unknown corpus"),
+        (["corpus", "fetch", "wikipedia"], "unknown corpus 'wikipedia': the ones available are sklearn and r-manuals"),
+        (["corpus", "fetch", "sklearn", "--all"], "--all applies to r-manuals only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
@@ -358,6 +372,8 @@ def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
         corpus_fetch.fetch_sklearn(tmp_path / "home")
     result = runner.invoke(app, ["corpus", "fetch", "sklearn"])
     assert result.exit_code == 2 and "not found: `deepstep corpus fetch sklearn` needs a Debian" in result.stderr
+    result = runner.invoke(app, ["corpus", "fetch", "r-manuals"])
+    assert result.exit_code == 2 and "not found: `deepstep corpus fetch r-manuals` needs a Debian" in result.stderr
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from deepstep.configuration import Settings
     from deepstep.records import Context
 
-corpus_app = typer.Typer(no_args_is_help=True, help="Index and search a corpus folder; fetch the scikit-learn user guide.")
+corpus_app = typer.Typer(no_args_is_help=True, help="Index and search a corpus folder; fetch the scikit-learn user guide or the R manuals.")
 app.add_typer(corpus_app, name="corpus")
 
-FETCHABLE = ("sklearn",)
+FETCHABLE = ("sklearn", "r-manuals")
 
 
 def _index(corpus: Path, chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> tuple[BM25Index, float]:
@@ -117,19 +117,43 @@ def search(
 
 @corpus_app.command("fetch")
 def fetch(
-    name: Annotated[str, typer.Argument(help="The corpus to fetch: sklearn (the scikit-learn user guide, BSD-3-Clause).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The corpus to fetch: sklearn (the scikit-learn user guide, BSD-3-Clause, the default corpus once fetched) or r-manuals "
+            "(the R manuals as PDF, GPL-2, for `deepstep run --corpus DEEPSTEP_HOME/corpora/r-manuals`)."
+        ),
+    ],
     force: Annotated[bool, typer.Option("--force", help="Download again even when already fetched.")] = False,
+    everything: Annotated[
+        bool,
+        typer.Option("--all", help="r-manuals: also the 2,415-page reference manual of the base packages (fullrefman.pdf; left out by default)."),
+    ] = False,
 ) -> None:
-    """Download a demo corpus into DEEPSTEP_HOME/corpora/NAME (no root needed) and index it."""
-    from deepstep.corpus_fetch import fetch_sklearn
+    """Download a corpus from Debian's archive into DEEPSTEP_HOME/corpora/NAME (no root needed) and index it."""
+    from deepstep.corpus_fetch import fetch_r_manuals, fetch_sklearn
 
     with user_errors():
         if name not in FETCHABLE:
-            fail(f"unknown corpus {name!r}: the one available is sklearn")
+            fail(f"unknown corpus {name!r}: the ones available are {' and '.join(FETCHABLE)}")
+        if everything and name != "r-manuals":
+            fail(f"--all applies to r-manuals only, not {name}")
         settings = load_settings()
-        result = fetch_sklearn(settings.home, force=force, on_status=lambda message: stderr.print(message, highlight=False))
-        what = "already fetched" if result.reused else f"fetched in {result.seconds:.1f} s"
-        stderr.print(f"scikit-learn user guide {result.version}: {result.pages} pages, {what}", highlight=False)
+
+        def on_status(message: str) -> None:
+            stderr.print(message, highlight=False)
+
+        if name == "sklearn":
+            result = fetch_sklearn(settings.home, force=force, on_status=on_status)
+            what = "scikit-learn user guide"
+        else:
+            result = fetch_r_manuals(settings.home, reference=everything, force=force, on_status=on_status)
+            what = "R manuals"
+        how = "already fetched" if result.reused else f"fetched in {result.seconds:.1f} s"
+        stderr.print(f"{what} {result.version}: {result.pages} pages, {how}", highlight=False)
         corpus_index, seconds = _index(result.corpus_dir)
         stdout.print(_describe(result.corpus_dir, corpus_index, seconds), highlight=False, soft_wrap=True)
-        stderr.print("`deepstep run` now uses this corpus by default (pass --corpus DIR for another)", highlight=False)
+        if name == "sklearn":
+            stderr.print("`deepstep run` now uses this corpus by default (pass --corpus DIR for another)", highlight=False)
+        else:
+            stderr.print(f"search these manuals with `deepstep run --corpus {result.corpus_dir} QUESTION`", highlight=False, soft_wrap=True)
