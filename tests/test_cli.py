@@ -116,3 +116,32 @@ def test_real_process_unreachable_server(tmp_path):
     assert dead.returncode == 2
     assert "cannot reach the model server at http://127.0.0.1:9/v1" in dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+def test_a_connection_pool_finalized_on_its_own_worker_thread_is_no_traceback():
+    """psycopg_pool's ConnectionPool.__del__ raises "cannot join current thread" when the garbage collector
+    finalizes a pool on one of its workers (seen once in CI after the database was cut mid-run): the CLI's
+    hook drops exactly that and passes every other unraisable exception on."""
+    import gc
+    import sys
+
+    from deepstep.cli import _quiet_pool_finalizer
+
+    class ConnectionPool:
+        def __del__(self):
+            raise RuntimeError("cannot join current thread")
+
+    class Other:
+        def __del__(self):
+            raise RuntimeError("cannot join current thread")
+
+    passed_on: list = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = _quiet_pool_finalizer(passed_on.append)
+    try:
+        ConnectionPool()
+        Other()
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert [unraisable.object.__qualname__.split(".")[-2:] for unraisable in passed_on] == [["Other", "__del__"]]

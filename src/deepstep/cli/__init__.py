@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 def main() -> None:
     _on_ctrl_c(_interrupted_while_starting)
+    sys.unraisablehook = _quiet_pool_finalizer(sys.unraisablehook)
     app = _app()
     try:
         app()
@@ -37,6 +40,21 @@ def _app() -> typer.Typer:
     from deepstep.cli.common import app
 
     return app
+
+
+def _quiet_pool_finalizer(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable-exception hook that drops one known message and passes the rest on: psycopg_pool's
+    ConnectionPool.__del__ joins the pool's worker threads, and when the garbage collector happens to
+    finalize a pool on one of those very threads (it can, after the database dropped its connections)
+    the join raises "cannot join current thread". Nothing is lost; the run's own error says what failed."""
+
+    def hook(unraisable: Any) -> None:
+        error, where = unraisable.exc_value, getattr(unraisable.object, "__qualname__", "")
+        if isinstance(error, RuntimeError) and "cannot join current thread" in str(error) and where.endswith("ConnectionPool.__del__"):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def _on_ctrl_c(handler: Any) -> None:
