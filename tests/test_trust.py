@@ -82,3 +82,20 @@ def test_an_off_topic_corpus_answers_no_step(settings, fake_llm, layout):
 def test_an_on_topic_corpus_answers_every_step(settings, fake_llm):
     result = deepstep.run(QUESTION, settings=with_settings(settings, rollouts=0, report_layout="seed"))
     assert [s["status"] for s in step_tree.steps(result.tree)] == ["done"] * 5
+
+
+def test_drop_removes_the_opening_answers_unsupported_sentences_and_counts_them(settings, fake_llm):
+    """The fake's opening answer ends with "Together they answer the question.", which cites nothing: marked by
+    default, removed and counted with drop, like a step's unsupported sentence."""
+    answer_first = with_settings(settings, rollouts=0, max_steps=1, report_layout="answer_first")
+    marked = deepstep.run(QUESTION, settings=answer_first)
+    root = marked.tree.nodes[step_tree.ROOT_ID]
+    assert "Together they answer the question." in [c["text"] for c in root["claims"] if c["verdict"] == "unsupported"]
+    assert root["dropped_claims"] == 0 and "Together they answer the question. [unsupported]" in marked.markdown
+    dropped = deepstep.run(QUESTION, settings=with_settings(answer_first, unsupported_claims="drop"))
+    root = dropped.tree.nodes[step_tree.ROOT_ID]
+    assert "Together they answer the question." not in root["answer"] and "Together" not in dropped.markdown
+    assert root["dropped_claims"] >= 1 and all(c["verdict"] != "unsupported" for c in root["claims"])
+    (step,) = step_tree.steps(dropped.tree)
+    total = root["dropped_claims"] + step["dropped_claims"]
+    assert "[unsupported]" not in dropped.markdown and f" _{total} claim{'s' * (total != 1)} dropped: " in dropped.markdown
