@@ -205,6 +205,7 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
             "OPENAI_BASE_URL": server.base_url,
             "DEEPSTEP_MODEL": MODEL_ALIAS,
             "DEEPSTEP_LLAMA_CPP": "true",
+            "DEEPSTEP_CITED_SENTENCES": str(settings.cited_sentences is not False).lower(),
             "DEEPSTEP_MAX_TOKENS": str(min(settings.max_tokens, EMBEDDED_MAX_TOKENS)),
             # The embedded server's own key, never the user's OpenAI key.
             "DEEPSTEP_API_KEY_ENV": EMBEDDED_KEY_ENV,

@@ -10,6 +10,7 @@ from deepstep.citations import remove_invalid_citations, renumber_citations
 from deepstep.claims import check_answer, count_verdict, mark_unsupported
 from deepstep.configuration import Settings
 from deepstep.models import call_text
+from deepstep.nodes.answer import citation_grammar
 from deepstep.parsing import require_usable_text
 from deepstep.state import RunState
 
@@ -38,6 +39,7 @@ def synthesize(state: RunState, settings: Settings) -> dict[str, Any]:
             contexts=prompts.format_contexts(references.passages),
             language_rule=prompts.language_rule(settings.language),
         ),
+        grammar=citation_grammar(settings, len(references.passages)),
     )
     text, _ = remove_invalid_citations(require_usable_text("synthesize", text), len(references.passages))
     claims = check_answer(text, references.passages, state["question"])
