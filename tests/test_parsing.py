@@ -1,5 +1,8 @@
 """Tolerant parsing of structured replies, and the json_schema -> json_object -> prompt fallback."""
 
+import json
+import re
+
 import pytest
 
 from deepstep.citations import cited_numbers, remove_invalid_citations
@@ -13,6 +16,7 @@ from deepstep.parsing import (
     extract_json,
     parse_reply,
     parse_score,
+    step_list_schema,
     without_thinking,
 )
 
@@ -137,3 +141,44 @@ def test_a_verdict_of_no_known_kind_is_a_parse_error():
         parse_reply('{"verdicts": [{"claim": 1, "verdict": "maybe"}]}', ClaimVerdicts)
     with pytest.raises(ReplyParseError, match="claim"):
         parse_reply('{"verdicts": [{"claim": "the first", "verdict": "supported"}]}', ClaimVerdicts)
+
+
+def test_the_plan_schema_carries_the_runs_limits():
+    schema = step_list_schema(max_steps=8, max_depth=2)
+    steps = schema["properties"]["steps"]
+    assert (steps["minItems"], steps["maxItems"]) == (3, 8)
+    assert step_list_schema(max_steps=2, max_depth=2)["properties"]["steps"]["minItems"] == 2  # never more than max_steps
+    item = schema["$defs"]["StepItem"]["properties"]
+    assert (item["name"]["maxLength"], item["description"]["maxLength"]) == (80, 240)
+    level = re.compile(item["level"]["pattern"])
+    assert [bool(level.match(text)) for text in ("0", "12>3", "0>1>2", "a", "0>", "1>x")] == [True, True, False, False, False, False]
+    assert len(parse_reply('{"steps": [{"name": "Only one", "level": "0"}]}', StepList).steps) == 1  # the validator is unchanged
+
+
+def test_llama_cpp_can_parse_the_plan_schema_and_the_citation_grammar():
+    """llama.cpp's server crashes (SIGSEGV) on a grammar it cannot parse, so every grammar deepstep sends
+    is parsed here by the same library."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from deepstep.citations import cited_sentences_grammar
+    from deepstep.errors import ConfigError
+    from deepstep.llm_server import gguf_path
+
+    try:
+        model_path = gguf_path()
+    except ConfigError:  # the embedded model is an optional extra
+        pytest.skip("the embedded model is not installed")
+    vocabulary = llama_cpp.Llama(str(model_path), vocab_only=True, verbose=False)
+
+    def parses(grammar: str) -> bool:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocabulary._model.vocab, grammar.encode(), b"root")
+        if sampler:
+            llama_cpp.llama_sampler_free(sampler)
+        return bool(sampler)
+
+    assert not parses("root ::= [^\\s]")  # the check can fail: llama.cpp knows no \s
+    for max_steps, max_depth in ((1, 1), (8, 3), (40, 6)):
+        assert parses(json_schema_to_gbnf(json.dumps(step_list_schema(max_steps, max_depth))))
+    for passages in (1, 4, 12):
+        assert parses(cited_sentences_grammar(passages))

@@ -345,3 +345,14 @@ def test_one_reference_list_numbers_each_passage_once() -> None:
 def test_dropping_unsupported_claims_removes_their_sentences() -> None:
     step = step_tree.steps(trust_tree())[0]
     assert mark_unsupported(step["answer"], step["claims"], drop=True) == "A loss function maps a prediction and a target to a number [1]."
+
+
+def test_the_summary_counts_the_claims_dropped_from_the_opening_answer_and_the_steps() -> None:
+    """unsupported_claims = drop: the opening answer's dropped claims (on the root) count with the steps'."""
+    tree = trust_tree()
+    tree.nodes[step_tree.ROOT_ID]["dropped_claims"] = 2
+    first = step_tree.steps(tree)[0]["id"]
+    tree.nodes[first]["dropped_claims"] = 1
+    summary = render.answer_first_report(tree).splitlines()[2]
+    assert summary.endswith(" _3 claims dropped: their cited passages did not back them (unsupported_claims = drop)._")
+    assert "dropped" not in render.answer_first_report(trust_tree())  # none dropped: no count

@@ -10,6 +10,7 @@ import pytest
 
 import deepstep
 from deepstep import mcts, step_tree
+from deepstep.citations import cited_sentences_grammar
 from deepstep.configuration import Settings
 from deepstep.testing import Fault
 from deepstep.testing.fake_llm import FABRICATED
@@ -136,3 +137,41 @@ def test_drop_keeps_what_the_verifier_backs_with_its_verdict(settings, fake_llm)
     (kept,) = step["claims"]
     assert step["answer"] == kept["text"] and kept["citations"] == [] and step["dropped_claims"] >= 1
     assert (kept["verdict"], kept["support"], kept["lexical_verdict"]) == ("supported", 0.7, "unsupported")
+
+
+def test_drop_removes_the_opening_answers_unsupported_sentences_and_counts_them(settings, fake_llm):
+    """The fake's opening answer ends with "Together they answer the question.", which cites nothing: marked by
+    default, removed and counted with drop, like a step's unsupported sentence."""
+    answer_first = with_settings(settings, rollouts=0, max_steps=1, report_layout="answer_first")
+    marked = deepstep.run(QUESTION, settings=answer_first)
+    root = marked.tree.nodes[step_tree.ROOT_ID]
+    assert "Together they answer the question." in [c["text"] for c in root["claims"] if c["verdict"] == "unsupported"]
+    assert root["dropped_claims"] == 0 and "Together they answer the question. [unsupported]" in marked.markdown
+    dropped = deepstep.run(QUESTION, settings=with_settings(answer_first, unsupported_claims="drop"))
+    root = dropped.tree.nodes[step_tree.ROOT_ID]
+    assert "Together they answer the question." not in root["answer"] and "Together" not in dropped.markdown
+    assert root["dropped_claims"] >= 1 and all(c["verdict"] != "unsupported" for c in root["claims"])
+    (step,) = step_tree.steps(dropped.tree)
+    total = root["dropped_claims"] + step["dropped_claims"]
+    assert "[unsupported]" not in dropped.markdown and f" _{total} claim{'s' * (total != 1)} dropped: " in dropped.markdown
+
+
+def test_the_plan_schema_and_the_citation_grammar_reach_a_llama_cpp_server(settings, fake_llm):
+    """The plan is asked for with the run's limits (3 to max_steps steps); with cited_sentences a llama.cpp
+    server gets a grammar for every first answer and the opening answer, and no other server ever gets one."""
+    llama = with_settings(settings, llama_cpp=True, cited_sentences=True, rollouts=1, max_steps=4, report_layout="answer_first")
+    result = deepstep.run(QUESTION, settings=llama)
+    log = fake_llm.log()
+    (plan,) = [entry for entry in log if entry["task"] == "steps"]
+    assert plan["format"] == "json_object" and plan["schema"]["properties"]["steps"]["minItems"] == 3
+    assert plan["schema"]["properties"]["steps"]["maxItems"] == 4
+    constrained = [entry for entry in log if entry["grammar"] is not None]
+    assert {entry["task"] for entry in constrained} == {"answer", "synthesize"} and len(constrained) == 4 + 1
+    answers = sorted(entry["grammar"] for entry in constrained if entry["task"] == "answer")
+    assert answers == sorted(cited_sentences_grammar(len(step["contexts"])) for step in step_tree.steps(result.tree))
+    for other in (with_settings(llama, llama_cpp=False), with_settings(llama, cited_sentences=None)):
+        fake_llm.reset_log()
+        deepstep.run(QUESTION, settings=other)
+        assert all(entry["grammar"] is None for entry in fake_llm.log())
+        (plan,) = [entry for entry in fake_llm.log() if entry["task"] == "steps"]
+        assert plan["schema"]["properties"]["steps"]["minItems"] == 3  # a json_schema server gets the limits too

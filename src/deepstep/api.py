@@ -98,6 +98,7 @@ def _model_server(settings: Settings) -> Iterator[Settings]:
                 "base_url": server.base_url,
                 "model": MODEL_ALIAS,
                 "llama_cpp": True,
+                "cited_sentences": settings.cited_sentences is not False,
                 # Calls send the server's own key (models.chat_model); never read $OPENAI_API_KEY for it.
                 "api_key_env": EMBEDDED_KEY_ENV,
                 "max_tokens": min(settings.max_tokens, EMBEDDED_MAX_TOKENS),

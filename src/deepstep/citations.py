@@ -84,3 +84,26 @@ def merge_contexts(contexts: Sequence[Context], found: Sequence[Context]) -> lis
             merged.append(context)
             held.add(context["chunk_id"])
     return merged
+
+
+# Sentence ends: Latin and CJK.
+_SENTENCE_ENDS = ".!?。！？"
+CITED_SENTENCE_CHARS = 200  # a longer sentence is where a small model loses the thread of its passage
+CITED_SENTENCES = 6
+
+
+def cited_sentences_grammar(passages: int) -> str:
+    """A llama.cpp grammar (GBNF) for an answer whose every sentence ends with a citation of one of ``passages``:
+    ``Sentence text. [2] Next sentence. [1]``: the model ends a sentence where it wants to, and the citation must
+    follow. Inside a sentence a full stop may only be a decimal point (``0.5``) or go on into a name
+    (``sklearn.linear_model``), so a model cannot run sentences together before their citation (SmolLM2 wrote
+    footnote numbers, ``models.1 It is ...``, when a digit could follow any full stop)."""
+    numbers = " | ".join(f'"{n}"' for n in range(1, max(passages, 1) + 1))
+    return "\n".join(
+        [
+            f'root ::= sentence (" " sentence){{0,{CITED_SENTENCES - 1}}}',
+            f'sentence ::= [^ \\n\\[\\]] text [{_SENTENCE_ENDS}] " [" number "]"',
+            f'text ::= ([^{_SENTENCE_ENDS}\\[\\]\\n] | [0-9] "." [0-9] | "." [a-z_(]){{10,{CITED_SENTENCE_CHARS}}}',
+            f"number ::= {numbers}",
+        ]
+    )

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         description="The server is llama.cpp (set automatically for the embedded model): max_tokens is sent in the "
         "request body and json_object replies are constrained by the JSON schema.",
     )
+    cited_sentences: bool | None = Field(
+        default=None,
+        description="llama.cpp servers only: a grammar makes every sentence of a step's first answer and of the report's "
+        "opening answer end with a citation [n] of one of its passages (the claim check still judges each). Default: on for "
+        "the embedded model, whose 135M model cites nothing unless made to; off for other servers.",
+    )
     llama_server_module: str = Field(
         default="llama_cpp.server",
         description="Python module run (with llama-cpp-python's server options) as the embedded model server; "

@@ -173,23 +173,27 @@ def _text(reply: BaseMessage, max_chars: int) -> str:
     return without_thinking(content[:max_chars])
 
 
-def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage]) -> tuple[str, Usage]:
-    """One free-text call; returns the reply text and its usage."""
+def call_text(settings: Settings, task: str, messages: Sequence[BaseMessage], *, grammar: str | None = None) -> tuple[str, Usage]:
+    """One free-text call; returns the reply text and its usage. ``grammar`` (GBNF) constrains the reply on a
+    llama.cpp server; other servers know no grammar and never get one."""
     started = time.perf_counter()
     model = chat_model(settings, task)
-    reply = unless_stopped(model.invoke, list(messages))  # no new call after Ctrl-C
+    options = {}
+    if grammar is not None and settings.resolve_model(TASK_ROLES[task]).llama_cpp:
+        options["extra_body"] = {**(model.extra_body or {}), "grammar": grammar}  # replaces the model's extra_body: keep max_tokens
+    reply = unless_stopped(model.invoke, list(messages), **options)  # no new call after Ctrl-C
     return _text(reply, settings.max_reply_chars).strip(), _usage_of(task, reply, time.perf_counter() - started)
 
 
-def _response_format(method: str, schema: type[BaseModel], *, llama_cpp: bool) -> dict | None:
+def _response_format(method: str, schema: type[BaseModel], *, llama_cpp: bool, generation_schema: dict | None = None) -> dict | None:
+    """The request's ``response_format``: ``generation_schema`` (default: ``schema``'s own) is what the server
+    constrains the reply by; the pydantic ``schema`` validates the reply whatever the server."""
+    sent = generation_schema if generation_schema is not None else _json_schema(schema)
     if method == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False},
-        }
+        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": sent, "strict": False}}
     if method == "json_object":
         # llama.cpp turns a schema given with json_object into a grammar that forces valid output.
-        return {"type": "json_object", "schema": _json_schema(schema)} if llama_cpp else {"type": "json_object"}
+        return {"type": "json_object", "schema": sent} if llama_cpp else {"type": "json_object"}
     return None
 
 
@@ -200,13 +204,15 @@ def call_structured(
     schema: type[T],
     *,
     fallback: Callable[[str], T] | None = None,
+    generation_schema: dict | None = None,
 ) -> tuple[T, Usage]:
     """A call whose reply must parse into ``schema``.
 
     Uses the best method the server supports (json_schema, then json_object, then plain
     prompt), always with the schema spelled out in the prompt, parses tolerantly, and sends
     up to ``max_repairs`` repair requests. When the reply still does not parse, returns
-    ``fallback(last_reply)`` if given, else raises ``StructuredOutputError``.
+    ``fallback(last_reply)`` if given, else raises ``StructuredOutputError``. ``generation_schema`` (a JSON
+    schema of the same shape with tighter limits) is sent to the server instead of ``schema``'s own.
     """
     import openai
 
@@ -224,7 +230,7 @@ def call_structured(
     last_text = ""
     started = time.perf_counter()
     while True:
-        response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp)
+        response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp, generation_schema=generation_schema)
         try:
             options = {"response_format": response_format} if response_format else {}
             reply = unless_stopped(model.invoke, conversation, **options)  # no new call (or repair) after Ctrl-C

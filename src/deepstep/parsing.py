@@ -10,6 +10,7 @@ rejects a free-text reply that is empty or declines the task, so the node retrie
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import json
 import math
@@ -45,6 +46,28 @@ class StepList(BaseModel):
         if not any(item.name.strip() and normalize_level(item.level) for item in self.steps):
             raise ValueError('no step has both a name and a level like "0" or "0>1"')
         return self
+
+
+# The plan's generation limits (step_list_schema): a small model asked for "up to 8 steps" writes one or two,
+# and without bounds a string field can run on until max_tokens cuts the JSON.
+MIN_PLANNED_STEPS = 3
+STEP_NAME_CHARS = 80
+STEP_DESCRIPTION_CHARS = 240
+
+
+def step_list_schema(max_steps: int, max_depth: int) -> dict[str, Any]:
+    """``StepList``'s JSON schema with the run's limits, for a server that constrains generation by it (llama.cpp
+    turns it into a grammar): 3 to ``max_steps`` steps (fewer when ``max_steps`` is smaller), short names and
+    descriptions, levels that are paths no deeper than ``max_depth``. ``StepList`` itself stays the validator:
+    these limits shape what the model writes, they reject nothing a server sends back."""
+    schema = copy.deepcopy(StepList.model_json_schema())
+    steps = schema["properties"]["steps"]
+    steps.update(minItems=min(MIN_PLANNED_STEPS, max_steps), maxItems=max_steps)
+    item = schema["$defs"]["StepItem"]["properties"]
+    item["name"].update(minLength=1, maxLength=STEP_NAME_CHARS)
+    item["description"]["maxLength"] = STEP_DESCRIPTION_CHARS
+    item["level"]["pattern"] = f"^[0-9]{{1,3}}(>[0-9]{{1,3}}){{0,{max_depth - 1}}}$"
+    return schema
 
 
 class RefineResponse(BaseModel):

@@ -83,6 +83,7 @@ def markdown_report(tree: nx.DiGraph) -> str:
 
 LEGEND = f"{UNSUPPORTED_MARK} marks a sentence its cited passages do not back."
 NOT_COVERED = "The corpus does not cover this."
+DROPPED = "their cited passages did not back them (unsupported_claims = drop)."
 
 
 class ReportReferences(NamedTuple):
@@ -163,7 +164,7 @@ def _answer_first_step(step: Step, numbers: dict[int, int]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-def _summary_line(steps: list[Step], unsupported: int) -> str:
+def _summary_line(steps: list[Step], unsupported: int, dropped: int) -> str:
     counts = Counter(step.get("status") for step in steps)
     parts = [f"{counts['done']} answered"]
     if counts["insufficient_evidence"]:
@@ -173,6 +174,8 @@ def _summary_line(steps: list[Step], unsupported: int) -> str:
     line = f"_{len(steps)} step{'s' * (len(steps) != 1)}: {', '.join(parts)}._"
     if unsupported:
         line += f" _{unsupported} claim{'s' * (unsupported != 1)} marked: {LEGEND}_"
+    if dropped:
+        line += f" _{dropped} claim{'s' * (dropped != 1)} dropped: {DROPPED}_"
     return line
 
 
@@ -182,7 +185,7 @@ def report(tree: nx.DiGraph, layout: ReportLayout) -> str:
 
 
 def answer_first_report(tree: nx.DiGraph) -> str:
-    """The report opening with an answer to the question: a summary line, the low-confidence steps,
+    """The report opening with an answer to the question: a summary line (with the claims marked or dropped), the low-confidence steps,
     the synthesized answer (the root's ``answer``, already in the report's numbering), every step
     with its confidence, its answer renumbered into one reference list, and that list."""
     steps = step_tree.steps(tree)
@@ -191,7 +194,8 @@ def answer_first_report(tree: nx.DiGraph) -> str:
     root_claims: list[Claim] = root.get("claims") or []
     answered_claims = [root_claims, *(s.get("claims") or [] for s in steps if s.get("status") == "done")]
     unsupported = sum(count_verdict(claims, "unsupported") for claims in answered_claims)
-    text = f"# {step_tree.question_of(tree)}\n\n{_summary_line(steps, unsupported)}\n\n"
+    dropped = root.get("dropped_claims", 0) + sum(s.get("dropped_claims", 0) for s in steps if s.get("status") == "done")
+    text = f"# {step_tree.question_of(tree)}\n\n{_summary_line(steps, unsupported, dropped)}\n\n"
     low = [s for s in steps if (confidence := s.get("confidence")) and confidence["level"] == "low"]
     if low:
         text += "**Low confidence:** " + "; ".join(f"{s['name']} [task_id:{s['level']}]({s['id']})" for s in low) + "\n\n"

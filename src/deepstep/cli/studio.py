@@ -206,6 +206,7 @@ def model_environment(settings: Settings, dotenv: Mapping[str, str]) -> Iterator
             "OPENAI_BASE_URL": server.base_url,
             "DEEPSTEP_MODEL": MODEL_ALIAS,
             "DEEPSTEP_LLAMA_CPP": "true",
+            "DEEPSTEP_CITED_SENTENCES": str(settings.cited_sentences is not False).lower(),
             "DEEPSTEP_MAX_TOKENS": str(min(settings.max_tokens, EMBEDDED_MAX_TOKENS)),
             # llama.cpp computes one request at a time: deepstep's per-server limit keeps Studio's fan-out to it.
             "DEEPSTEP_MAX_CONCURRENCY": str(min(settings.max_concurrency, EMBEDDED_CAPACITY)),

@@ -12,7 +12,7 @@ from deepstep import prompts, step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.models import call_structured, call_text
-from deepstep.parsing import StepItem, StepList
+from deepstep.parsing import StepItem, StepList, step_list_schema
 from deepstep.state import RunState
 
 
@@ -60,6 +60,7 @@ def decompose(state: RunState, settings: Settings) -> dict[str, Any]:
         ),
         StepList,
         fallback=plan_from_outline,
+        generation_schema=step_list_schema(settings.max_steps, settings.max_depth),
     )
     warnings = []
     if usage["decompose"]["fallbacks"]:

@@ -7,16 +7,18 @@ from typing import Any
 
 from deepstep import prompts, render, step_tree
 from deepstep.citations import remove_invalid_citations, renumber_citations
-from deepstep.claims import check_answer
+from deepstep.claims import check_answer, count_verdict, mark_unsupported
 from deepstep.configuration import Settings
 from deepstep.models import call_text
+from deepstep.nodes.answer import citation_grammar
 from deepstep.parsing import require_usable_text
 from deepstep.state import RunState
 
 
 def synthesize(state: RunState, settings: Settings) -> dict[str, Any]:
     """Answer the question in a few sentences from the answered steps (one model call), citing the report's one
-    reference list; its claims are checked like any answer's. No call for the seed layout or when no step was answered."""
+    reference list; its claims are checked like any answer's (and with ``unsupported_claims = drop`` the unsupported
+    ones removed and counted, as in a step's answer). No call for the seed layout or when no step was answered."""
     tree = state["tree"]
     answered = [step for step in step_tree.steps(tree) if step["status"] == "done"]
     if settings.report_layout != "answer_first" or not answered:
@@ -37,7 +39,14 @@ def synthesize(state: RunState, settings: Settings) -> dict[str, Any]:
             contexts=prompts.format_contexts(references.passages),
             language_rule=prompts.language_rule(settings.language),
         ),
+        grammar=citation_grammar(settings, len(references.passages)),
     )
     text, _ = remove_invalid_citations(require_usable_text("synthesize", text), len(references.passages))
     claims = check_answer(text, references.passages, state["question"])
-    return {"tree": step_tree.with_root_update(tree, answer=text, claims=claims, synthesized_from=source), "usage": usage}
+    dropped = 0
+    if settings.unsupported_claims == "drop":  # as finish does for a step's answer
+        text = mark_unsupported(text, claims, drop=True)
+        dropped = count_verdict(claims, "unsupported")
+        claims = check_answer(text, references.passages, state["question"])
+    update = step_tree.with_root_update(tree, answer=text, claims=claims, dropped_claims=dropped, synthesized_from=source)
+    return {"tree": update, "usage": usage}

@@ -649,6 +649,9 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 "hash": _digest({"model": body.get("model"), "messages": messages, "response_format": response_format}),
                 "status": None,  # set when the reply is sent
                 "format": response_format.get("type"),
+                # What the server would constrain the reply by (tests check what reaches llama.cpp); the fake ignores both.
+                "schema": response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema"),
+                "grammar": body.get("grammar"),
                 "fault": None,
                 "started": started,
                 "prompt_tokens": sum(count_tokens(str(m.get("content", ""))) for m in messages),
