@@ -65,6 +65,9 @@ def test_the_research_question_and_its_query_in_the_corpus_language_are_read_fro
     assert research_question_and_query('\n什么是损失函数？\n\n**Search query:** "loss function"') == ("什么是损失函数？", "loss function")
     assert research_question_and_query("什么是损失函数？\n它如何使用？") == ("什么是损失函数？", "")  # no query line: none
     assert search_query_text('Query: "hinge loss formula"\nThis query finds ...') == "hinge loss formula"
+    # A preamble line (SmolLM2 in the demo wrote "This query would:") is not the query.
+    assert search_query_text("This query would:\n  max_depth decision tree\n") == "max_depth decision tree"
+    assert search_query_text("Query:") == ""
 
 
 def test_the_script_of_a_question_decides_whether_search_is_cross_language():

@@ -390,5 +390,8 @@ def research_question_and_query(reply: str) -> tuple[str, str]:
 
 
 def search_query_text(reply: str) -> str:
-    """One search query from a reply: its first line without a ``Query:`` label or wrapping quotes."""
-    return _QUERY_LABEL.sub("", first_line(reply)).strip().strip("\"'`“”「」").strip()
+    """One search query from a reply: its first line that is not a preamble ("Here is the query:"), without a
+    ``Query:`` label or wrapping quotes."""
+    lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
+    query = next((line for line in lines if not line.endswith(":")), lines[0] if lines else "")
+    return _QUERY_LABEL.sub("", query).strip().strip("\"'`“”「」").strip()
