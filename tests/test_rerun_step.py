@@ -57,6 +57,8 @@ def test_a_step_is_named_by_its_id_or_level_and_a_wrong_one_says_which_exist(set
     assert calls_by_task(fake_llm) == Counter(question=1, answer=1, evaluate=1)
     with pytest.raises(InputError, match=r"has no step '7>7': give a step id or one of the levels 0, 0>1"):
         deepstep.rerun_step("rerun2", "7>7", settings=run_settings)
+    with pytest.raises(InputError, match="must be text"):
+        deepstep.rerun_step("rerun2", ["0"], settings=run_settings)  # type: ignore[arg-type]
 
 
 def test_the_cli_reruns_a_step(settings, fake_llm, tmp_path):

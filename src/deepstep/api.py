@@ -379,8 +379,8 @@ def rerun_step(
     ``step`` is the step's id or its level (``0>1``). The earlier report stays in the thread's history."""
     check_thread_id(thread_id)
     _check_progress_callback(on_progress)
-    if note is not None and not isinstance(note, str):
-        raise InputError(f"note must be text, not {type(note).__name__}")
+    if not isinstance(step, str) or (note is not None and not isinstance(note, str)):
+        raise InputError("step (its id or level, e.g. '0>1') and note must be text")
     base = settings_or_default(settings)
     with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
         snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
