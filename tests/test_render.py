@@ -356,3 +356,10 @@ def test_the_summary_counts_the_claims_dropped_from_the_opening_answer_and_the_s
     summary = render.answer_first_report(tree).splitlines()[2]
     assert summary.endswith(" _3 claims dropped: their cited passages did not back them (unsupported_claims = drop)._")
     assert "dropped" not in render.answer_first_report(trust_tree())  # none dropped: no count
+
+
+def test_a_report_diff_is_a_unified_diff_in_a_markdown_block() -> None:
+    assert render.report_diff("# Q\nold answer\nrefs", "# Q\nnew answer\nrefs", "version 1", "version 2") == (
+        "```diff\n--- version 1\n+++ version 2\n@@ -1,3 +1,3 @@\n # Q\n-old answer\n+new answer\n refs\n```\n"
+    )
+    assert render.report_diff("same", "same", "a", "b") == ""

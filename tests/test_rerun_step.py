@@ -71,3 +71,38 @@ def test_the_cli_reruns_a_step(settings, fake_llm, tmp_path):
     assert calls_by_task(fake_llm) == Counter(question=1, answer=1, evaluate=1)
     nothing = runner.invoke(app, ["step", "rerun3", "0"], env=env)
     assert nothing.exit_code != 0 and "pass --rerun" in nothing.output
+
+
+# --- report history and diff ---
+
+
+def test_every_report_version_stays_and_the_diff_shows_exactly_the_changed_step(settings, fake_llm):
+    run_settings = with_settings(settings, rollouts=0, max_steps=3)
+    first = deepstep.run(QUESTION, thread_id="hist1", settings=run_settings)
+    deepstep.rerun_step("hist1", "0>1", note="Name the loss.", settings=run_settings)
+    versions = first.versions(settings=run_settings)
+    assert [(v["number"], v["action"], v["calls"]) for v in versions] == [(1, "run", 2 + 3 * 3), (2, "rerun", 3)]
+    assert versions[0]["steps"] == ["0", "0>1", "0>1>1"] and versions[1]["steps"] == ["0>1"]
+    assert versions[0]["cost"] is None  # no price table
+    text = deepstep.diff("hist1", settings=run_settings)
+    assert text.startswith("```diff\n--- version 1\n+++ version 2\n") and text.endswith("```\n")
+    changed = [line for line in text.splitlines()[3:-1] if line.startswith(("-", "+"))]
+    before = {s["level"]: s for s in step_tree.steps(first.tree)}
+    # Only the rerun step's answer lines differ (the fake model's rerun answer differs, or the diff is empty).
+    assert all("Aspect 2 of" in line or line[1:].strip() in before["0>1"]["answer"] for line in changed)
+    with pytest.raises(InputError, match="has report versions 1 to 2, not 5"):
+        deepstep.diff("hist1", 1, 5, settings=run_settings)
+
+
+def test_history_and_diff_on_the_command_line(settings, fake_llm):
+    env = cli_env(fake_llm.base_url, settings.home, corpus=settings.corpus, rollouts=0, max_steps=2, report_layout="seed")
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", QUESTION, "--thread-id", "hist2"], env=env).exit_code == 0
+    assert runner.invoke(app, ["step", "hist2", "0>1", "--rerun", "--note", "Shorter."], env=env).exit_code == 0
+    listed = runner.invoke(app, ["history", "hist2"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "rerun" in listed.output and "0>1" in listed.output
+    compared = runner.invoke(app, ["diff", "hist2", "--from", "1", "--to", "2"], env=env)
+    assert compared.exit_code == 0 and (compared.output.startswith("```diff") or "are the same" in compared.output)
+    wrong = runner.invoke(app, ["diff", "hist2", "--to", "9"], env=env)
+    assert wrong.exit_code == 2 and "versions 1 to 2" in wrong.output

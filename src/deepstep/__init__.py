@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from deepstep.api import Progress, import_store, rerun_step, resume, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
+    from deepstep.history import diff, versions
     from deepstep.store import export_store
     from deepstep.threads import RunResult, load
 
@@ -45,6 +46,8 @@ _LAZY_NAMES = {
     "build_graph": "deepstep.graph",
     "export_store": "deepstep.store",
     "import_store": "deepstep.api",
+    "versions": "deepstep.history",
+    "diff": "deepstep.history",
 }
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "ThreadBusyError",
     "UnknownThreadError",
     "build_graph",
+    "diff",
     "export_store",
     "graph",
     "import_store",
@@ -67,6 +71,7 @@ __all__ = [
     "rerun_step",
     "resume",
     "run",
+    "versions",
 ]
 
 

@@ -309,3 +309,11 @@ def tree_layout(graph: nx.DiGraph, root: Hashable, *, order: Callable[[Hashable]
 
     place(root, 0)
     return positions
+
+
+def report_diff(before: str, after: str, before_name: str, after_name: str) -> str:
+    """A unified diff of two reports, line by line, as a Markdown ``diff`` block ("" when they are equal)."""
+    import difflib
+
+    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), before_name, after_name, lineterm=""))
+    return "```diff\n" + "\n".join(lines) + "\n```\n" if lines else ""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from langgraph.checkpoint.base import CheckpointTuple
 
+    from deepstep.history import ReportVersion
     from deepstep.records import FailedStep
     from deepstep.usage import Usage
 
@@ -53,6 +54,12 @@ class RunResult:
     def table(self) -> pd.DataFrame:
         """The storyboard table (seed format)."""
         return render.storyboard_table(self.tree)
+
+    def versions(self, settings: Settings | None = None) -> list[ReportVersion]:
+        """The thread's report versions, oldest first (``deepstep.history``): each run, resume or step rerun."""
+        from deepstep.history import versions
+
+        return versions(self.thread_id, settings=settings)
 
     # The report in other formats, same content as ``markdown`` (deepstep/report_formats.py says how
     # math, links and HTML inside answers come out). The writers write atomically and return the path.

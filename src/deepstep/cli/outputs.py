@@ -1,4 +1,4 @@
-"""``deepstep export``, ``import`` and ``graph``: move threads in and out, draw the workflow."""
+"""``deepstep export``, ``import``, ``graph``, ``history`` and ``diff``: move threads in and out, draw the workflow, compare report versions."""
 
 from __future__ import annotations
 
@@ -172,3 +172,35 @@ def graph_picture(
             with writable_path(out):
                 write_text_atomically(out, text)
             stderr.print(f"wrote {out}", highlight=False)
+
+
+@app.command("history")
+def history(thread_id: Annotated[str, typer.Argument(help="The thread.")]) -> None:
+    """List a thread's report versions: time, action (run, rerun, resume), steps changed, calls, cost."""
+    from rich.table import Table
+
+    from deepstep.cli.common import stdout
+    from deepstep.history import versions
+
+    with user_errors():
+        found = versions(thread_id, settings=load_settings())
+        table = Table("version", "time", "action", "steps changed", "calls", "cost")
+        for version in found:
+            cost = "" if version["cost"] is None else f"${version['cost']:.4f}"
+            steps = "all" if version["number"] == 1 else ", ".join(version["steps"]) or "none"
+            table.add_row(str(version["number"]), version["time"][:19].replace("T", " "), version["action"], steps, str(version["calls"]), cost)
+        stdout.print(table)
+
+
+@app.command("diff")
+def diff(
+    thread_id: Annotated[str, typer.Argument(help="The thread.")],
+    from_version: Annotated[int | None, typer.Option("--from", help="The older version (default: the one before --to).")] = None,
+    to_version: Annotated[int | None, typer.Option("--to", help="The newer version (default: the latest).")] = None,
+) -> None:
+    """Print a Markdown diff of two report versions of a thread (default: the last two)."""
+    from deepstep import history
+
+    with user_errors():
+        text = history.diff(thread_id, from_version, to_version, settings=load_settings())
+        sys.stdout.write(text or "the two versions' reports are the same\n")
