@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,16 @@ def settings(fake_llm, tmp_path) -> Settings:
         # the answer-first layout's one synthesis call is tested in test_trust.py.
         report_layout="seed",
     )
+
+
+def with_settings(settings: Settings, **changes) -> Settings:
+    """``settings`` with ``changes``, validated again as any Settings are."""
+    return Settings.build(**{**settings.model_dump(), **changes})
+
+
+def calls_by_task(fake_llm) -> Counter:
+    """The model calls the fake server answered (HTTP 200), counted by task."""
+    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
 
 
 def fallback_rewards(step: dict, question: str) -> list[list[float]]:

@@ -12,22 +12,14 @@ import pytest
 import deepstep
 from deepstep import step_tree
 from deepstep.citations import merge_contexts
-from deepstep.configuration import Settings
 from deepstep.languages import CorpusLanguage, cross_language_search, detect_corpus_language, dominant_script
 from deepstep.parsing import missing_information, research_question_and_query, search_query_text
 from deepstep.records import Context
 from deepstep.testing import Fault
+from tests.conftest import calls_by_task, with_settings
 
 QUESTION = "What is a loss function?"
 TEST_CORPUS = Path(__file__).parent / "data" / "corpus"
-
-
-def with_settings(settings: Settings, **changes) -> Settings:
-    return Settings.build(**{**settings.model_dump(), **changes})
-
-
-def calls_by_task(fake_llm) -> Counter:
-    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
 
 
 def context(chunk_id: str, text: str = "") -> Context:

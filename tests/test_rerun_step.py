@@ -12,19 +12,11 @@ from typer.testing import CliRunner
 import deepstep
 from deepstep import step_tree
 from deepstep.cli import app
-from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.testing.crash import cli_env
+from tests.conftest import calls_by_task, with_settings
 
 QUESTION = "What is a loss function?"
-
-
-def with_settings(settings: Settings, **changes) -> Settings:
-    return Settings.build(**{**settings.model_dump(), **changes})
-
-
-def calls_by_task(fake_llm) -> Counter:
-    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
 
 
 def test_rerunning_one_step_makes_exactly_its_calls_and_keeps_the_others(settings, fake_llm):

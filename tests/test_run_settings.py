@@ -17,7 +17,7 @@ from deepstep.checkpoint import sqlite_checkpointer
 from deepstep.configuration import RUN_SHAPING_FIELDS, RunContext, Settings
 from deepstep.errors import ConfigError
 from deepstep.graph import build_graph
-from tests.conftest import POSTGRES_TEST_PASSWORD, TEST_CORPUS
+from tests.conftest import POSTGRES_TEST_PASSWORD, TEST_CORPUS, calls_by_task
 
 QUESTION = "What is a loss function?"
 
@@ -29,10 +29,6 @@ def server_env(fake_llm, monkeypatch):
     monkeypatch.setenv("DEEPSTEP_CORPUS", str(TEST_CORPUS))
     monkeypatch.setenv("DEEPSTEP_MAX_RETRIES", "0")
     return fake_llm
-
-
-def calls_by_task(fake_llm) -> Counter:
-    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
 
 
 def test_graph_invoke_honours_the_runtime_context(server_env):

@@ -11,20 +11,12 @@ import pytest
 import deepstep
 from deepstep import mcts, step_tree
 from deepstep.citations import cited_sentences_grammar
-from deepstep.configuration import Settings
 from deepstep.testing import Fault
 from deepstep.testing.fake_llm import FABRICATED
+from tests.conftest import calls_by_task, with_settings
 
 QUESTION = "What is a loss function?"
 OFF_TOPIC_CORPUS = Path(__file__).parent / "data" / "offtopic_corpus"
-
-
-def with_settings(settings: Settings, **changes) -> Settings:
-    return Settings.build(**{**settings.model_dump(), **changes})
-
-
-def calls_by_task(fake_llm) -> Counter:
-    return Counter(entry["task"] for entry in fake_llm.log() if entry["status"] == 200)
 
 
 def test_a_copied_sentence_is_supported_and_an_invented_claim_is_not(settings, fake_llm):
