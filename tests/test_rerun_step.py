@@ -47,7 +47,7 @@ def test_a_step_is_named_by_its_id_or_level_and_a_wrong_one_says_which_exist(set
     fake_llm.reset_log()
     deepstep.rerun_step("rerun2", step_id, settings=run_settings)
     assert calls_by_task(fake_llm) == Counter(question=1, answer=1, evaluate=1)
-    with pytest.raises(InputError, match=r"has no step '7>7': give a step id or one of the levels 0, 0>1"):
+    with pytest.raises(InputError, match=r"no step '7>7': give a step id or one of the levels 0, 0>1"):
         deepstep.rerun_step("rerun2", "7>7", settings=run_settings)
     with pytest.raises(InputError, match="must be text"):
         deepstep.rerun_step("rerun2", ["0"], settings=run_settings)  # type: ignore[arg-type]
@@ -62,7 +62,7 @@ def test_the_cli_reruns_a_step(settings, fake_llm, tmp_path):
     assert result.exit_code == 0, result.output
     assert calls_by_task(fake_llm) == Counter(question=1, answer=1, evaluate=1)
     nothing = runner.invoke(app, ["step", "rerun3", "0"], env=env)
-    assert nothing.exit_code != 0 and "pass --rerun" in nothing.output
+    assert nothing.exit_code == 2 and "pass one of --rerun" in nothing.output
 
 
 # --- report history and diff ---
@@ -73,7 +73,7 @@ def test_every_report_version_stays_and_the_diff_shows_exactly_the_changed_step(
     first = deepstep.run(QUESTION, thread_id="hist1", settings=run_settings)
     deepstep.rerun_step("hist1", "0>1", note="Name the loss.", settings=run_settings)
     versions = first.versions(settings=run_settings)
-    assert [(v["number"], v["action"], v["calls"]) for v in versions] == [(1, "run", 2 + 3 * 3), (2, "rerun", 3)]
+    assert [(v["number"], v["action"], v["calls"]) for v in versions] == [(1, "run", 2 + 3 * 3), (2, "rerun 0>1", 3)]
     assert versions[0]["steps"] == ["0", "0>1", "0>1>1"] and versions[1]["steps"] == ["0>1"]
     assert versions[0]["cost"] is None  # no price table
     text = deepstep.diff("hist1", settings=run_settings)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -121,8 +122,9 @@ def test_assistant_graph_and_schemas(client, assistant_id):
     assert {"step:question", "step:retrieve", "step:answer", "step:evaluate", "step:critique", "step:refine"} <= inner
 
     schemas = client.assistants.get_schemas(assistant_id)
-    assert list(schemas["input_schema"]["properties"]) == ["question"]
-    assert schemas["input_schema"]["required"] == ["question"]
+    # A question starts a thread; a reviewer's actions change a finished one (either alone).
+    assert list(schemas["input_schema"]["properties"]) == ["question", "actions"]
+    assert "required" not in schemas["input_schema"]
     assert {"report", "tree", "usage"} <= set(schemas["output_schema"]["properties"])
     tree_schema = schemas["output_schema"]["$defs"]["NodeLinkData"]["properties"]
     assert {"nodes", "edges"} <= set(tree_schema)
@@ -394,3 +396,20 @@ def test_bad_usage_is_one_line_exit_2(tmp_path):
         shutil.copy(REPO / "langgraph.json", tmp_path / "langgraph.json")
         taken = runner.invoke(app, ["studio", "--port", str(port), "--config", str(tmp_path / "langgraph.json")])
     assert taken.exit_code == 2 and "in use" in taken.output
+
+
+@pytest.mark.slow
+def test_studio_revises_a_finished_thread_from_actions_input(server, client, assistant_id):
+    """A finished thread's next run in Studio takes the reviewer's actions as input: the rerun step only."""
+    thread_id = client.threads.create()["thread_id"]
+    stream_run(client, thread_id, assistant_id, input={"question": QUESTION}, context={"max_steps": 2, "rollouts": 0, "report_layout": "seed"})
+    before = node_link(client.threads.get_state(thread_id)["values"]["tree"])
+    fake = server["fake"]
+    fake.reset_log()
+    actions = [{"action": "rerun", "step": "0>1", "note": "Shorter."}, {"action": "approve", "step": "0"}]
+    stream_run(client, thread_id, assistant_id, input={"actions": actions}, context={"max_steps": 2, "rollouts": 0, "report_layout": "seed"})
+    assert Counter(entry["task"] for entry in fake.log()) == Counter(question=1, answer=1, evaluate=1)
+    after = node_link(client.threads.get_state(thread_id)["values"]["tree"])
+    first, second = (after.nodes[n] for n in step_tree.step_ids(after))
+    assert second["review_note"] == "Shorter." and first["approved"] is True
+    assert first["answer"] == before.nodes[step_tree.step_ids(before)[0]]["answer"]

@@ -27,7 +27,7 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, import_store, rerun_step, resume, run
+    from deepstep.api import Progress, import_store, rerun_step, resume, revise, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
     from deepstep.history import diff, versions
@@ -41,6 +41,7 @@ _LAZY_NAMES = {
     "load": "deepstep.threads",
     "resume": "deepstep.api",
     "rerun_step": "deepstep.api",
+    "revise": "deepstep.api",
     "run": "deepstep.api",
     "Settings": "deepstep.configuration",
     "build_graph": "deepstep.graph",
@@ -70,6 +71,7 @@ __all__ = [
     "load",
     "rerun_step",
     "resume",
+    "revise",
     "run",
     "versions",
 ]

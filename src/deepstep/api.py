@@ -34,6 +34,7 @@ from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALI
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.review import checked_answer
+from deepstep.records import StepAction
 from deepstep.redaction import redact_url
 from deepstep.store import read_store
 from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
@@ -377,27 +378,53 @@ def rerun_step(
     """Research one step of a finished thread again (question, retrieve, answer, refine), with a reviewer's
     ``note`` given to the model, and rebuild the report; every other step is kept without a model call.
     ``step`` is the step's id or its level (``0>1``). The earlier report stays in the thread's history."""
-    check_thread_id(thread_id)
-    _check_progress_callback(on_progress)
     if not isinstance(step, str) or (note is not None and not isinstance(note, str)):
         raise InputError("step (its id or level, e.g. '0>1') and note must be text")
+    return revise(thread_id, [{"action": "rerun", "step": step, "note": note or ""}], settings=settings, retriever=retriever, on_progress=on_progress)
+
+
+def revise(
+    thread_id: str,
+    actions: list[StepAction],
+    *,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Change steps of a finished thread and rebuild its report: ``rerun`` / ``reject`` (with a ``note``),
+    ``edit_question`` / ``edit_answer`` (with ``text``), ``approve``, ``add`` (under ``step``, with ``name``) and
+    ``remove`` (see ``deepstep.revisions``). Only the steps the actions leave pending are researched (3 + 3R
+    calls each); an edited answer costs no call but its verification with ``verify = model``. Every earlier
+    report stays in the thread's history (``deepstep.versions``)."""
+    from deepstep.revisions import revise as revised
+
+    check_thread_id(thread_id)
+    _check_progress_callback(on_progress)
     base = settings_or_default(settings)
     with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
         snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
         if not snapshot.values and not snapshot.next:
             raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
         if snapshot.tasks or "tree" not in snapshot.values:
-            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then rerun a step")
-        tree = snapshot.values["tree"]
-        step_id = step_tree.find_step(tree, step)
-        if step_id is None:
-            levels = ", ".join(tree.nodes[n]["level"] for n in step_tree.step_ids(tree))
-            raise InputError(f"thread {thread_id} has no step {step!r}: give a step id or one of the levels {levels}")
+            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then change its steps")
         merged = _thread_settings(base, snapshot.values, settings)
-        config = _run_config(thread_id, merged)
-        again = step_tree.with_step_updates(tree, [{"id": step_id, "status": "pending", "review_note": (note or "").strip()}])
-        graph.update_state(config, {"tree": again, "failed_steps": []}, as_node="review")  # the fan-out sends only that step
-        return _execute(graph, None, thread_id, merged, on_progress)
+        # Checked here, before the graph keeps the actions: an unusable one changes nothing.
+        revision = revised(snapshot.values["tree"], actions)
+        tree = revision.tree
+        needs_model = (
+            any(tree.nodes[n]["status"] == "pending" for n in step_tree.step_ids(tree))
+            or (merged.verify == "model" and bool(revision.edited_answers))
+            or merged.report_layout == "answer_first"  # the opening answer is written again from the changed steps
+        )
+        if not needs_model:
+            config = _run_config(thread_id, merged)
+            _stream(graph, {"actions": actions}, config, merged, on_progress)
+            return _result(graph, config)
+        if retriever is None and any(tree.nodes[n]["status"] == "pending" for n in step_tree.step_ids(tree)):
+            from deepstep.retrieval import corpus_retriever
+
+            corpus_retriever(merged)  # fail early (CorpusError) before any model call
+        return _execute(graph, {"actions": actions}, thread_id, merged, on_progress)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "rerun_step", "resume", "run", "run_tree"]
+__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "rerun_step", "resume", "revise", "run", "run_tree"]

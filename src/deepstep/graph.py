@@ -1,6 +1,7 @@
 """Wiring only: the run graph and the per-step subgraph.
 
 START -> outline -> decompose -> review -> Send(step) per step -> collect -> synthesize -> report -> END
+START -> revise -> Send(step) per step left pending -> collect -> ...   (a finished thread given reviewer actions)
 step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
        a follow-up search (search_query -> search) runs when the gate finds no covering passage, or before
        a refine when the critique says facts are missing, at most max_searches times per step
@@ -34,6 +35,7 @@ from deepstep.nodes.question import make_question
 from deepstep.nodes.refine import after_critique, after_evaluate, critique, evaluate, refine
 from deepstep.nodes.retrieve import after_retrieve, after_search, make_retrieve
 from deepstep.nodes.review import review
+from deepstep.nodes.revise import revise, start
 from deepstep.nodes.run_settings import with_settings
 from deepstep.nodes.search import make_search, search_query
 from deepstep.nodes.synthesize import synthesize
@@ -89,14 +91,16 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     builder.add_node("outline", count_retries(outline, "decompose"), retry_policy=plan_retry)
     builder.add_node("decompose", count_retries(decompose, "decompose"), retry_policy=plan_retry)
     builder.add_node("review", with_settings(review))
+    builder.add_node("revise", with_settings(revise))
     builder.add_node("step", build_step_graph(retriever))
     builder.add_node("collect", collect)
     builder.add_node("synthesize", count_retries(synthesize, "answer"), retry_policy=plan_retry)
     builder.add_node("report", with_settings(report))
-    builder.add_edge(START, "outline")
+    builder.add_conditional_edges(START, start, ["outline", "revise"])
     builder.add_edge("outline", "decompose")
     builder.add_edge("decompose", "review")
     builder.add_conditional_edges("review", dispatch_steps, ["step", "collect"])
+    builder.add_conditional_edges("revise", dispatch_steps, ["step", "collect"])
     builder.add_edge("step", "collect")
     builder.add_edge("collect", "synthesize")
     builder.add_edge("synthesize", "report")

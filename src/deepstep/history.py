@@ -2,13 +2,13 @@
 wrote stays in the checkpoints, so listing and comparing them costs no model call.
 
 A version is a root checkpoint whose report differs from the one before it. Its action is ``run`` for
-the first; ``rerun`` when the steps it changed were researched again (``deepstep step --rerun``); else
-``resume``. Read through the checkpointer alone, like ``deepstep show``.
+the first; what a reviewer asked for when the thread was revised (``deepstep step``, ``deepstep.revise``:
+e.g. ``rerun 0>1; approve 0``, kept on the tree's root); else ``resume``. Read through the checkpointer alone, like ``deepstep show``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from typing_extensions import TypedDict
 
@@ -26,7 +26,7 @@ class ReportVersion(TypedDict):
 
     number: int  # 1 for the first report
     time: str  # when its checkpoint was written (ISO 8601, UTC)
-    action: Literal["run", "rerun", "resume"]
+    action: str  # "run", "resume", or the revision's actions, e.g. "rerun 0>1; approve 0"
     steps: list[str]  # levels of the steps whose answer or status it changed (every step for the first)
     calls: int  # model calls made for this version
     cost: float | None  # their estimated dollars, when every model used has a price
@@ -50,13 +50,12 @@ def versions(thread_id: str, *, settings: Settings | None = None) -> list[Report
             continue
         steps = _changed_steps(previous.get("tree"), values["tree"])
         calls_now, calls_before = _calls(values.get("usage")), _calls(previous.get("usage"))
-        by_level = {node["level"]: node for node in step_tree.steps(values["tree"])}
-        reran = bool(found) and bool(steps) and all("review_note" in by_level[level] for level in steps)
+        revised = _revision(values)[1] if _revision(values)[0] != _revision(previous)[0] else ""
         found.append(
             {
                 "number": len(found) + 1,
                 "time": stored.checkpoint["ts"],
-                "action": "run" if not found else "rerun" if reran else "resume",
+                "action": "run" if not found else revised or "resume",
                 "steps": steps,
                 "calls": calls_now - calls_before,
                 "cost": settings.estimate_cost(_usage_since(values.get("usage") or {}, previous.get("usage") or {})),
@@ -84,6 +83,12 @@ def _changed_steps(before: Any, after: Any) -> list[str]:
     fields = ("answer", "status", "question")
     old = {node["id"]: node for node in step_tree.steps(before)} if before is not None else {}
     return [node["level"] for node in step_tree.steps(after) if node["id"] not in old or any(node.get(f) != old[node["id"]].get(f) for f in fields)]
+
+
+def _revision(values: dict[str, Any]) -> tuple[int, str]:
+    """How many times the thread was revised so far, and what the last revision did."""
+    root = values["tree"].nodes[step_tree.ROOT_ID] if values.get("tree") is not None else {}
+    return root.get("revisions", 0), root.get("revision", "")
 
 
 def _calls(usage: Usage | None) -> int:

@@ -74,6 +74,7 @@ class PlannedStep(TypedDict):
     description: str
     level: str  # a level path: 0, 0>1, 0>1>1, ...
     note: NotRequired[str]  # a reviewer's note on an earlier answer, when the step is researched again
+    research_question: NotRequired[str]  # a reviewer's own research question: the step asks the model for none
 
 
 class Ancestor(TypedDict):
@@ -170,3 +171,20 @@ class Step(TypedDict):
     searches: NotRequired[list[FollowUpSearch]]
     search_query: NotRequired[str]
     review_note: NotRequired[str]  # the note a rerun of the step was given ("" when none)
+    fixed_question: NotRequired[str]  # a research question the reviewer wrote (``edit_question``); "" when the model writes it
+    answer_source: NotRequired[Literal["model", "reviewer"]]  # who wrote the answer kept ("model" when absent)
+    approved: NotRequired[bool]  # a reviewer approved the answer as it stands
+
+
+StepActionName = Literal["rerun", "reject", "edit_question", "edit_answer", "approve", "add", "remove"]
+
+
+class StepAction(TypedDict):
+    """One change a reviewer asks of a finished run (``deepstep.revise``, Studio's ``actions`` input)."""
+
+    action: StepActionName
+    step: str  # the step's id or level; for ``add``, the parent step ("" adds a top-level step)
+    note: NotRequired[str]  # rerun, reject, edit_question: what the model should do better
+    text: NotRequired[str]  # edit_question: the research question; edit_answer: the answer (cite passages as [n])
+    name: NotRequired[str]  # add: the new step's name
+    description: NotRequired[str]  # add: what the new step should cover

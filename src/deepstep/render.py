@@ -128,7 +128,13 @@ def _confidence_line(step: Step) -> str:
         supported = count_verdict(claims, "supported")
         inputs.append(f"{supported} of {len(claims)} claim{'s' * (len(claims) != 1)} supported")
     inputs.append(f"{confidence['cited_passages']} passage{'s' * (confidence['cited_passages'] != 1)} cited")
-    return f"_Confidence: {confidence['level']} ({', '.join(inputs)})._"
+    return f"_Confidence: {confidence['level']} ({', '.join(inputs)})._" + _review_marks(step)
+
+
+def _review_marks(step: Step) -> str:
+    """What a reviewer did to the step's answer (``deepstep step``): wrote it, and/or approved it."""
+    marks = ["answer written by the reviewer"] * (step.get("answer_source") == "reviewer") + ["approved by the reviewer"] * bool(step.get("approved"))
+    return f" _{'; '.join(marks).capitalize()}._" if marks else ""
 
 
 def _closest_line(step: Step) -> str:

@@ -17,7 +17,18 @@ from typing_extensions import TypedDict
 
 from deepstep.configuration import RunSettings
 from deepstep.mcts import Search
-from deepstep.records import Ancestor, Claim, Context, EvidenceCheck, FailedStep, FollowUpSearch, PendingExpansion, PlannedStep, StepResult
+from deepstep.records import (
+    Ancestor,
+    Claim,
+    Context,
+    EvidenceCheck,
+    FailedStep,
+    FollowUpSearch,
+    PendingExpansion,
+    PlannedStep,
+    StepAction,
+    StepResult,
+)
 from deepstep.tree_encoding import StepTree, TreeChannel
 from deepstep.usage import Usage, add_usage
 
@@ -32,11 +43,15 @@ def merge_by_step_id(left: dict[str, StepResult] | None, right: dict[str, StepRe
 
 # Field docstrings become descriptions in the JSON schemas Studio shows.
 @with_config(ConfigDict(use_attribute_docstrings=True))
-class RunInput(TypedDict):
-    """What a run needs: the question (Studio shows just this field)."""
+class RunInput(TypedDict, total=False):
+    """What a run needs: a question for a new thread, or a reviewer's actions for a finished one."""
 
     question: str
-    """The question to research, e.g. "What is a loss function?"."""
+    """The question to research, e.g. "What is a loss function?" (a new thread)."""
+    actions: list[StepAction]
+    """Changes to a finished thread's steps, e.g. [{"action": "rerun", "step": "0>1", "note": "Give the formula."}]:
+    rerun, reject, edit_question, edit_answer, approve (step and its text or note), add (under step, with name and
+    description) and remove. Only the steps they leave pending are researched again."""
 
 
 @with_config(ConfigDict(use_attribute_docstrings=True))
@@ -78,6 +93,8 @@ class RunState(TypedDict, total=False):
     """The Markdown report, rendered from the tree."""
     settings: RunSettings
     """The settings that shape the result, as the thread started: a resume keeps them."""
+    actions: list[StepAction]
+    """A reviewer's actions for the ``revise`` node (emptied once applied)."""
 
 
 @with_config(ConfigDict(use_attribute_docstrings=True))

@@ -176,7 +176,7 @@ def graph_picture(
 
 @app.command("history")
 def history(thread_id: Annotated[str, typer.Argument(help="The thread.")]) -> None:
-    """List a thread's report versions: time, action (run, rerun, resume), steps changed, calls, cost."""
+    """List a thread's report versions: time, action (run, resume, or the changes asked, e.g. rerun 0>1), steps changed, calls, cost."""
     from rich.table import Table
 
     from deepstep.cli.common import stdout

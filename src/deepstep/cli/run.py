@@ -82,22 +82,56 @@ def resume(
 @app.command()
 def step(
     thread_id: Annotated[str, typer.Argument(help="The finished thread.")],
-    step: Annotated[str, typer.Argument(help="The step: its id or its level, e.g. 0>1.")],
+    step: Annotated[str, typer.Argument(help="The step: its id or its level, e.g. 0>1 (for --add, the parent; '' for the top level).")],
     rerun: Annotated[bool, typer.Option("--rerun", help="Research the step again (question, retrieve, answer, refine).")] = False,
     reject: Annotated[bool, typer.Option("--reject", help="Same as --rerun: reject its answer, with --note saying why.")] = False,
     note: Annotated[str | None, typer.Option("--note", help="What the model should do better; shown in the step's prompts.")] = None,
+    edit_answer: Annotated[
+        Path | None, typer.Option("--edit-answer", help="A file with your answer (UTF-8 text citing the step's passages as [n]); no model call.")
+    ] = None,
+    edit_question: Annotated[str | None, typer.Option("--edit-question", help="Your research question; the step is researched from it.")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the step's answer as it stands (the report says so).")] = False,
+    add: Annotated[str | None, typer.Option("--add", help="Add a step with this name under STEP; only it is researched.")] = None,
+    description: Annotated[str, typer.Option("--description", help="With --add: what the new step should cover.")] = "",
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the step and every step under it.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
 ) -> None:
-    """Change one step of a finished report: research it again (every other step is kept, no call for them)."""
+    """Change one step of a finished report (every other step is kept, no call for them) and rebuild the report."""
     from deepstep import api
 
     with user_errors(thread_id):
-        if not (rerun or reject):
-            fail("nothing to do: pass --rerun (or --reject --note TEXT) to research the step again")
+        flags = {"--rerun": rerun, "--reject": reject, "--edit-answer": edit_answer is not None, "--edit-question": edit_question is not None}
+        chosen = [flag for flag, given in {**flags, "--approve": approve, "--add": add is not None, "--remove": remove}.items() if given]
+        if len(chosen) != 1:
+            fail(
+                "nothing to do: pass one of --rerun, --reject --note, --edit-answer FILE, --edit-question TEXT, --approve, --add NAME, --remove"
+                if not chosen
+                else f"pass one change at a time, not {' and '.join(chosen)}"
+            )
+        action: dict[str, str] = {"step": step, "note": note or ""}
+        if rerun or reject:
+            action["action"] = "reject" if reject else "rerun"
+        elif edit_answer is not None:
+            action |= {"action": "edit_answer", "text": _read_answer(edit_answer)}
+        elif edit_question is not None:
+            action |= {"action": "edit_question", "text": edit_question}
+        elif add is not None:
+            action |= {"action": "add", "name": add, "description": description}
+        else:
+            action["action"] = "approve" if approve else "remove"
         settings = load_settings()
         with progress_display() as on_progress:
-            result = api.rerun_step(thread_id, step, note=note, on_progress=on_progress)
+            result = api.revise(thread_id, [action], on_progress=on_progress)  # type: ignore[list-item]  # built field by field above
         finish_run(result, out, settings)
+
+
+def _read_answer(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a BOM (as Windows editors write) is not part of the answer
+    except OSError as error:
+        fail(f"cannot read the answer file {path}: {error.strerror or error}; pass a readable text file")
+    except UnicodeDecodeError:
+        fail(f"the answer file {path} is not UTF-8 text; save it as UTF-8")
 
 
 @app.command()

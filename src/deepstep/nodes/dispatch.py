@@ -21,6 +21,8 @@ def dispatch_steps(state: RunState) -> list[Send] | str:
         step = PlannedStep(id=step_id, name=node["name"], description=node["description"], level=node["level"])
         if node.get("review_note"):
             step["note"] = node["review_note"]
+        if node.get("fixed_question"):
+            step["research_question"] = node["fixed_question"]
         payload: StepInput = {
             "step": step,
             "question": state["question"],

@@ -19,9 +19,13 @@ def make_question(retriever: BaseRetriever | None) -> Callable[[StepState, Setti
 
     def question(state: StepState, settings: Settings) -> dict[str, Any]:
         """Write one focused research question for the step (one model call); when the corpus is in another
-        language (``search_language``), the same question as a search query in it, in the same reply."""
+        language (``search_language``), the same question as a search query in it, in the same reply.
+        No call when a reviewer wrote the step's research question."""
         from deepstep.retrieval import search_language  # the corpus index loads when a step first needs it
 
+        if fixed := state["step"].get("research_question"):
+            # A reviewer wrote it (``edit_question``): it is used as it stands, in the question's own language.
+            return {"research_question": fixed, "search_language": None, "search_query": ""}
         language = search_language(state["question"], settings, retriever)
         step = state["step"]
         text, usage = call_text(

@@ -17,7 +17,9 @@ from deepstep.configuration import Settings
 from deepstep.models import call_structured
 from deepstep.nodes.run_settings import settings_of
 from deepstep.parsing import ClaimVerdicts
+from deepstep.records import Claim, Context
 from deepstep.state import StepState
+from deepstep.usage import Usage
 
 
 def verify(state: StepState, settings: Settings) -> dict[str, Any]:
@@ -28,19 +30,24 @@ def verify(state: StepState, settings: Settings) -> dict[str, Any]:
     claims = state.get("claims", {}).get(key, [])
     if not claims:
         return {}
+    judged, usage = judged_claims(settings, state["research_question"], state["contexts"], claims)
+    return {"claims": {**state["claims"], key: judged}, "usage": usage}
+
+
+def judged_claims(settings: Settings, research_question: str, contexts: list[Context], claims: list[Claim]) -> tuple[list[Claim], Usage]:
+    """``claims`` with the verifier's verdicts merged in (one structured call), and the call's usage."""
     judged, usage = call_structured(
         settings,
         "verify",
         prompts.VERIFY.format_messages(
-            research_question=state["research_question"],
-            contexts=prompts.format_contexts(state["contexts"]),
+            research_question=research_question,
+            contexts=prompts.format_contexts(contexts),
             claims=prompts.format_claims_to_verify(claims),
         ),
         ClaimVerdicts,
         fallback=lambda _reply: ClaimVerdicts(verdicts=[]),
     )
-    verdicts = [(item.claim, item.verdict) for item in judged.verdicts]
-    return {"claims": {**state["claims"], key: apply_verdicts(claims, verdicts)}, "usage": usage}
+    return apply_verdicts(claims, [(item.claim, item.verdict) for item in judged.verdicts]), usage
 
 
 def after_answer(state: StepState, runtime: Runtime[Any]) -> Literal["verify", "evaluate", "finish"]:
