@@ -90,3 +90,11 @@ def test_rewriting_the_suite_keeps_separately_measured_sections(tmp_path):
     results.write_text(f"# suite, first run\n\n{SEPARATELY_MEASURED}\n\n## CLI startup\n| a | b |\n")
     write_results_markdown(results, "# suite, second run\n")
     assert results.read_text() == f"# suite, second run\n\n{SEPARATELY_MEASURED}\n\n## CLI startup\n| a | b |\n"
+
+
+def test_the_rerun_benchmark_counts_one_steps_calls_against_a_full_run():
+    from benchmarks.rerun_step import measure
+
+    figures = measure(steps=3, rollouts=1, latency_ms=0, concurrency=2)
+    # One step: 3 + 3R = 6 calls; the whole question: planning (2) and 3 steps of 6.
+    assert (figures["rerun_calls"], figures["full_calls"], figures["full_again_calls"]) == (6, 2 + 3 * 6, 2 + 3 * 6)
