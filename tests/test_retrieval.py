@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deepstep import bm25_index
@@ -223,7 +225,7 @@ def test_cache_is_reused_and_rebuilt_when_the_corpus_changes(corpus_copy, tmp_pa
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
     again = BM25Retriever.from_directory(corpus_copy, cache_dir=cache, k=2)
     assert build_count == [1]
-    assert again.passages == first.passages and again.k == 2 and again.skipped_files == 3
+    assert list(again.passages) == list(first.passages) and again.k == 2 and again.skipped_files == 3
     assert again.invoke("lava") == first.invoke("lava")[:2]
 
     (corpus_copy / "tides.md").write_text("# Tides\n\nThe moon pulls the oceans into tides.", encoding="utf-8")
@@ -254,7 +256,7 @@ def test_chunk_settings_are_part_of_the_cache_key(corpus_copy, tmp_path, build_c
     assert build_count == [2]
 
 
-@pytest.mark.parametrize("damage", ["garbage_params", "missing_passages", "truncated_array"])
+@pytest.mark.parametrize("damage", ["garbage_params", "missing_passages", "garbage_passages", "passage_count", "truncated_array"])
 def test_corrupt_cache_is_rebuilt(corpus_copy, tmp_path, build_count, damage):
     cache = tmp_path / "cache"
     BM25Retriever.from_directory(corpus_copy, cache_dir=cache)
@@ -262,7 +264,11 @@ def test_corrupt_cache_is_rebuilt(corpus_copy, tmp_path, build_count, damage):
     if damage == "garbage_params":
         (entry / "params.index.json").write_text("{not json", encoding="utf-8")
     elif damage == "missing_passages":
-        (entry / "passages.json").unlink()
+        (entry / "passages.sqlite3").unlink()
+    elif damage == "garbage_passages":
+        (entry / "passages.sqlite3").write_bytes(b"not a database" * 100)
+    elif damage == "passage_count":  # a table that lost rows, e.g. a copy cut short
+        (entry / "index.json").write_text((entry / "index.json").read_text().replace('"passages": ', '"passages": 1'), encoding="utf-8")
     else:
         (entry / "data.csc.index.npy").write_bytes(b"\x93NUMPY")
     rebuilt = BM25Retriever.from_directory(corpus_copy, cache_dir=cache)
@@ -411,3 +417,51 @@ def test_cross_language_benchmark_scores_the_question_nodes_english_query(tmp_pa
     assert figures["query_line_share"] == 1.0
     assert [reply["search_query"] for reply in figures["replies"]] == ["loss function definition", "cross-validation definition"]
     assert [entry["task"] for entry in fake_llm.log()] == ["question", "question"]  # one question-node call per question, nothing else
+
+
+def test_best_k_is_a_stable_sort_of_the_positive_scores_cut_to_k():
+    from deepstep.bm25_index import best_k
+
+    scores = np.array([0.0, 2.0, 5.0, 2.0, -1.0, 2.0, 7.0])
+    assert best_k(scores, 3).tolist() == [6, 2, 1]  # the tie at the cut (2.0 at 1, 3, 5) goes by corpus order
+    assert best_k(scores, 5).tolist() == [6, 2, 1, 3, 5]
+    assert best_k(scores, 7).tolist() == [6, 2, 1, 3, 5]  # zero and negative scores are no hits
+    assert best_k(np.zeros(4), 2).tolist() == []
+    random = np.random.default_rng(0).integers(0, 4, 500).astype(float)  # many ties
+    for k in (1, 4, 50, 499, 600):
+        assert best_k(random, k).tolist() == [i for i in np.argsort(-random, kind="stable")[:k] if random[i] > 0]
+
+
+def test_a_cached_index_reads_its_passages_from_the_cache_by_position(corpus_copy, tmp_path):
+    from deepstep.bm25_index import BM25Index, PassageTable
+
+    built = BM25Index.from_directory(corpus_copy, cache_dir=tmp_path / "cache")
+    cached = BM25Index.from_directory(corpus_copy, cache_dir=tmp_path / "cache")
+    assert isinstance(cached.passages, PassageTable) and cached.from_cache
+    assert len(cached.passages) == len(built.passages) and list(cached.passages) == list(built.passages)
+    assert cached.passages[-1] == built.passages[-1] and cached.passages[1::2] == list(built.passages[1::2])
+    with pytest.raises(IndexError):
+        cached.passages[len(built.passages)]
+    assert cached.search("lava", 2) == built.search("lava", 2)
+
+
+def test_a_later_start_reads_no_unchanged_file_and_any_write_is_seen(corpus_copy, tmp_path, monkeypatch, build_count):
+    """Digests are kept with each file's stat; a write that keeps the size and sets the mtime back still changes
+    the ctime, so it is read and hashed again (and the index rebuilt)."""
+    from deepstep import corpus as corpus_module
+
+    monkeypatch.setattr(corpus_module, "SETTLED_NS", 0)  # this test's files were just written
+    reads: list[str] = []
+    real_read = corpus_module.read_regular_file
+    monkeypatch.setattr(corpus_module, "read_regular_file", lambda path, *a: reads.append(path.name) or real_read(path, *a))
+    cache = tmp_path / "cache"
+    BM25Retriever.from_directory(corpus_copy, cache_dir=cache)
+    reads.clear()
+    assert BM25Retriever.from_directory(corpus_copy, cache_dir=cache).from_cache and reads == [] and build_count == [1]
+    volcanoes = corpus_copy / "volcanoes.rst"
+    before = volcanoes.stat()
+    volcanoes.write_text(volcanoes.read_text(encoding="utf-8").replace("lava", "LAVA"), encoding="utf-8")
+    os.utime(volcanoes, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: only the ctime tells
+    assert volcanoes.stat().st_size == before.st_size and volcanoes.stat().st_mtime_ns == before.st_mtime_ns
+    assert not BM25Retriever.from_directory(corpus_copy, cache_dir=cache).from_cache
+    assert build_count == [2] and "volcanoes.rst" in reads

@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import stat
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -411,6 +412,40 @@ def read_corpus(root: Path) -> CorpusContent:
         else:
             content.skipped[data] += 1
     return content
+
+
+# A digest is remembered with its file's stat only once the file is this old: a write within the file system's
+# timestamp granularity of the hashing could otherwise go unseen ("racy git").
+SETTLED_NS = 2_000_000_000
+FileDigest = list[int | str]  # [size, mtime_ns, ctime_ns, inode, sha256]; the stat is -1s when not to be trusted
+
+
+def file_digests(root: Path, skipped: Counter[str], known: dict[str, FileDigest] | None = None) -> dict[str, FileDigest]:
+    """Every readable corpus file's SHA-256 with its stat, by path in corpus order; each skipped file (on the
+    scan or on reading) is counted into ``skipped``. A file whose size, mtime, ctime and inode are those ``known``
+    recorded keeps its digest without being read (as git's index does: ctime changes on every write, and no
+    tool sets it back); the others are read and hashed one at a time, so a large corpus is never held in memory."""
+    scan = scan_corpus(root)
+    skipped.update(scan.skipped)
+    settled_before = time.time_ns() - SETTLED_NS
+    found: dict[str, FileDigest] = {}
+    for source, path in scan.files:
+        try:
+            info = path.stat()
+            stamp: list[int] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        except OSError:
+            stamp = [-1, -1, -1, -1]  # read_regular_file says why below
+        previous = (known or {}).get(source)
+        if previous is not None and stamp[0] >= 0 and previous[:4] == stamp:
+            found[source] = previous
+            continue
+        data = read_regular_file(path, MAX_DOCUMENT_BYTES if path.suffix.lower() in DOCUMENT_SUFFIXES else MAX_FILE_BYTES)
+        if not isinstance(data, bytes):
+            skipped[data] += 1
+            continue
+        settled = stamp[0] >= 0 and stamp[2] < settled_before
+        found[source] = [*(stamp if settled else [-1, -1, -1, -1]), hashlib.sha256(data).hexdigest()]
+    return found
 
 
 def describe_skipped(skipped: Counter[str]) -> str:

@@ -7,6 +7,7 @@ the configured corpus: ``corpus_retriever``) and applies ``top_k`` to it (``top_
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ class BM25Retriever(BaseRetriever):
     k: int = 4
 
     @property
-    def passages(self) -> tuple[Passage, ...]:
+    def passages(self) -> Sequence[Passage]:
         return self.index.passages
 
     @property
