@@ -143,7 +143,8 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
     tree = values.get("tree")
     ids = step_tree.step_ids(tree) if tree is not None else []
     results = values.get("step_results") or {}
-    done = {i for i in ids if tree.nodes[i]["status"] == "done" or results.get(i, {}).get("status") == "done"}
+    finished = step_tree.FINISHED_STATUSES
+    done = {i for i in ids if tree.nodes[i]["status"] in finished or results.get(i, {}).get("status") in finished}
     phase = _PHASE_WHILE.get(snapshot.tasks[0].name, "steps") if snapshot.tasks else "planning: outline"
     return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
 
@@ -298,7 +299,7 @@ def run_tree(
         config = _run_config(thread_id, settings)
         plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.run_settings()}
         graph.update_state(config, plan, as_node="decompose")  # as if planned: review and the fan-out come next
-        if all(tree.nodes[n]["status"] == "done" for n in step_tree.step_ids(tree)):
+        if all(tree.nodes[n]["status"] in step_tree.FINISHED_STATUSES for n in step_tree.step_ids(tree)):
             _stream(graph, None, config, settings, on_progress)  # nothing to answer: no model server needed
             return _result(graph, config)
         return _execute(graph, None, thread_id, settings, on_progress)
