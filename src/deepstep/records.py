@@ -146,6 +146,15 @@ class PendingExpansion(TypedDict):
     critique: str
 
 
+class StaleStep(TypedDict):
+    """A step of a finished thread that a corpus change made out of date, and why (``freshness.stale_steps``)."""
+
+    id: str
+    level: str
+    name: str
+    reasons: list[str]  # e.g. "cited passage [2] changed", "retrieval now returns 2 new passages"
+
+
 class Step(TypedDict):
     """A step node of the step tree (``step_tree.steps`` adds its ``id``)."""
 
