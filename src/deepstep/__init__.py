@@ -27,7 +27,7 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, import_store, rerun_step, resume, run
+    from deepstep.api import Progress, Refresh, import_store, refresh, rerun_step, resume, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
     from deepstep.history import diff, versions
@@ -41,6 +41,8 @@ _LAZY_NAMES = {
     "load": "deepstep.threads",
     "resume": "deepstep.api",
     "rerun_step": "deepstep.api",
+    "refresh": "deepstep.api",
+    "Refresh": "deepstep.api",
     "run": "deepstep.api",
     "Settings": "deepstep.configuration",
     "build_graph": "deepstep.graph",
@@ -58,6 +60,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelServerError",
     "Progress",
+    "Refresh",
     "RunResult",
     "Settings",
     "ThreadBusyError",
@@ -68,6 +71,7 @@ __all__ = [
     "graph",
     "import_store",
     "load",
+    "refresh",
     "rerun_step",
     "resume",
     "run",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from langgraph.types import Command
 
-from deepstep import step_tree
+from deepstep import freshness, step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
 from deepstep.corpus import demo_corpus_dir
@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs 
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from deepstep.records import StaleStep
 
 MAX_QUESTION_CHARS = 4000
 
@@ -395,10 +397,97 @@ def rerun_step(
             levels = ", ".join(tree.nodes[n]["level"] for n in step_tree.step_ids(tree))
             raise InputError(f"thread {thread_id} has no step {step!r}: give a step id or one of the levels {levels}")
         merged = _thread_settings(base, snapshot.values, settings)
+        return _rerun_steps(graph, thread_id, tree, {step_id: (note or "").strip()}, merged, on_progress)
+
+
+def _rerun_steps(
+    graph: DeepstepGraph,
+    thread_id: str,
+    tree: nx.DiGraph,
+    notes: dict[str, str],
+    settings: Settings,
+    on_progress: ProgressCallback | None,
+    *,
+    pin_settings: bool = False,
+) -> RunResult:
+    """Research the steps of a finished thread given as ``{step id: reviewer's note}`` again and rebuild the
+    report; every other step is kept without a model call. ``pin_settings``: store ``settings``' run-shaping
+    fields (e.g. a new corpus) in the thread, so later resumes and reruns use them too."""
+    config = _run_config(thread_id, settings)
+    again = step_tree.with_step_updates(tree, [{"id": step_id, "status": "pending", "review_note": note} for step_id, note in notes.items()])
+    update: dict[str, Any] = {"tree": again, "failed_steps": []}
+    if pin_settings:
+        update["settings"] = settings.run_settings()
+    graph.update_state(config, update, as_node="review")  # the fan-out sends only those steps
+    return _execute(graph, None, thread_id, settings, on_progress)
+
+
+@dataclass
+class Refresh:
+    """What ``refresh`` found, and the thread after it."""
+
+    stale: list[StaleStep]  # the steps the corpus change made out of date, in tree order, with why
+    checked: int  # the steps compared with the corpus (done, or answered "insufficient evidence")
+    result: RunResult  # the thread: with the stale steps researched again, or as it was (dry run, nothing stale)
+    recomputed: bool
+
+
+def refresh(
+    thread_id: str,
+    *,
+    corpus: str | Path | None = None,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Refresh:
+    """After the corpus changed: find the steps of a finished thread whose cited passages changed or vanished,
+    or whose first retrieval now finds other passages, and research only those again (question, retrieve,
+    answer, refine), then rebuild the report. ``dry_run``: only find them. ``corpus``: a folder to refresh
+    against instead of the thread's own; the thread keeps it for later resumes and reruns."""
+    check_thread_id(thread_id)
+    _check_progress_callback(on_progress)
+    if corpus is not None and not isinstance(corpus, (str, os.PathLike)):
+        raise InputError(f"corpus must be the path of a folder (str or Path), not {type(corpus).__name__}")
+    base = settings_or_default(settings)
+    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
+        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
+        if not snapshot.values and not snapshot.next:
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
+        if snapshot.tasks or "tree" not in snapshot.values:
+            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then refresh it")
+        tree = snapshot.values["tree"]
+        merged = _thread_settings(base, snapshot.values, settings)
+        if corpus is not None:
+            merged = Settings.build(**{**merged.model_dump(), "corpus": Path(corpus)})
+        from deepstep.retrieval import passage_texts, reread_corpus_retriever, top_contexts  # bm25s and numpy
+
+        texts = passage_texts(merged, reread_corpus_retriever(merged) if retriever is None else retriever)
+        stale = freshness.stale_steps(tree, texts.get, lambda query: [found["chunk_id"] for found in top_contexts(query, merged, retriever)])
+        checked = len(freshness.checked_steps(tree))
         config = _run_config(thread_id, merged)
-        again = step_tree.with_step_updates(tree, [{"id": step_id, "status": "pending", "review_note": (note or "").strip()}])
-        graph.update_state(config, {"tree": again, "failed_steps": []}, as_node="review")  # the fan-out sends only that step
-        return _execute(graph, None, thread_id, merged, on_progress)
+        new_corpus = corpus is not None and snapshot.values.get("settings", {}).get("corpus") != merged.run_settings().get("corpus")
+        if dry_run or not stale:
+            if new_corpus and not dry_run:  # nothing to recompute, but later runs search the new folder
+                graph.update_state(config, {"settings": merged.run_settings()}, as_node="report")
+            return Refresh(stale, checked, _result(graph, config), recomputed=False)
+        # A step's reviewer's note (from an earlier rerun) still applies to its new passages.
+        notes = {step["id"]: tree.nodes[step["id"]].get("review_note", "") for step in stale}
+        result = _rerun_steps(graph, thread_id, tree, notes, merged, on_progress, pin_settings=new_corpus)
+        return Refresh(stale, checked, result, recomputed=True)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "rerun_step", "resume", "run", "run_tree"]
+__all__ = [
+    "Progress",
+    "Refresh",
+    "RunResult",
+    "check_thread_id",
+    "clean_question",
+    "import_store",
+    "load",
+    "refresh",
+    "rerun_step",
+    "resume",
+    "run",
+    "run_tree",
+]
