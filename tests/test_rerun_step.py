@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import deepstep
 from deepstep import step_tree
+from deepstep.api import run_tree
 from deepstep.cli import app
 from deepstep.errors import InputError
 from deepstep.testing.crash import cli_env
@@ -38,6 +39,20 @@ def test_rerunning_one_step_makes_exactly_its_calls_and_keeps_the_others(setting
     # The note reached the question and answer prompts: neither was sent in the first run.
     assert not prompts_before & {entry["hash"] for entry in fake_llm.log() if entry["task"] in ("question", "answer")}
     assert again.thread_id == "rerun1" and again.status == "done"
+
+
+def test_a_step_the_corpus_does_not_cover_is_kept_when_another_step_is_researched_again(settings, fake_llm):
+    # Over the test corpus, the volcano and photosynthesis passages (each step's top one) do not cover the research question.
+    names = ("Volcanoes: lava, magma and the crust", "Photosynthesis: chlorophyll and sunlight in leaves", "Gradient descent and the learning rate")
+    specs = [step_tree.StepSpec(name=name, description="", level=str(i)) for i, name in enumerate(names)]
+    tree = step_tree.build_tree(QUESTION, "", specs, max_steps=5, max_depth=3).tree
+    run_settings = with_settings(settings, rollouts=1, top_k=1, max_searches=0)
+    first = run_tree(tree, thread_id="rerun4", settings=run_settings)
+    assert [s["status"] for s in step_tree.steps(first.tree)] == ["insufficient_evidence", "insufficient_evidence", "done"]
+    fake_llm.reset_log()
+    deepstep.rerun_step("rerun4", "2", settings=run_settings)
+    # Finished is finished: the fan-out sends only the rerun step, not the two the corpus does not cover.
+    assert calls_by_task(fake_llm) == Counter(question=1, answer=1, evaluate=2, critique=1, refine=1)
 
 
 def test_a_step_is_named_by_its_id_or_level_and_a_wrong_one_says_which_exist(settings, fake_llm):

@@ -79,7 +79,7 @@ def test_remove_takes_the_subtree_and_keeps_the_other_levels():
     ("actions", "message"),
     [
         ([], "non-empty list"),
-        ([{"action": "explode", "step": "0"}], "'explode' is not one of rerun, reject"),
+        ([{"action": "explode", "step": "0"}], "'explode' is not one of rerun, reject, refresh"),
         ([{"action": "rerun"}], "say which step"),
         ([{"action": "rerun", "step": "9"}], r"no step '9': give a step id or one of the levels 0, 0>1, 0>1>1, 1"),
         ([{"action": "edit_answer", "step": "0", "text": "  "}], "the answer is empty"),

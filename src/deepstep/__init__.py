@@ -27,7 +27,7 @@ from deepstep.errors import (
 )
 
 if TYPE_CHECKING:
-    from deepstep.api import Progress, import_store, rerun_step, resume, revise, run
+    from deepstep.api import Progress, Refresh, import_store, refresh, rerun_step, resume, revise, run
     from deepstep.configuration import Settings
     from deepstep.graph import build_graph, graph
     from deepstep.history import diff, versions
@@ -42,6 +42,8 @@ _LAZY_NAMES = {
     "resume": "deepstep.api",
     "rerun_step": "deepstep.api",
     "revise": "deepstep.api",
+    "refresh": "deepstep.api",
+    "Refresh": "deepstep.api",
     "run": "deepstep.api",
     "Settings": "deepstep.configuration",
     "build_graph": "deepstep.graph",
@@ -59,6 +61,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelServerError",
     "Progress",
+    "Refresh",
     "RunResult",
     "Settings",
     "ThreadBusyError",
@@ -69,6 +72,7 @@ __all__ = [
     "graph",
     "import_store",
     "load",
+    "refresh",
     "rerun_step",
     "resume",
     "revise",

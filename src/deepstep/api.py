@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from langgraph.types import Command
 
-from deepstep import step_tree
+from deepstep import freshness, step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
 from deepstep.corpus import demo_corpus_dir
@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs 
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from deepstep.records import StaleStep
 
 MAX_QUESTION_CHARS = 4000
 
@@ -144,7 +146,8 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
     tree = values.get("tree")
     ids = step_tree.step_ids(tree) if tree is not None else []
     results = values.get("step_results") or {}
-    done = {i for i in ids if tree.nodes[i]["status"] == "done" or results.get(i, {}).get("status") == "done"}
+    finished = step_tree.FINISHED_STATUSES
+    done = {i for i in ids if tree.nodes[i]["status"] in finished or results.get(i, {}).get("status") in finished}
     phase = _PHASE_WHILE.get(snapshot.tasks[0].name, "steps") if snapshot.tasks else "planning: outline"
     return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
 
@@ -299,7 +302,7 @@ def run_tree(
         config = _run_config(thread_id, settings)
         plan = {"question": question, "outline": step_tree.outline_of(tree), "tree": tree, "settings": settings.run_settings()}
         graph.update_state(config, plan, as_node="decompose")  # as if planned: review and the fan-out come next
-        if all(tree.nodes[n]["status"] == "done" for n in step_tree.step_ids(tree)):
+        if all(tree.nodes[n]["status"] in step_tree.FINISHED_STATUSES for n in step_tree.step_ids(tree)):
             _stream(graph, None, config, settings, on_progress)  # nothing to answer: no model server needed
             return _result(graph, config)
         return _execute(graph, None, thread_id, settings, on_progress)
@@ -427,4 +430,74 @@ def revise(
         return _execute(graph, {"actions": actions}, thread_id, merged, on_progress)
 
 
-__all__ = ["Progress", "RunResult", "check_thread_id", "clean_question", "import_store", "load", "rerun_step", "resume", "revise", "run", "run_tree"]
+@dataclass
+class Refresh:
+    """What ``refresh`` found, and the thread after it."""
+
+    stale: list[StaleStep]  # the steps the corpus change made out of date, in tree order, with why
+    checked: int  # the steps compared with the corpus (done, or answered "insufficient evidence")
+    result: RunResult  # the thread: with the stale steps researched again, or as it was (dry run, nothing stale)
+    recomputed: bool
+
+
+def refresh(
+    thread_id: str,
+    *,
+    corpus: str | Path | None = None,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+    retriever: BaseRetriever | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Refresh:
+    """After the corpus changed: find the steps of a finished thread whose cited passages changed or vanished,
+    or whose first retrieval now finds other passages, and research only those again (question, retrieve,
+    answer, refine), then rebuild the report. ``dry_run``: only find them. ``corpus``: a folder to refresh
+    against instead of the thread's own; the thread keeps it for later resumes and reruns."""
+    check_thread_id(thread_id)
+    _check_progress_callback(on_progress)
+    if corpus is not None and not isinstance(corpus, (str, os.PathLike)):
+        raise InputError(f"corpus must be the path of a folder (str or Path), not {type(corpus).__name__}")
+    base = settings_or_default(settings)
+    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
+        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
+        if not snapshot.values and not snapshot.next:
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
+        if snapshot.tasks or "tree" not in snapshot.values:
+            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then refresh it")
+        tree = snapshot.values["tree"]
+        merged = _thread_settings(base, snapshot.values, settings)
+        if corpus is not None:
+            merged = Settings.build(**{**merged.model_dump(), "corpus": Path(corpus)})
+        from deepstep.retrieval import passage_texts, reread_corpus_retriever, top_contexts  # bm25s and numpy
+
+        texts = passage_texts(merged, reread_corpus_retriever(merged) if retriever is None else retriever)
+        stale = freshness.stale_steps(tree, texts.get, lambda query: [found["chunk_id"] for found in top_contexts(query, merged, retriever)])
+        checked = len(freshness.checked_steps(tree))
+        config = _run_config(thread_id, merged)
+        new_corpus = corpus is not None and snapshot.values.get("settings", {}).get("corpus") != merged.run_settings().get("corpus")
+        if dry_run or not stale:
+            if new_corpus and not dry_run:  # nothing to recompute, but later runs search the new folder
+                graph.update_state(config, {"settings": merged.run_settings()}, as_node="report")
+            return Refresh(stale, checked, _result(graph, config), recomputed=False)
+        if new_corpus:  # later resumes and reruns search the new folder too
+            graph.update_state(config, {"settings": merged.run_settings()}, as_node="report")
+        # A refresh keeps what a reviewer said of a step (its note, its own research question) for the new passages.
+        actions: list[StepAction] = [{"action": "refresh", "step": step["id"]} for step in stale]
+        return Refresh(stale, checked, _execute(graph, {"actions": actions}, thread_id, merged, on_progress), recomputed=True)
+
+
+__all__ = [
+    "Progress",
+    "Refresh",
+    "RunResult",
+    "check_thread_id",
+    "clean_question",
+    "import_store",
+    "load",
+    "refresh",
+    "rerun_step",
+    "resume",
+    "revise",
+    "run",
+    "run_tree",
+]

@@ -170,13 +170,17 @@ def approx_tokens(text: str) -> int:
     return sum(_unit_tokens(unit) for unit in _TOKEN_UNIT.findall(text))
 
 
+# What ends a text ``cap_text`` cut: the text before it is a prefix of the whole.
+CUT_MARK = " ..."
+
+
 def cap_text(text: str, max_tokens: int) -> tuple[str, bool]:
     """``text`` cut to about ``max_tokens`` tokens (whitespace kept); whether it was cut."""
     used = 0
     for match in _TOKEN_UNIT.finditer(text):
         used += _unit_tokens(match.group())
         if used > max_tokens:
-            return text[: match.start()].rstrip() + " ...", True
+            return text[: match.start()].rstrip() + CUT_MARK, True
     return text, False
 
 

@@ -147,6 +147,15 @@ class PendingExpansion(TypedDict):
     critique: str
 
 
+class StaleStep(TypedDict):
+    """A step of a finished thread that a corpus change made out of date, and why (``freshness.stale_steps``)."""
+
+    id: str
+    level: str
+    name: str
+    reasons: list[str]  # e.g. "cited passage [2] changed", "retrieval now returns 2 new passages"
+
+
 class Step(TypedDict):
     """A step node of the step tree (``step_tree.steps`` adds its ``id``)."""
 
@@ -176,7 +185,7 @@ class Step(TypedDict):
     approved: NotRequired[bool]  # a reviewer approved the answer as it stands
 
 
-StepActionName = Literal["rerun", "reject", "edit_question", "edit_answer", "approve", "add", "remove"]
+StepActionName = Literal["rerun", "reject", "refresh", "edit_question", "edit_answer", "approve", "add", "remove"]
 
 
 class StepAction(TypedDict):

@@ -130,6 +130,28 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
     return retriever.model_copy(update={"k": settings.top_k})
 
 
+def reread_corpus_retriever(settings: Settings) -> BaseRetriever:
+    """``corpus_retriever`` over the corpus as its files are now. This process's indexes are cached by folder,
+    not content, so they are dropped first; the on-disk cache (keyed by content) still spares a rebuild
+    when nothing changed. The steps a run starts afterwards search the same fresh index."""
+    if settings.uses_postgres_retriever and settings.database_url is not None:
+        _postgres_retriever.cache_clear()
+    else:
+        _corpus_retriever.cache_clear()
+    return corpus_retriever(settings)
+
+
+def passage_texts(settings: Settings, retriever: BaseRetriever) -> dict[str, str]:
+    """Every passage's text by chunk id: of ``retriever`` when it is a BM25 index, else of the configured
+    corpus folder read with the same chunking (what a Postgres retriever loaded)."""
+    if isinstance(retriever, BM25Retriever):
+        passages: Sequence[Passage] = retriever.passages
+    else:
+        corpus = settings.corpus or default_corpus_dir(settings.home)
+        passages, _ = load_passages(corpus, chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
+    return {passage.chunk_id: passage.text for passage in passages}
+
+
 def search_language(question: str, settings: Settings, retriever: BaseRetriever | None = None) -> str | None:
     """The language to also write a step's queries in: ``settings.search_language`` when set ("off": none);
     else the corpus index's detected language when ``question`` is written in another script; else None
@@ -160,6 +182,8 @@ __all__ = [
     "Passage",
     "contexts_from_documents",
     "corpus_retriever",
+    "passage_texts",
+    "reread_corpus_retriever",
     "search_language",
     "top_contexts",
     "passage_document",

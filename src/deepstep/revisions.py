@@ -6,6 +6,8 @@ sends only those) and rebuilds the report, so every other step is kept without a
 
 - ``rerun`` / ``reject``: the step is researched again (question, retrieve, answer, refine) with the ``note``
   shown in its prompts; a research question a reviewer wrote earlier is dropped, so the model writes one again;
+- ``refresh``: researched again as it stands, after its corpus changed (``deepstep refresh``): a reviewer's note
+  and research question are kept, an approval is not (the answer will rest on other passages);
 - ``edit_question``: researched again from the reviewer's research question (no question call);
 - ``edit_answer``: the reviewer's answer is kept as the step's answer, its citations of passages the step does
   not have removed and its claims checked against the step's passages (no model call; with ``verify = model``
@@ -33,7 +35,7 @@ from deepstep.errors import InputError
 from deepstep.records import StepAction
 from deepstep.tree_encoding import StepTree
 
-ACTIONS = ("rerun", "reject", "edit_question", "edit_answer", "approve", "add", "remove")
+ACTIONS = ("rerun", "reject", "refresh", "edit_question", "edit_answer", "approve", "add", "remove")
 MAX_TEXT_CHARS = 20_000  # a reviewer's answer or question; longer is a pasted document, not an answer
 
 
@@ -83,6 +85,9 @@ def _apply(revision: Revision, action: StepAction, where: str, new_id: Callable[
     if kind in ("rerun", "reject"):
         _set(node, status="pending", review_note=note, fixed_question="", approved=False)
         revision.done.append(f"{kind} {level}")
+    elif kind == "refresh":
+        _set(node, status="pending", approved=False)
+        revision.done.append(f"refresh {level}")
     elif kind == "edit_question":
         question = _text(action, where, "the research question")
         _set(node, status="pending", review_note=note, fixed_question=question, approved=False)

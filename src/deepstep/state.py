@@ -50,7 +50,7 @@ class RunInput(TypedDict, total=False):
     """The question to research, e.g. "What is a loss function?" (a new thread)."""
     actions: list[StepAction]
     """Changes to a finished thread's steps, e.g. [{"action": "rerun", "step": "0>1", "note": "Give the formula."}]:
-    rerun, reject, edit_question, edit_answer, approve (step and its text or note), add (under step, with name and
+    rerun, reject, refresh, edit_question, edit_answer, approve (step and its text or note), add (under step, with name and
     description) and remove. Only the steps they leave pending are researched again."""
 
 

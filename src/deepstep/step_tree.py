@@ -29,6 +29,10 @@ LEVEL_PATTERN = re.compile(r"^\d+(>\d+)*$")
 # No plan has a billion siblings; a longer number is no level (and Python refuses int() of over 4300 digits).
 MAX_LEVEL_DIGITS = 9
 
+# A step with one of these is finished: its passages came from the corpus and a resume leaves it alone
+# ("insufficient_evidence": the corpus does not cover it, and would not on a second try either).
+FINISHED_STATUSES = ("done", "insufficient_evidence")
+
 # Fields every step node carries; anything else (e.g. unknown dreamsboard fields) is kept as is.
 STEP_DEFAULTS: dict[str, Any] = {
     "kind": "step",

@@ -1,16 +1,20 @@
-"""``deepstep run``, ``resume`` and ``show``: research a question, continue a thread, print a stored one."""
+"""``deepstep run``, ``resume``, ``step``, ``refresh`` and ``show``: research a question, continue a thread, change a finished one, print it."""
 
 from __future__ import annotations
 
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from deepstep import json_text
-from deepstep.cli.common import app, fail, finish_run, load_settings, progress_display, stderr, user_errors
+from deepstep.cli.common import app, fail, finish_run, load_settings, progress_display, stderr, stdout, user_errors
+
+if TYPE_CHECKING:
+    from deepstep import api
 
 # The API (LangGraph, the checkpointer, the model client) is imported inside the commands
 # that use it, so `deepstep --help` and the other commands do not load it.
@@ -132,6 +136,44 @@ def _read_answer(path: Path) -> str:
         fail(f"cannot read the answer file {path}: {error.strerror or error}; pass a readable text file")
     except UnicodeDecodeError:
         fail(f"the answer file {path} is not UTF-8 text; save it as UTF-8")
+
+
+@app.command()
+def refresh(
+    thread_id: Annotated[str, typer.Argument(help="The finished thread.")],
+    corpus: Annotated[Path | None, typer.Option(help="Compare with this folder instead of the thread's corpus; the thread then keeps it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the out-of-date steps (no model call).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
+) -> None:
+    """After the corpus changed: list the steps whose cited passages changed or vanished, or whose retrieval
+    now finds other passages, and research only those again (every other step is kept, no call for them)."""
+    from deepstep import api
+
+    with user_errors(thread_id):
+        settings = load_settings()
+        found = api.refresh(thread_id, corpus=corpus, dry_run=True)
+        if not found.stale:
+            if corpus is not None and not dry_run:
+                api.refresh(thread_id, corpus=corpus)  # keeps the folder for later runs (no model call)
+            stdout.print(f"all {found.checked} steps are current", highlight=False)
+            return
+        _print_stale_steps(found)
+        if dry_run:
+            return
+        with progress_display() as on_progress:
+            refreshed = api.refresh(thread_id, corpus=corpus, on_progress=on_progress)
+        finish_run(refreshed.result, out, settings)
+
+
+def _print_stale_steps(found: api.Refresh) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(found.stale)} of {found.checked} steps out of date", show_edge=False)
+    for column in ("level", "step", "reason"):
+        table.add_column(column)
+    for stale in found.stale:
+        table.add_row(stale["level"], escape(stale["name"]), escape("; ".join(stale["reasons"])))
+    stdout.print(table)
 
 
 @app.command()

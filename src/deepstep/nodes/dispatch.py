@@ -10,13 +10,13 @@ from deepstep.state import RunState, StepInput
 
 
 def dispatch_steps(state: RunState) -> list[Send] | str:
-    """One ``Send`` to the step subgraph per step not done yet (a resume skips finished ones); ``collect`` when none is left."""
+    """One ``Send`` to the step subgraph per step not finished yet (a resume skips finished ones); ``collect`` when none is left."""
     tree = state["tree"]
-    done = {sid for sid, result in (state.get("step_results") or {}).items() if result.get("status") == "done"}
+    finished = {sid for sid, result in (state.get("step_results") or {}).items() if result.get("status") in step_tree.FINISHED_STATUSES}
     sends = []
     for step_id in step_tree.step_ids(tree):
         node = tree.nodes[step_id]
-        if node["status"] == "done" or step_id in done:
+        if node["status"] in step_tree.FINISHED_STATUSES or step_id in finished:
             continue
         step = PlannedStep(id=step_id, name=node["name"], description=node["description"], level=node["level"])
         if node.get("review_note"):
