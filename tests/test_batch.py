@@ -279,18 +279,69 @@ def test_bad_input_is_one_line_exit_2_before_any_call(fake_llm, tmp_path, monkey
     assert "--workers must be 1 to 64" in CliRunner().invoke(app, ["batch", str(bad), "--workers", "0"]).output
 
 
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started (Linux: /proc lists them per thread)."""
+def _task(settings: Settings, thread_id: str) -> batch.WorkerTask:
+    question: BatchQuestion = {"line": 1, "question": QUESTIONS[0], "thread_id": thread_id, "corpus": None, "settings": {}}
+    return batch.WorkerTask(0, question, settings)
+
+
+def test_a_worker_waits_for_a_thread_another_process_still_runs(settings, monkeypatch):
+    """A worker of a batch killed a moment ago may still hold a thread while it stops: the next batch waits for it."""
+    import threading
+
+    from deepstep.locks import thread_lock
+
+    monkeypatch.setattr(batch, "BUSY_WAIT_SECONDS", 20.0)
+    released = threading.Event()
+
+    def hold_for_a_while() -> None:
+        with thread_lock(settings, "busy-1"):  # another open file description: flock excludes it like another process
+            time.sleep(1.5)
+        released.set()
+
+    holder = threading.Thread(target=hold_for_a_while)
+    holder.start()
+    time.sleep(0.2)
+    outcome = batch.run_question(_task(settings, "busy-1"), lambda progress: None)
+    holder.join()
+    assert released.is_set() and outcome["status"] == "done" and outcome["wall_seconds"] >= 1.0, outcome
+
+    monkeypatch.setattr(batch, "BUSY_WAIT_SECONDS", 0.5)
+    with thread_lock(settings, "busy-2"):
+        refused = batch.run_question(_task(settings, "busy-2"), lambda progress: None)
+    assert refused["status"] == "failed" and "already running in another process" in refused["error"]
+
+
+def test_a_worker_resumes_a_thread_started_since_the_batch_looked(settings, fake_llm):
+    """The batch planned to run it, but the thread exists by the time the worker starts: the worker resumes it."""
+    import deepstep
+
+    deepstep.run(QUESTIONS[0], thread_id="since-1", settings=settings)
+    calls = len(fake_llm.log())
+    outcome = batch.run_question(_task(settings, "since-1"), lambda progress: None)
+    assert outcome["status"] == "done" and len(fake_llm.log()) == calls  # a finished thread: resumed without a call
+
+
+def test_no_model_server_is_one_line_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "ftp://example.org")
+    monkeypatch.setenv("DEEPSTEP_CORPUS", str(CORPUS))
+    (tmp_path / "questions.txt").write_text("What is a loss function?\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "questions.txt"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "line 1 (thread q-" in result.output and "is not an http(s) URL" in result.output
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of the batch process ``pid`` (Linux: /proc lists children per thread), not
+    multiprocessing's resource tracker."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
-    return found
+    return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["sigkill-all", "sigkill-batch", "ctrl-c"])
+@pytest.mark.parametrize("stop", ["sigkill-all", "sigkill-batch", "sigkill-worker", "ctrl-c"])
 def test_a_stopped_batch_finishes_on_rerun_repeating_only_calls_in_flight(tmp_path, stop):
-    """Stopped mid-run (the machine's processes killed, the batch process alone killed, or Ctrl-C),
+    """Stopped mid-run (the machine's processes killed, the batch process alone, one worker, or Ctrl-C),
     the re-run finishes every question; only calls in flight at the stop may be made again."""
     with FakeLLMServer(latency_ms=60) as server:
         _write_questions(tmp_path)
@@ -311,14 +362,20 @@ def test_a_stopped_batch_finishes_on_rerun_repeating_only_calls_in_flight(tmp_pa
         if stop == "ctrl-c":
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=60) == 130
+        elif stop == "sigkill-worker":
+            os.kill(_workers(process.pid)[0], signal.SIGKILL)
+            assert process.wait(timeout=120) == 1  # its question failed; the other worker finished the rest
         else:
-            workers = _children(process.pid) if stop == "sigkill-all" else []
+            workers = _workers(process.pid) if stop == "sigkill-all" else []
             for pid in [process.pid, *workers]:
                 os.kill(pid, signal.SIGKILL)
             process.wait()
         assert process.stderr is not None
         stopped_stderr = process.stderr.read()
         process.stderr.close()
+        if stop == "sigkill-worker":
+            failed = [row for row in _summary(tmp_path) if row["status"] != "done"]
+            assert len(failed) == 1 and "its worker process died (exit code -9)" in failed[0]["error"], stopped_stderr
         calls_at_stop = len(server.log())
 
         rerun = _batch(tmp_path, env)

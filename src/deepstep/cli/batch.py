@@ -67,6 +67,7 @@ def _prepared(question: BatchQuestion, base: Settings, file: Path) -> tuple[Sett
     """The question's settings, its corpus indexed, and its thread as stored (None: not started)."""
     from deepstep import step_tree
     from deepstep.batch import question_settings
+    from deepstep.configuration import ROLES
     from deepstep.errors import DeepstepError, InputError, UnknownThreadError
     from deepstep.retrieval import corpus_retriever
     from deepstep.threads import load
@@ -74,6 +75,9 @@ def _prepared(question: BatchQuestion, base: Settings, file: Path) -> tuple[Sett
     where = f"{file} line {question['line']} (thread {question['thread_id']})"
     try:
         settings = question_settings(question, base)
+        if not settings.needs_embedded_model:
+            for role in ROLES:
+                settings.resolve_model(role)  # no server configured, or not an http(s) URL: one line now, not a failure per question
         # Indexed here, once per corpus, not by every worker at the same time; a bad corpus fails before any run.
         corpus_retriever(settings)
     except DeepstepError as error:
