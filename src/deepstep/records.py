@@ -197,3 +197,45 @@ class StepAction(TypedDict):
     text: NotRequired[str]  # edit_question: the research question; edit_answer: the answer (cite passages as [n])
     name: NotRequired[str]  # add: the new step's name
     description: NotRequired[str]  # add: what the new step should cover
+
+
+BatchAction = Literal["run", "resume", "retry", "skip"]
+BatchStatus = Literal["done", "failed", "interrupted"]
+
+
+class BatchQuestion(TypedDict):
+    """One question of a batch file (``deepstep batch``), checked: its thread and the settings it runs with."""
+
+    line: int  # where it is in the file (1-based), for messages
+    question: str
+    thread_id: str
+    corpus: str | None  # as the file gives it (None: the environment's)
+    settings: dict[str, object]  # the row's run-shaping settings as JSON values, over the environment's
+
+
+class BatchOutcome(TypedDict):
+    """What a worker reports about one question it ran."""
+
+    status: BatchStatus
+    error: str  # why it failed or stopped ("" when done)
+    wall_seconds: float  # this batch command's time on it
+
+
+class BatchRow(TypedDict):
+    """One row of a batch's summary table (``summary.csv`` and ``summary.parquet``)."""
+
+    question: str
+    thread_id: str
+    status: BatchStatus
+    action: BatchAction  # what this batch command did with it
+    steps: int
+    failed_steps: int
+    insufficient_steps: int  # steps the corpus did not cover (the evidence gate)
+    calls: int
+    tokens: int
+    cost: float | None  # US dollars by the price table; None without prices
+    wall_seconds: float  # summed over the batch commands that worked on it (the summary in --out keeps the earlier ones)
+    low_confidence_share: float | None  # share of the steps with a confidence level that are low; None when none has one
+    unsupported_claims: int  # claims of the report (answer and steps) their passages do not back
+    error: str
+    report: str  # the report's file name in --out ("" when the thread has none yet)
