@@ -205,6 +205,7 @@ def test_three_workers_finish_every_job_once_and_a_killed_workers_job_is_taken_a
             killed_thread = victim.running_job()
             victim.process.send_signal(signal.SIGKILL)
             victim.process.wait()
+            killed_at = time.monotonic()
             calls_at_kill = len(server.log())
             settings = _settings(env)
             rows = _wait_for(
@@ -212,6 +213,7 @@ def test_three_workers_finish_every_job_once_and_a_killed_workers_job_is_taken_a
                 "every job done",
                 workers=workers,
             )
+            all_done_at = time.monotonic()
             codes = [worker.stop() for worker in workers if worker is not victim]
         finally:
             for worker in workers:
@@ -223,7 +225,14 @@ def test_three_workers_finish_every_job_once_and_a_killed_workers_job_is_taken_a
 
         log = server.log()
         answered = crash.answered(log)
-        record = {"calls_at_kill": calls_at_kill, "answered": len(answered), "baseline": len(uninterrupted), "repeated": crash.repeated_calls(log)}
+        record = {
+            "calls_at_kill": calls_at_kill,
+            "answered": len(answered),
+            "baseline": len(uninterrupted),
+            "repeated": crash.repeated_calls(log),
+            "repeated_in_baseline": repeated_uninterrupted,
+            "seconds_from_kill_to_all_done": round(all_done_at - killed_at, 1),
+        }
         print("queue kill:", record)
         by_thread = {row.thread_id: row for row in rows}
         for question in QUESTIONS:
@@ -272,7 +281,12 @@ def test_sigterm_finishes_the_calls_in_flight_and_releases_the_job_to_another_wo
             assert second.stop() == 0, second.text()  # SIGTERM passed on to both processes, each idle: exit 0
         assert "2 worker processes" in second.text()
         assert step_tree.signature(deepstep.load(row.thread_id, settings=settings).tree) == expected[QUESTIONS[0]]
-        record = {"calls_at_stop": calls_at_stop, "answered": len(crash.answered(server.log())), "repeated": crash.repeated_calls(server.log())}
+        record = {
+            "stop_seconds": round(stop_seconds, 2),
+            "calls_at_stop": calls_at_stop,
+            "answered": len(crash.answered(server.log())),
+            "repeated": crash.repeated_calls(server.log()),
+        }
         print("queue sigterm:", record)
         assert crash.repeated_calls(server.log()) <= CONCURRENCY, record
 
