@@ -27,12 +27,12 @@ after its worker died continues from the thread's checkpoints: only the calls in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -231,7 +231,7 @@ class JobRow:
     question: str
     attempts: int  # times the job was taken again (after a failure, a release or a dead worker)
     failures: int
-    error: str  # the last failure's reason
+    error: str  # the last failure's reason ("" once the job is done)
 
 
 def queue_status(settings: Settings) -> list[JobRow]:
@@ -250,7 +250,9 @@ def queue_status(settings: Settings) -> list[JobRow]:
             ).fetchall()
         except postgres.psycopg.Error as error:
             raise postgres.connection_error(url, error) from None
-    return [JobRow(r[0], "done" if r[1] == "succeeded" else r[1], r[2] or "", r[3] or "", r[4], r[5], r[6]) for r in rows]
+    found = [JobRow(r[0], "done" if r[1] == "succeeded" else r[1], r[2] or "", r[3] or "", r[4], r[5], r[6]) for r in rows]
+    # A done job's earlier failures stay counted, but their reason no longer applies.
+    return [dataclasses.replace(row, error="") if row.status == "done" else row for row in found]
 
 
 def status_counts(rows: list[JobRow]) -> dict[str, int]:
@@ -292,12 +294,21 @@ def research_job(context: Any, question: dict[str, Any], settings: dict[str, obj
     if status == "interrupted" or _stopping:
         _say(f"{where} released: the worker is stopping; another worker continues it from its checkpoints")
         raise JobReleased(outcome_error or "the worker is stopping")
+    if not outcome_error:  # the thread finished with failed steps: their reasons
+        outcome_error = _failed_steps(row["thread_id"], run_settings)
     with postgres.connect(url, application_name="deepstep-queue") as connection:
         failures = record_failure(connection, job_id, outcome_error)
     allowed = base.queue_attempts
     then = "marked failed" if failures >= allowed else "to retry"
     _say(f"{where} failed ({failures} of {allowed}, {then}): {outcome_error}")
     raise QuestionFailed(outcome_error, failures, allowed)
+
+
+def _failed_steps(thread_id: str, settings: Settings) -> str:
+    from deepstep.threads import load
+
+    failed = load(thread_id, settings=settings).failed_steps
+    return "; ".join(f"step {step['level']} {step['name']}: {step['error']}" for step in failed) or "the run failed"
 
 
 def _say(line: str) -> None:
@@ -346,7 +357,7 @@ class _OneLineLogs(logging.Filter):
         return True
 
 
-def run_worker(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
+def run_worker(settings: Settings) -> int:
     """Take jobs until SIGTERM or Ctrl-C (this process's main thread): one run at a time. Returns the exit code."""
     url = _database_url(settings)
     ensure_schema(url)
@@ -358,12 +369,12 @@ def run_worker(settings: Settings, *, on_ready: Callable[[], None] | None = None
     procrastinate_log.setLevel(logging.WARNING)
     procrastinate_log.propagate = False
     try:
-        return asyncio.run(_work(url, settings, on_ready))
+        return asyncio.run(_work(url, settings))
     except Exception as error:
         raise _database_error(url, error) from None
 
 
-async def _work(url: str, settings: Settings, on_ready: Callable[[], None] | None) -> int:
+async def _work(url: str, settings: Settings) -> int:
     import psycopg
     from procrastinate.worker import Worker
 
@@ -400,8 +411,6 @@ async def _work(url: str, settings: Settings, on_ready: Callable[[], None] | Non
             loop.add_signal_handler(signum, on_signal)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True, application_name="deepstep-queue-recovery") as lock_connection:
             recovery = asyncio.create_task(_recover_periodically(app, lock_connection, settings, heartbeat))
-            if on_ready is not None:
-                on_ready()
             try:
                 await worker.run()
             finally:
