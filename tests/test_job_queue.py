@@ -62,6 +62,68 @@ def test_rows_are_counted_by_status_in_queue_order():
     assert list(job_queue.status_counts(rows)) == ["todo", "doing", "done", "failed"]
 
 
+# SIGTERM's stop of every run in the process (interrupts.stop_every_run), runs being in other threads.
+
+
+def test_stopping_every_run_lets_the_call_in_flight_finish_and_starts_no_other(monkeypatch):
+    import threading
+
+    from deepstep import interrupts
+
+    monkeypatch.setattr(interrupts, "_every_run_stopped", None)  # the process-wide mark: only for this test
+    started, outcomes = threading.Event(), []
+
+    def slow_call() -> str:
+        started.set()
+        time.sleep(1.0)  # twice Ctrl-C's grace
+        return "answer"
+
+    def run() -> None:
+        with interrupts.stop_on_ctrl_c():
+            outcomes.append(interrupts.unless_stopped(slow_call))
+            try:
+                interrupts.unless_stopped(lambda: "never")
+            except interrupts.RunInterrupted as stopped:
+                outcomes.append(str(stopped))
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(5)
+    interrupts.stop_every_run(5.0)
+    runner.join(10)
+    assert outcomes == ["answer", "stopped before a model call"]
+    with interrupts.stop_on_ctrl_c():  # a run that starts afterwards makes no call
+        with pytest.raises(interrupts.RunInterrupted, match="before a model call"):
+            interrupts.unless_stopped(lambda: "never")
+
+
+def test_a_second_stop_abandons_the_call_in_flight(monkeypatch):
+    import threading
+
+    from deepstep import interrupts
+
+    monkeypatch.setattr(interrupts, "_every_run_stopped", None)
+    started, outcomes = threading.Event(), []
+
+    def run() -> None:
+        with interrupts.stop_on_ctrl_c():
+            try:
+                interrupts.unless_stopped(lambda: (started.set(), time.sleep(3.0)))
+            except interrupts.RunInterrupted as stopped:
+                outcomes.append((str(stopped), time.monotonic()))
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(5)
+    interrupts.stop_every_run(60.0)
+    time.sleep(0.2)
+    second = time.monotonic()
+    interrupts.stop_every_run(0.0)
+    runner.join(10)
+    [(reason, at)] = outcomes
+    assert reason == "abandoned a model call in flight" and at - second < 0.5
+
+
 # The commands without a worker.
 
 
