@@ -210,3 +210,16 @@ def test_a_token_cap_holds_the_steps_back_by_their_estimate_and_never_passes(set
     assert used == paused.budget_pause["used"]["tokens"] <= cap
     done = deepstep.resume("tokens", settings=plain, max_run_tokens=cap + statuses["pending"] * step_tokens)
     assert done.status == "done"
+
+
+def test_a_step_rerun_is_held_to_the_cap_too(settings, fake_llm):
+    plain = with_settings(settings, max_steps=3, max_searches=0)
+    deepstep.run(QUESTION, thread_id="rerun", settings=plain)
+    total = PLANNING + 3 * STEP_CALLS
+    fake_llm.reset_log()
+    # The rerun's fan-out is decided in the run (update_state has no run settings): the thread has used 29 calls.
+    paused = deepstep.rerun_step("rerun", "0>1", settings=with_settings(plain, max_calls=total + STEP_CALLS - 1))
+    assert paused.status == "awaiting_budget" and sum(calls_by_task(fake_llm).values()) == 0
+    assert paused.budget_pause is not None and paused.budget_pause["rest"]["calls"] == STEP_CALLS
+    done = deepstep.resume("rerun", settings=plain, max_calls=total + STEP_CALLS)
+    assert done.status == "done" and sum(calls_by_task(fake_llm).values()) == STEP_CALLS

@@ -25,7 +25,7 @@ from deepstep.nodes.answer import answer
 from deepstep.nodes.budget import budget_pause
 from deepstep.nodes.collect import collect, report
 from deepstep.nodes.decompose import decompose, outline
-from deepstep.nodes.dispatch import after_review, dispatch_pending
+from deepstep.nodes.dispatch import after_budget, after_collect, after_review
 from deepstep.nodes.failures import (
     STEP_RETRY,
     count_retries,
@@ -102,8 +102,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     builder.add_edge("decompose", "review")
     builder.add_conditional_edges("review", after_review, ["step", "collect", "budget"])
     builder.add_edge("step", "collect")
-    builder.add_conditional_edges("collect", dispatch_pending, ["step", "synthesize", "budget"])
-    builder.add_conditional_edges("budget", dispatch_pending, ["step", "synthesize"])  # the pause holds until one fits
+    builder.add_conditional_edges("collect", after_collect, ["step", "synthesize", "budget"])
+    builder.add_conditional_edges("budget", after_budget, ["step", "synthesize"])  # the pause holds until one fits
     builder.add_edge("synthesize", "report")
     builder.add_edge("report", END)
     return builder.compile(checkpointer=checkpointer, name="deepstep")

@@ -3,15 +3,13 @@
 After the plan (``review``) every step not done yet is sent (a resume skips finished ones and retries failed
 ones). Under a cap (``max_calls``, ``max_run_tokens``, ``max_cost``) only the first steps whose worst case fits
 in what is left are sent (``deepstep.budget``); after they are collected the rest is sent the same way
-(``dispatch_pending``), and when none fits the run goes to the ``budget`` pause instead: between supersteps,
+(``after_collect``), and when none fits the run goes to the ``budget`` pause instead: between supersteps,
 so no call is in flight and no step is half done. The pause lets the run go on only once something fits.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from langgraph.runtime import Runtime, get_runtime
+from langgraph.runtime import get_runtime
 from langgraph.types import Send
 
 from deepstep import budget, step_tree
@@ -22,14 +20,32 @@ from deepstep.state import RunState, StepInput
 
 
 def after_review(state: RunState) -> list[Send] | str:
-    """The fan-out after the plan (``dispatch_steps`` under the run's settings)."""
+    """The fan-out after the plan: ``dispatch_steps`` under the run's settings."""
     runtime = get_runtime()
     if runtime is None:
-        # ``graph.update_state(..., as_node="review")`` (a step rerun, a retry of failed steps; they mark those
-        # steps pending) runs this edge outside any run, so without the run's settings: the budget node, the
-        # first node of the run then, lets the run go on to the fan-out once the caps leave room.
-        return "budget" if dispatch_steps(state) != "collect" else "collect"
+        return _decided_in_the_run(dispatch_steps(state))
     return dispatch_steps(state, settings_of(runtime))
+
+
+def after_collect(state: RunState) -> list[Send] | str:
+    """The fan-out after a batch of steps: ``next_after_batch`` under the run's settings."""
+    runtime = get_runtime()
+    if runtime is None:
+        return _decided_in_the_run(next_after_batch(state))
+    return next_after_batch(state, settings_of(runtime))
+
+
+def after_budget(state: RunState) -> list[Send] | str:
+    """The fan-out once the budget node let the run go on: ``next_after_batch`` fits now."""
+    runtime = get_runtime()
+    return next_after_batch(state, settings_of(runtime) if runtime is not None else None)
+
+
+def _decided_in_the_run(choice: list[Send] | str) -> str:
+    # ``graph.update_state(..., as_node=...)`` (a step rerun and a retry of failed steps, which mark those steps
+    # pending; a state edit in Studio) runs an edge outside any run, without the run's settings: the budget
+    # node, which makes no call and pauses only when the caps leave no room, then decides in the run.
+    return "collect" if choice == "collect" else "budget"
 
 
 def dispatch_steps(state: RunState, settings: Settings | None = None) -> list[Send] | str:
@@ -40,29 +56,24 @@ def dispatch_steps(state: RunState, settings: Settings | None = None) -> list[Se
     wanted = [step_id for step_id in step_tree.step_ids(tree) if tree.nodes[step_id]["status"] != "done" and step_id not in done]
     if not wanted:
         return "collect"
-    if settings is None:
-        return [Send("step", _step_input(state, step_id)) for step_id in wanted]
     return _sends(state, wanted, settings) or "budget"
 
 
-def dispatch_pending(state: RunState, runtime: Runtime[Any]) -> list[Send] | str:
-    """After a batch of steps (or a budget pause): the steps never started that fit; else ``synthesize`` once none
-    is left and its call fits, else ``budget``."""
-    return next_after_batch(state, settings_of(runtime))
-
-
-def next_after_batch(state: RunState, settings: Settings) -> list[Send] | str:
-    """``dispatch_pending``'s choice under ``settings`` (the budget pause asks it whether the run can go on)."""
+def next_after_batch(state: RunState, settings: Settings | None = None) -> list[Send] | str:
+    """After a batch of steps (or a budget pause): the steps never started that fit the budget of ``settings``
+    (every one without settings); else ``synthesize`` once none is left and its call fits, else ``budget``."""
     tree = state["tree"]
     pending = [step_id for step_id in step_tree.step_ids(tree) if tree.nodes[step_id]["status"] == "pending"]
     if pending:
         return _sends(state, pending, settings) or "budget"
+    if settings is None:
+        return "synthesize"
     planned = len(step_tree.step_ids(tree))
     return "synthesize" if budget.synthesis_fits(settings, state.get("usage") or {}, planned) else "budget"
 
 
-def _sends(state: RunState, step_ids: list[str], settings: Settings) -> list[Send]:
-    fitting = budget.steps_that_fit(settings, state.get("usage") or {}, len(step_ids))
+def _sends(state: RunState, step_ids: list[str], settings: Settings | None) -> list[Send]:
+    fitting = len(step_ids) if settings is None else budget.steps_that_fit(settings, state.get("usage") or {}, len(step_ids))
     return [Send("step", _step_input(state, step_id)) for step_id in step_ids[:fitting]]
 
 
