@@ -67,6 +67,17 @@ def test_the_estimate_of_the_rest_counts_tokens_high_and_prices_them():
     assert budget.estimate(unit_settings(rollouts=0), 1)["cost"] is None
 
 
+def test_each_role_is_counted_with_its_own_reply_limit_and_model():
+    settings = unit_settings(rollouts=0, max_searches=0, max_tokens=100, context_tokens=200, roles={"evaluate": {"max_tokens": 10, "model": "small"}})
+    # As a run records it: by role, outline and steps both as decompose, the evaluate reply at most 10 tokens.
+    assert budget.need(settings, {"outline": 1, "steps": 1, "evaluate": 2}) == {
+        "decompose": {"calls": 2, "prompt_tokens": 300 + 300 + 400, "completion_tokens": 200},
+        "evaluate": {"calls": 2, "prompt_tokens": 2 * 700, "completion_tokens": 20},
+    }
+    with pytest.raises(ConfigError, match="model 'small' has none"):
+        budget.check_caps(with_settings(settings, max_cost=1.0, prices={"gpt-4o-mini": {"prompt": 1.0, "completion": 1.0}}))
+
+
 def test_steps_fit_by_their_worst_case_in_what_each_cap_leaves():
     settings = unit_settings(rollouts=2, max_searches=0, max_calls=20)
     used = {"outline": {"calls": 1}, "steps": {"calls": 1}}

@@ -21,6 +21,7 @@ import math
 
 from deepstep.configuration import Settings
 from deepstep.errors import ConfigError
+from deepstep.models import TASK_ROLES
 from deepstep.records import BudgetCaps, BudgetPause, Estimate, Spending
 from deepstep.usage import Usage, add_usage
 
@@ -30,22 +31,22 @@ PROMPT_INSTRUCTIONS_TOKENS = 300
 
 
 def step_calls(settings: Settings) -> dict[str, int]:
-    """The most model calls one step makes, by role (one request per call)."""
+    """The most model calls one step makes, by task (one request per call)."""
     rollouts, samples = settings.rollouts, settings.reward_samples
     calls = {"question": 1, "answer": 1, "evaluate": samples * (1 + rollouts), "critique": rollouts, "refine": rollouts}
     if settings.max_searches:
         calls["search"] = settings.max_searches
     if settings.verify == "model":
         calls["verify"] = 1 + rollouts
-    return {role: count for role, count in calls.items() if count}
+    return {task: count for task, count in calls.items() if count}
 
 
-def _reply_tokens(settings: Settings, role: str) -> int:
-    override = settings.roles.get(role)  # type: ignore[call-overload]  # "synthesize" writes as the answer role
+def _reply_tokens(settings: Settings, task: str) -> int:
+    override = settings.roles.get(TASK_ROLES[task])
     return (override.max_tokens if override else None) or settings.max_tokens
 
 
-def _prompt_tokens(settings: Settings, role: str, steps: int) -> int:
+def _prompt_tokens(settings: Settings, task: str, steps: int) -> int:
     """A high estimate of one call's prompt: its instructions plus the bounded parts it shows."""
     shown = settings.max_tokens  # an answer, critique or claim list shown in the prompt, at most one reply long
     variable = {
@@ -60,19 +61,17 @@ def _prompt_tokens(settings: Settings, role: str, steps: int) -> int:
         "verify": settings.context_tokens + shown,
         "synthesize": steps * (shown + settings.context_tokens),  # every step's answer and cited passages
     }
-    return PROMPT_INSTRUCTIONS_TOKENS + variable[role]
+    return PROMPT_INSTRUCTIONS_TOKENS + variable[task]
 
 
 def need(settings: Settings, calls: dict[str, int], *, steps: int = 0) -> Usage:
-    """``calls`` by role as usage: calls, prompt tokens and completion tokens at their high estimates."""
-    return {
-        role: {
-            "calls": count,
-            "prompt_tokens": count * _prompt_tokens(settings, role, steps),
-            "completion_tokens": count * _reply_tokens(settings, role),
-        }
-        for role, count in calls.items()
-    }
+    """``calls`` by task (``question``, ``synthesize``, ...) as usage by role, as a run records it: calls, prompt
+    tokens and completion tokens at their high estimates."""
+    total: Usage = {}
+    for task, count in calls.items():
+        prompt, reply = _prompt_tokens(settings, task, steps), _reply_tokens(settings, task)
+        total = add_usage(total, {TASK_ROLES[task]: {"calls": count, "prompt_tokens": count * prompt, "completion_tokens": count * reply}})
+    return total
 
 
 def synthesis_calls(settings: Settings) -> dict[str, int]:
@@ -93,7 +92,7 @@ def spending(settings: Settings, usage: Usage) -> Spending:
 def estimate(settings: Settings, steps: int, *, planned: int | None = None) -> Estimate:
     """What the rest of a run needs: ``steps`` steps still to research, then the synthesis (answer_first layout)
     over the ``planned`` steps of the plan (default: ``steps``)."""
-    research = need(settings, {role: steps * count for role, count in step_calls(settings).items()})
+    research = need(settings, {task: steps * count for task, count in step_calls(settings).items()})
     rest = add_usage(research, need(settings, synthesis_calls(settings), steps=steps if planned is None else planned))
     return {"steps": steps, **spending(settings, rest)}
 
@@ -165,8 +164,8 @@ def check_caps(settings: Settings, *, planning: bool = True) -> None:
 
 
 def _unpriced_models(settings: Settings) -> list[str]:
-    roles = ("outline", "steps", *step_calls(settings), *synthesis_calls(settings))
-    return sorted({settings.model_for(role) for role in roles} - set(settings.prices))  # type: ignore[arg-type]
+    tasks = ("outline", "steps", *step_calls(settings), *synthesis_calls(settings))
+    return sorted({settings.model_for(TASK_ROLES[task]) for task in tasks} - set(settings.prices))
 
 
 def _missing_price(settings: Settings) -> str:
