@@ -234,3 +234,16 @@ def test_a_step_rerun_is_held_to_the_cap_too(settings, fake_llm):
     assert paused.budget_pause is not None and paused.budget_pause["rest"]["calls"] == STEP_CALLS
     done = deepstep.resume("rerun", settings=plain, max_calls=total + STEP_CALLS)
     assert done.status == "done" and sum(calls_by_task(fake_llm).values()) == STEP_CALLS
+
+
+def test_steps_go_out_in_batches_while_what_they_really_used_leaves_room(settings, fake_llm):
+    # With two follow-up queries allowed a step may make 11 calls; here each makes 9 (the gate is satisfied).
+    searching = with_settings(settings, max_steps=3, max_searches=2)
+    assert sum(budget.step_calls(searching).values()) == STEP_CALLS + 2
+    cap = PLANNING + (STEP_CALLS + 2) + STEP_CALLS  # 22: one step's worst case fits, then another's after it used 9
+    paused = deepstep.run(QUESTION, thread_id="batches", settings=with_settings(searching, max_calls=cap))
+    assert calls_by_task(fake_llm)["question"] == 2  # two steps, one batch each
+    assert sum(calls_by_task(fake_llm).values()) == PLANNING + 2 * STEP_CALLS <= cap
+    assert [s["status"] for s in step_tree.steps(paused.tree)] == ["done", "done", "pending"]
+    done = deepstep.resume("batches", settings=searching, max_calls=100)
+    assert done.status == "done" and sum(calls_by_task(fake_llm).values()) == PLANNING + 3 * STEP_CALLS
