@@ -181,5 +181,5 @@ def budget_pause_line(thread_id: str, pause: BudgetPause) -> str:
         options.append(f"--max-cost {math.ceil((used['cost'] + rest['cost']) * 100) / 100:.2f}")
     return (
         f"used {describe(used)}; the {rest['steps']} step(s) left and the report need at most {describe(rest)}: "
-        f"continue with `deepstep resume {thread_id} {' '.join(options)}`"
+        f"continue with `{' '.join([f'deepstep resume {thread_id}', *options])}`"
     )
