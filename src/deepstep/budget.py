@@ -25,7 +25,6 @@ from deepstep.models import TASK_ROLES
 from deepstep.records import BudgetCaps, BudgetPause, Estimate, Spending
 from deepstep.usage import Usage, add_usage
 
-PLANNING_CALLS = 2  # outline and steps
 # A prompt's fixed part, in tokens: the template's instructions, the question, the step's name and description.
 PROMPT_INSTRUCTIONS_TOKENS = 300
 
@@ -186,7 +185,6 @@ def describe(spent: Spending) -> str:
 
 
 __all__ = [
-    "PLANNING_CALLS",
     "caps",
     "check_caps",
     "describe",
