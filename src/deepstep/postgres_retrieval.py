@@ -30,7 +30,16 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict
 
 from deepstep.configuration import Settings
-from deepstep.corpus import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Passage, load_passages
+from deepstep.corpus import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_TOKENS,
+    Passage,
+    corpus_key,
+    corpus_root,
+    file_digests,
+    load_passages,
+    saved_file_digests,
+)
 from deepstep.errors import ConfigError, ModelServerError
 from deepstep.postgres import connect, connection_error, not_installed, schema_lock
 from deepstep.redaction import redact_url
@@ -46,6 +55,7 @@ PASSAGES_TABLE = "deepstep_passages"
 CORPORA_TABLE = "deepstep_corpora"
 EMBEDDINGS_TABLE = "deepstep_embeddings"  # pgvector, only when an embedding model is configured
 TERMS_TABLE = "deepstep_terms"  # document frequency of each term, for the IDF weights of a query
+FILES_TABLE = "deepstep_corpus_files"  # the loaded corpus of each folder content (file digests and chunking)
 # Bump when the table layout or the analysis of the text changes, so old rows are not reused.
 _LOAD_FORMAT = 2  # 2: passages keep their page
 _TERM = re.compile(r"^\w+$")
@@ -73,6 +83,10 @@ ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS page integer;
 ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS page_end integer;
 ALTER TABLE {PASSAGES_TABLE} ADD COLUMN IF NOT EXISTS sheet text;
 CREATE INDEX IF NOT EXISTS {PASSAGES_TABLE}_terms ON {PASSAGES_TABLE} USING gin (terms);
+CREATE TABLE IF NOT EXISTS {FILES_TABLE} (
+    files_key text PRIMARY KEY,
+    content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE
+);
 CREATE TABLE IF NOT EXISTS {TERMS_TABLE} (
     content_hash text NOT NULL REFERENCES {CORPORA_TABLE} (content_hash) ON DELETE CASCADE,
     term text NOT NULL,
@@ -107,16 +121,34 @@ def _analyzed(passages: list[Passage]) -> tuple[list[tuple[str, str]], Counter[s
     return analyzed, document_frequency
 
 
-def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0) -> tuple[str, bool]:
+def _loaded_for(url: str, files_key: str) -> str | None:
+    """The content hash of the corpus loaded from files with this key, if one was."""
+    with connect(url) as connection:
+        try:
+            ensure_schema(connection)
+            row = connection.execute(f"SELECT content_hash FROM {FILES_TABLE} WHERE files_key = %s", (files_key,)).fetchone()
+        except psycopg.Error as error:
+            raise connection_error(url, error) from None
+    return row[0] if row else None
+
+
+def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0, files_key: str | None = None) -> tuple[str, bool]:
     """Store ``passages`` in the passages table unless the same content is already there.
 
     Returns the corpus' content hash and whether rows were written. Safe to call from many
     workers at once: a transaction-level advisory lock on the hash lets one of them load.
+    ``files_key`` (``corpus.corpus_key`` of the files the passages came from) lets a later start find it.
     """
     corpus_hash = content_hash(passages)
     with connect(url) as connection:
         try:
             ensure_schema(connection)
+            if files_key is not None:
+                connection.execute(
+                    f"INSERT INTO {FILES_TABLE} (files_key, content_hash) SELECT %s, %s WHERE EXISTS "
+                    f"(SELECT 1 FROM {CORPORA_TABLE} WHERE content_hash = %s) ON CONFLICT DO NOTHING",
+                    (files_key, corpus_hash, corpus_hash),
+                )
             if _is_loaded(connection, corpus_hash):
                 return corpus_hash, False
             with connection.transaction():
@@ -142,6 +174,10 @@ def load_corpus(url: str, passages: list[Passage], *, skipped_files: int = 0) ->
                     cursor.executemany(
                         f"INSERT INTO {TERMS_TABLE} (content_hash, term, passages) VALUES (%s, %s, %s)",
                         [(corpus_hash, term, df) for term, df in document_frequency.items()],
+                    )
+                if files_key is not None:
+                    connection.execute(
+                        f"INSERT INTO {FILES_TABLE} (files_key, content_hash) VALUES (%s, %s) ON CONFLICT DO NOTHING", (files_key, corpus_hash)
                     )
         except psycopg.Error as error:
             raise connection_error(url, error) from None
@@ -329,10 +365,21 @@ class PostgresRetriever(BaseRetriever):
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         embedding: EmbeddingModel | None = None,
+        cache_dir: str | Path | None = None,
     ) -> PostgresRetriever:
-        """Load ``corpus_dir`` (and its embeddings) into the database if new there, and search it."""
+        """Load ``corpus_dir`` (and its embeddings) into the database if new there, and search it. A worker that
+        finds the folder's content loaded (by its files' digests, kept under ``cache_dir`` with their stat as for
+        the BM25 index) neither reads nor chunks the corpus."""
+        skipped_found: Counter[str] = Counter()
+        root = corpus_root(corpus_dir)
+        digests = saved_file_digests(root, Path(cache_dir), skipped_found) if cache_dir is not None else file_digests(root, skipped_found)
+        files_key = corpus_key(
+            ((source, str(found[-1])) for source, found in digests.items()), skipped_found, _LOAD_FORMAT, chunk_tokens, chunk_overlap
+        )
+        if embedding is None and (known := _loaded_for(database_url, files_key)) is not None:
+            return cls(database_url=database_url, corpus_hash=known, k=k)
         passages, skipped = load_passages(corpus_dir, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
-        corpus_hash, _ = load_corpus(database_url, passages, skipped_files=skipped)
+        corpus_hash, _ = load_corpus(database_url, passages, skipped_files=skipped, files_key=files_key)
         if embedding is not None:
             load_embeddings(database_url, corpus_hash, passages, embedding)
         return cls(database_url=database_url, corpus_hash=corpus_hash, k=k, embedding=embedding)
