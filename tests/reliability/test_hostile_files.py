@@ -481,7 +481,7 @@ import os, signal, sys
 from pathlib import Path
 from deepstep.atomic_files import staging_folder
 from deepstep.bm25_index import _STAGING
-(staging_folder(Path(sys.argv[1]), _STAGING) / "passages.json").write_text("half an index")
+(staging_folder(Path(sys.argv[1]), _STAGING) / "passages.sqlite3").write_text("half an index")
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
