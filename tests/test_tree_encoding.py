@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -123,10 +124,22 @@ def test_a_plain_digraph_needs_pickle_under_the_default_serializer():
 def test_tree_serializer_writes_msgpack_and_refuses_pickle():
     serde = TreeSerializer()
     kind, payload = serde.dumps_typed({"tree": nx.DiGraph(sample_tree()), "other": [1, "x"]})  # a plain DiGraph too
-    assert kind == "msgpack" and not payload.startswith(b"\x80")  # a pickle would start with its PROTO opcode
+    assert kind == "msgpack+zlib" and not zlib.decompress(payload).startswith(b"\x80")  # a pickle would start with its PROTO opcode
     assert type(serde.loads_typed((kind, payload))["tree"]) is StepTree
     with pytest.raises(NotImplementedError):  # a pickled checkpoint is refused, never executed
         serde.loads_typed(("pickle", pickle.dumps({"tree": 1})))
+    with pytest.raises(NotImplementedError):  # also when compressed
+        serde.loads_typed(("pickle+zlib", zlib.compress(pickle.dumps({"tree": 1}))))
+
+
+def test_large_values_are_stored_compressed_and_small_ones_and_older_ones_as_they_are():
+    serde = TreeSerializer()
+    prose = {"text": "The squared error loss averages the squared differences between predictions and targets. " * 20}
+    kind, payload = serde.dumps_typed(prose)
+    plain = JsonPlusSerializer(pickle_fallback=False).dumps_typed(prose)
+    assert kind == "msgpack+zlib" and len(payload) < len(plain[1]) / 5 and serde.loads_typed((kind, payload)) == prose
+    assert serde.dumps_typed({"n": 1})[0] == "msgpack"  # under COMPRESS_FROM_BYTES: compressing would not pay
+    assert serde.loads_typed(plain) == prose  # written before compression
 
 
 def test_a_tree_checkpointed_before_step_tree_moved_still_loads(monkeypatch):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from langgraph.types import Command
 
-from deepstep import freshness, step_tree
+from deepstep import budget, freshness, step_tree
 from deepstep.checkpoint import checkpoint_location, open_checkpointer
 from deepstep.configuration import ROLES, RUN_SHAPING_FIELDS, Settings
 from deepstep.corpus import demo_corpus_dir
@@ -34,10 +34,10 @@ from deepstep.llm_server import EMBEDDED_KEY_ENV, EMBEDDED_MAX_TOKENS, MODEL_ALI
 from deepstep.locks import thread_lock
 from deepstep.models import describe_error, unusable_reply
 from deepstep.nodes.review import checked_answer
-from deepstep.records import StepAction
+from deepstep.records import Estimate, StepAction
 from deepstep.redaction import redact_url
 from deepstep.store import read_store
-from deepstep.threads import RunResult, check_thread_id, load, result_from_state, settings_or_default
+from deepstep.threads import RunResult, check_thread_id, is_budget_pause, load, result_from_state, settings_or_default
 
 if TYPE_CHECKING:  # annotations only: loading a thread (`deepstep show`) needs none of them
     from langchain_core.retrievers import BaseRetriever
@@ -58,6 +58,8 @@ class Progress:
     steps_total: int = 0
     # Model calls the run lets be in flight at once (the embedded server serves one at a time).
     calls_in_flight: int = 0
+    # Once planned: what the steps still to research (and the synthesis) need at most (``deepstep.budget``).
+    estimate: Estimate | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -77,8 +79,9 @@ def clean_question(question: str) -> str:
 
 
 def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:
-    # Each rollout is three supersteps per evaluator sample; leave room for retries.
-    recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples
+    # Each rollout is three supersteps per evaluator sample; leave room for retries. Under a budget cap the
+    # steps may go out in batches: two more supersteps (step, collect) per batch, at most one batch per step.
+    recursion_limit = 40 + 8 * (settings.rollouts + 1) * settings.reward_samples + 2 * settings.max_steps
     return {
         # Only the thread id: the settings reach the nodes as the run's context (``_stream``), which
         # LangGraph never copies into checkpoints or their metadata.
@@ -136,11 +139,13 @@ _PHASE_WHILE = {
     "collect": "report",
     "synthesize": "report",  # writing the answer the report opens with
     "report": "report",
+    "budget": "steps",  # the check before a batch of steps (a pause when none fits)
 }
 _PHASE_AFTER = {**_PHASE_WHILE, "outline": "planning: steps", "decompose": "steps", "report": "done", "__interrupt__": "waiting for review"}
+_BUDGET_PAUSE_PHASE = "paused: budget"
 
 
-def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
+def _progress_at(snapshot: Any, settings: Settings) -> tuple[Progress, set[str]]:
     """Where a thread stands (a resume starts mid-way), and the ids of its steps already done."""
     values = snapshot.values
     tree = values.get("tree")
@@ -149,7 +154,10 @@ def _progress_at(snapshot: Any) -> tuple[Progress, set[str]]:
     finished = step_tree.FINISHED_STATUSES
     done = {i for i in ids if tree.nodes[i]["status"] in finished or results.get(i, {}).get("status") in finished}
     phase = _PHASE_WHILE.get(snapshot.tasks[0].name, "steps") if snapshot.tasks else "planning: outline"
-    return Progress(phase=phase, steps_done=len(done), steps_total=len(ids)), done
+    progress = Progress(phase=phase, steps_done=len(done), steps_total=len(ids))
+    if tree is not None and snapshot.tasks:
+        progress.estimate = budget.estimate(settings, len(ids) - len(done), planned=len(ids))
+    return progress, done
 
 
 def _stream(graph: DeepstepGraph, graph_input: Any, config: RunnableConfig, settings: Settings, on_progress: ProgressCallback | None) -> None:
@@ -158,7 +166,7 @@ def _stream(graph: DeepstepGraph, graph_input: Any, config: RunnableConfig, sett
 
     from deepstep.interrupts import stop_on_ctrl_c
 
-    progress, finished = _progress_at(graph.get_state(config))
+    progress, finished = _progress_at(graph.get_state(config), settings)
     if on_progress:
         on_progress(progress)
     try:
@@ -170,10 +178,14 @@ def _stream(graph: DeepstepGraph, graph_input: Any, config: RunnableConfig, sett
                 for node, values in update.items():
                     if isinstance(values, dict) and values.get("tree") is not None:
                         progress.steps_total = len(step_tree.step_ids(values["tree"]))
+                        if node == "decompose":  # planned: the fan-out comes next
+                            progress.estimate = budget.estimate(settings, progress.steps_total, planned=progress.steps_total)
                     if node == "step" and isinstance(values, dict):
                         finished.update(values.get("step_results") or {})
                         progress.steps_done = len(finished)
                     progress.phase = _PHASE_AFTER.get(node, progress.phase if node.startswith("__") else node)
+                    if node == "__interrupt__" and any(is_budget_pause(getattr(pause, "value", None)) for pause in values):
+                        progress.phase = _BUDGET_PAUSE_PHASE
                     if on_progress:
                         on_progress(progress)
     except (openai.OpenAIError, StructuredOutputError) as error:
@@ -268,6 +280,7 @@ def run(
     text = clean_question(question)
     _check_progress_callback(on_progress)
     settings = _prepare(settings, corpus, retriever)
+    budget.check_caps(settings)
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with _new_thread(settings, thread_id, retriever, f"continue it with `deepstep resume {thread_id}` or pick a new id") as graph:
         return _execute(graph, {"question": text}, thread_id, settings, on_progress)
@@ -297,6 +310,7 @@ def run_tree(
     question = clean_question(step_tree.question_of(tree))
     _check_progress_callback(on_progress)
     settings = _prepare(settings, None, retriever)
+    budget.check_caps(settings, planning=False)  # the tree is planned already
     thread_id = check_thread_id(thread_id or uuid.uuid4().hex[:12])
     with _new_thread(settings, thread_id, retriever, "pick a new thread id for the import") as graph:
         config = _run_config(thread_id, settings)
@@ -340,25 +354,41 @@ def resume(
     review: Any = None,
     retriever: BaseRetriever | None = None,
     on_progress: ProgressCallback | None = None,
+    max_calls: int | None = None,
+    max_run_tokens: int | None = None,
+    max_cost: float | None = None,
 ) -> RunResult:
-    """Continue a thread: after a crash, after a review pause (``review`` = True or edited steps),
-    or to retry its failed steps. A finished thread without failures makes no model call."""
+    """Continue a thread: after a crash, after a review pause (``review`` = True or edited steps), after a
+    budget pause (with higher caps: ``max_calls`` etc. replace the settings' for this resume), or to retry its
+    failed steps. A finished thread without failures makes no model call."""
     check_thread_id(thread_id)
     _check_progress_callback(on_progress)
     base = settings_or_default(settings)
+    caps = {"max_calls": max_calls, "max_run_tokens": max_run_tokens, "max_cost": max_cost}
     with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
         probe: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         snapshot = graph.get_state(probe)
         if not snapshot.values and not snapshot.next:
             raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
         merged = _thread_settings(base, snapshot.values, settings)
+        if any(value is not None for value in caps.values()):
+            merged = Settings.build(**{**merged.model_dump(), **caps})
+        budget.check_caps(merged, planning=False)
         config = _run_config(thread_id, merged)
         if snapshot.tasks:  # not finished (snapshot.next is empty when every task of the superstep saved its writes)
             waiting_for_review = any(task.interrupts for task in snapshot.tasks)
+            paused = [i.value for task in snapshot.tasks for i in task.interrupts]
+            if review is not None and any(is_budget_pause(value) for value in paused):
+                raise InputError(f"thread {thread_id} is paused by its budget, not waiting for review: resume it without --steps, with higher caps")
             # Checked here, before the graph keeps it: a rejected answer leaves the plan waiting.
             graph_input: Any = Command(resume=checked_answer(review, snapshot.values, merged)) if waiting_for_review else None
         elif snapshot.values.get("failed_steps"):
-            graph.update_state(config, {"failed_steps": []}, as_node="review")  # re-dispatch the steps not done
+            # Re-dispatch the steps not done: pending again, as the fan-out after the budget check sends them.
+            tree = snapshot.values["tree"]
+            again = step_tree.with_step_updates(
+                tree, [{"id": n, "status": "pending"} for n in step_tree.step_ids(tree) if tree.nodes[n]["status"] != "done"]
+            )
+            graph.update_state(config, {"failed_steps": [], "tree": again}, as_node="review")
             graph_input = None
         else:
             return _result(graph, config)
@@ -411,6 +441,7 @@ def revise(
         if snapshot.tasks or "tree" not in snapshot.values:
             raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then change its steps")
         merged = _thread_settings(base, snapshot.values, settings)
+        budget.check_caps(merged, planning=False)
         # Checked here, before the graph keeps the actions: an unusable one changes nothing.
         revision = revised(snapshot.values["tree"], actions)
         tree = revision.tree
@@ -468,6 +499,7 @@ def refresh(
         merged = _thread_settings(base, snapshot.values, settings)
         if corpus is not None:
             merged = Settings.build(**{**merged.model_dump(), "corpus": Path(corpus)})
+        budget.check_caps(merged, planning=False)
         from deepstep.retrieval import passage_texts, reread_corpus_retriever, top_contexts  # bm25s and numpy
 
         texts = passage_texts(merged, reread_corpus_retriever(merged) if retriever is None else retriever)

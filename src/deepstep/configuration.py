@@ -256,6 +256,29 @@ class Settings(BaseSettings):
     review: bool = Field(default=False, description="Pause after decompose so the plan can be approved or edited.")
     language: str | None = Field(default=None, description="Language of questions and answers (default: the question's).")
 
+    # Budget: caps on the thread's whole spending (every run, resume and rerun of it counted), checked after
+    # planning and between batches of steps; not run-shaping, so a resume goes on under the cap it is given.
+    max_calls: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Cap on the thread's model calls: steps whose worst-case calls no longer fit are not started and the run pauses "
+        "(exit code 3); `deepstep resume THREAD --max-calls N` goes on. Default: no cap.",
+    )
+    max_run_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**12,
+        description="Cap on the thread's tokens (prompt + completion, all calls), checked like max_calls against each step's "
+        "estimate (max_tokens per reply, prompts estimated high). Not the per-call max_tokens. Default: no cap.",
+    )
+    max_cost: float | None = Field(
+        default=None,
+        ge=0,
+        description="Cap on the thread's estimated cost in US dollars (needs a price in prices for every model used), checked "
+        "like max_calls. Default: no cap.",
+    )
+
     # Trust.
     unsupported_claims: UnsupportedClaims = Field(
         default="mark",

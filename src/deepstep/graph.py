@@ -1,6 +1,8 @@
 """Wiring only: the run graph and the per-step subgraph.
 
 START -> outline -> decompose -> review -> Send(step) per step -> collect -> synthesize -> report -> END
+       under a cap (max_calls, ...) the fan-out sends the steps that fit, collect sends the next that fit, and
+       when none fits (or the synthesis would not): -> budget (a pause) -> the fan-out again once resumed
 START -> revise -> Send(step) per step left pending -> collect -> ...   (a finished thread given reviewer actions)
 step:  question -> retrieve -> (evidence gate) -> answer -> evaluate <-> critique -> refine -> ... -> finish
        a follow-up search (search_query -> search) runs when the gate finds no covering passage, or before
@@ -21,9 +23,10 @@ from pydantic import BaseModel
 from deepstep.configuration import RunContext
 from deepstep.models import is_transient
 from deepstep.nodes.answer import answer
+from deepstep.nodes.budget import budget_pause
 from deepstep.nodes.collect import collect, report
 from deepstep.nodes.decompose import decompose, outline
-from deepstep.nodes.dispatch import dispatch_steps
+from deepstep.nodes.dispatch import after_budget, after_collect, after_review
 from deepstep.nodes.failures import (
     STEP_RETRY,
     count_retries,
@@ -96,13 +99,15 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     builder.add_node("collect", collect)
     builder.add_node("synthesize", count_retries(synthesize, "answer"), retry_policy=plan_retry)
     builder.add_node("report", with_settings(report))
+    builder.add_node("budget", with_settings(budget_pause))
     builder.add_conditional_edges(START, start, ["outline", "revise"])
     builder.add_edge("outline", "decompose")
     builder.add_edge("decompose", "review")
-    builder.add_conditional_edges("review", dispatch_steps, ["step", "collect"])
-    builder.add_conditional_edges("revise", dispatch_steps, ["step", "collect"])
+    builder.add_conditional_edges("review", after_review, ["step", "collect", "budget"])
+    builder.add_conditional_edges("revise", after_review, ["step", "collect", "budget"])
     builder.add_edge("step", "collect")
-    builder.add_edge("collect", "synthesize")
+    builder.add_conditional_edges("collect", after_collect, ["step", "synthesize", "budget"])
+    builder.add_conditional_edges("budget", after_budget, ["step", "synthesize"])  # the pause holds until one fits
     builder.add_edge("synthesize", "report")
     builder.add_edge("report", END)
     return builder.compile(checkpointer=checkpointer, name="deepstep")

@@ -239,3 +239,35 @@ class BatchRow(TypedDict):
     unsupported_claims: int  # claims of the report (answer and steps) their passages do not back
     error: str
     report: str  # the report's file name in --out ("" when the thread has none yet)
+
+
+class Spending(TypedDict):
+    """Model calls, tokens (prompt + completion) and dollars: what a run used, or what a part of it needs."""
+
+    calls: int
+    tokens: int
+    cost: float | None  # None: a model the run uses has no price in ``prices``
+
+
+class Estimate(Spending):
+    """What the rest of a run needs after planning: ``calls`` is an upper bound (one request per call, no
+    repair or retry), ``tokens`` and ``cost`` an estimate that errs high (``deepstep.budget`` says how)."""
+
+    steps: int  # steps still to research
+
+
+class BudgetCaps(TypedDict, total=False):
+    """The caps a run was given (only those set): ``max_calls``, ``max_run_tokens``, ``max_cost`` (USD)."""
+
+    max_calls: int
+    max_run_tokens: int
+    max_cost: float
+
+
+class BudgetPause(TypedDict):
+    """What a run paused by its budget says (the interrupt's payload): the caps, what was used, what the rest needs."""
+
+    paused: Literal["budget"]
+    caps: BudgetCaps
+    used: Spending
+    rest: Estimate

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import CheckpointTuple
 
     from deepstep.history import ReportVersion
-    from deepstep.records import FailedStep
+    from deepstep.records import BudgetPause, FailedStep
     from deepstep.usage import Usage
 
-Status = Literal["done", "awaiting_review", "incomplete"]
+# awaiting_budget: paused by its caps (max_calls, max_run_tokens, max_cost) before a step or the synthesis.
+Status = Literal["done", "awaiting_review", "awaiting_budget", "incomplete"]
 THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # LangGraph's checkpoint channels for what runs next: a pending interrupt's write, and the edge
@@ -50,6 +51,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     status: Status = "done"
     review_request: dict[str, Any] | None = None
+    # Set when the status is awaiting_budget: the caps, what was used and what the rest of the run needs.
+    budget_pause: BudgetPause | None = None
 
     def table(self) -> pd.DataFrame:
         """The storyboard table (seed format)."""
@@ -113,11 +116,21 @@ def settings_or_default(settings: Settings | None) -> Settings:
 
 
 def result_from_state(thread_id: str, values: dict[str, Any], *, review_request: dict[str, Any] | None, tasks_pending: bool) -> RunResult:
-    """The result of a thread whose state is ``values``; ``tasks_pending``: the graph has work left."""
+    """The result of a thread whose state is ``values``; ``tasks_pending``: the graph has work left;
+    ``review_request``: the payload of the pause it waits in (the plan review's or the budget's), if any."""
     tree = values.get("tree")
     if tree is None:
         tree = step_tree.new_tree(values.get("question", ""))
-    status: Status = "awaiting_review" if review_request is not None else ("incomplete" if tasks_pending else "done")
+    budget_pause = review_request if is_budget_pause(review_request) else None
+    if budget_pause is not None:
+        review_request = None
+    status: Status = (
+        "awaiting_budget"
+        if budget_pause is not None
+        else "awaiting_review"
+        if review_request is not None
+        else ("incomplete" if tasks_pending else "done")
+    )
     return RunResult(
         thread_id=thread_id,
         tree=tree,
@@ -128,7 +141,13 @@ def result_from_state(thread_id: str, values: dict[str, Any], *, review_request:
         warnings=values.get("warnings", []),
         status=status,
         review_request=review_request,
+        budget_pause=budget_pause,  # type: ignore[arg-type]  # checked by is_budget_pause
     )
+
+
+def is_budget_pause(request: Any) -> bool:
+    """Whether an interrupt's payload is the budget pause's (``records.BudgetPause``), not the plan review's."""
+    return isinstance(request, dict) and request.get("paused") == "budget"
 
 
 def _result_from_checkpoint(thread_id: str, stored: CheckpointTuple) -> RunResult | None:

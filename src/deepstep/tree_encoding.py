@@ -18,6 +18,7 @@ A step tree is a ``networkx.DiGraph``, which LangGraph's ``JsonPlusSerializer`` 
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -128,17 +129,30 @@ def _decode(value: Any) -> Any:
     return value
 
 
+# Values this large are stored zlib-compressed (type ``msgpack+zlib``) when that is smaller: passages, answers and
+# critiques are prose, usage records repeat their keys, and a checkpoint's channel versions repeat long runs of
+# zeros. Level 1 (about 80 µs for 5 KB): levels 6 and 9 saved only 4% more on a run's checkpoints.
+COMPRESS_FROM_BYTES = 128
+_COMPRESSED = "+zlib"
+
+
 class TreeSerializer(JsonPlusSerializer):
-    """``JsonPlusSerializer`` plus safe DiGraph support; pickle stays off."""
+    """``JsonPlusSerializer`` plus safe DiGraph support and compression of large values; pickle stays off."""
 
     def __init__(self) -> None:
         super().__init__(pickle_fallback=False)
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        return super().dumps_typed(_encode(obj))
+        kind, data = super().dumps_typed(_encode(obj))
+        if len(data) >= COMPRESS_FROM_BYTES and len(compressed := zlib.compress(data, 1)) < len(data):
+            return kind + _COMPRESSED, compressed
+        return kind, data
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        return _decode(super().loads_typed(data))
+        kind, payload = data
+        if kind.endswith(_COMPRESSED):  # values stored before compression have the plain type and still load
+            kind, payload = kind.removesuffix(_COMPRESSED), zlib.decompress(payload)
+        return _decode(super().loads_typed((kind, payload)))
 
 
 # --- the graph state's tree channel ---

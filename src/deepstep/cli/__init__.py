@@ -1,7 +1,8 @@
 """The ``deepstep`` command line.
 
 Exit codes: 0 success, 1 the run finished with failed steps, 2 bad input or settings
-(one line on stderr, no traceback), 130 interrupted (the thread can be resumed).
+(one line on stderr, no traceback), 3 paused by its budget (``--max-calls``, ``--max-tokens``,
+``--max-cost``; the line says how to resume with higher caps), 130 interrupted (the thread can be resumed).
 Each command group lives in its own module and registers itself on the shared ``app``.
 
 Ctrl-C never ends in a traceback: ``main`` makes it exit with code 130 before the commands are

@@ -3,6 +3,7 @@ a run (``finish_run``: the report, the summary, the exit code)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from deepstep.errors import DeepstepError
 
 if TYPE_CHECKING:
     from deepstep import api  # for api.Progress only: the commands import the API (LangGraph and all) when they run
+    from deepstep.records import BudgetPause
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Step-by-step research: decompose, retrieve, answer, refine (MCTSr).")
 stderr = Console(stderr=True, soft_wrap=True)
@@ -60,8 +62,16 @@ def progress_display() -> Iterator[Callable[[api.Progress], None]]:
     columns = [TextColumn("[bold]{task.fields[phase]}"), BarColumn(), *fields, TimeElapsedColumn()]
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task("run", total=None, phase="starting", count="", calls="")
+        shown_estimate = False
 
         def update(event: api.Progress) -> None:
+            nonlocal shown_estimate
+            if event.estimate is not None and not shown_estimate:  # once, before the fan-out starts
+                from deepstep.budget import describe
+
+                shown_estimate = True
+                steps = event.estimate["steps"]
+                bar.console.print(f"{steps} step{'s' if steps != 1 else ''} to research: at most {describe(event.estimate)}", highlight=False)
             if event.steps_total:
                 count = f"{event.steps_done}/{event.steps_total} steps"
             else:  # not planned yet: no total to show
@@ -131,9 +141,18 @@ def _print_warnings(result: api.RunResult) -> None:
         stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
+# Exit code of a run paused by its budget (max_calls, max_run_tokens, max_cost): resume it with higher caps.
+EXIT_BUDGET = 3
+
+
 def finish_run(result: api.RunResult, out: Path | None, settings: Settings) -> None:
-    """End a run, resume or import: print the plan waiting for review, or write the report and table and
-    print the summary; exit 1 when steps failed."""
+    """End a run, resume or import: print the plan waiting for review, or the budget pause (exit 3), or write the
+    report and table and print the summary; exit 1 when steps failed."""
+    if result.status == "awaiting_budget" and result.budget_pause is not None:
+        stdout.print_json(json_text.dumps(result.budget_pause, ensure_ascii=False))
+        _print_warnings(result)
+        stderr.print(f"paused by the budget: {budget_pause_line(result.thread_id, result.budget_pause)}", highlight=False)
+        raise typer.Exit(EXIT_BUDGET)
     if result.status == "awaiting_review":
         stdout.print_json(json_text.dumps(result.review_request, ensure_ascii=False))
         _print_warnings(result)
@@ -146,3 +165,21 @@ def finish_run(result: api.RunResult, out: Path | None, settings: Settings) -> N
     _print_summary(result, report, settings)
     if result.failed_steps:
         raise typer.Exit(1)
+
+
+def budget_pause_line(thread_id: str, pause: BudgetPause) -> str:
+    """What was used of which cap, what the rest needs, and the resume command whose caps cover it."""
+    from deepstep.budget import describe
+
+    used, rest, caps = pause["used"], pause["rest"], pause["caps"]
+    options = []
+    if "max_calls" in caps:
+        options.append(f"--max-calls {used['calls'] + rest['calls']}")
+    if "max_run_tokens" in caps:
+        options.append(f"--max-tokens {used['tokens'] + rest['tokens']}")
+    if "max_cost" in caps and used["cost"] is not None and rest["cost"] is not None:
+        options.append(f"--max-cost {math.ceil((used['cost'] + rest['cost']) * 100) / 100:.2f}")
+    return (
+        f"used {describe(used)}; the {rest['steps']} step(s) left and the report need at most {describe(rest)}: "
+        f"continue with `{' '.join([f'deepstep resume {thread_id}', *options])}`"
+    )

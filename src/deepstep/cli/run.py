@@ -16,6 +16,20 @@ from deepstep.cli.common import app, fail, finish_run, load_settings, progress_d
 if TYPE_CHECKING:
     from deepstep import api
 
+# The budget caps, as both `run` and `resume` take them: a run over them pauses and exits with code 3.
+MaxCalls = Annotated[
+    int | None, typer.Option("--max-calls", help="Cap on the thread's model calls: pause (exit code 3) before a step that could pass it.")
+]
+MaxRunTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens", "--max-run-tokens", help="Cap on the thread's tokens (prompt + completion, estimated high per step); pause before passing it."
+    ),
+]
+MaxCost = Annotated[
+    float | None, typer.Option("--max-cost", help="Cap on the thread's estimated cost in USD (needs DEEPSTEP_PRICES); pause before passing it.")
+]
+
 # The API (LangGraph, the checkpointer, the model client) is imported inside the commands
 # that use it, so `deepstep --help` and the other commands do not load it.
 
@@ -32,6 +46,9 @@ def run(
     max_concurrency: Annotated[int | None, typer.Option(help="Steps run at once.")] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (default: $OPENAI_BASE_URL).")] = None,
     model: Annotated[str | None, typer.Option(help="Model name for every role.")] = None,
+    max_calls: MaxCalls = None,
+    max_run_tokens: MaxRunTokens = None,
+    max_cost: MaxCost = None,
 ) -> None:
     """Research QUESTION step by step and write the report."""
     from deepstep import api
@@ -46,6 +63,9 @@ def run(
             max_concurrency=max_concurrency,
             base_url=base_url,
             model=model,
+            max_calls=max_calls,
+            max_run_tokens=max_run_tokens,
+            max_cost=max_cost,
         )
         api.check_thread_id(thread_id)
         stderr.print(f"thread {thread_id}")
@@ -59,8 +79,11 @@ def resume(
     thread_id: Annotated[str, typer.Argument(help="The thread to continue.")],
     steps: Annotated[Path | None, typer.Option("--steps", help="JSON file with an edited step list for a plan awaiting review.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for report.md and table.csv.")] = None,
+    max_calls: MaxCalls = None,
+    max_run_tokens: MaxRunTokens = None,
+    max_cost: MaxCost = None,
 ) -> None:
-    """Continue a thread after a crash or a review pause, or retry its failed steps."""
+    """Continue a thread after a crash, a review pause or a budget pause (give higher caps), or retry its failed steps."""
     from deepstep import api
 
     with user_errors(thread_id):
@@ -77,9 +100,12 @@ def resume(
                 fail(f"cannot read the step list {steps}: {error}; it must be a UTF-8 JSON list of {{name, description, level}}")
             if isinstance(review["steps"], dict):
                 review = review["steps"]
-        settings = load_settings()
+        settings = load_settings(max_calls=max_calls, max_run_tokens=max_run_tokens, max_cost=max_cost)
         with progress_display() as on_progress:
-            result = api.resume(thread_id, review=review, on_progress=on_progress)
+            # The caps by keyword, not as settings: settings given to resume would override the thread's own.
+            result = api.resume(
+                thread_id, review=review, on_progress=on_progress, max_calls=max_calls, max_run_tokens=max_run_tokens, max_cost=max_cost
+            )
         finish_run(result, out, settings)
 
 

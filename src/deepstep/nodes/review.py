@@ -2,7 +2,8 @@
 
 Resume with ``Command(resume=True)`` to approve, or with ``{"steps": [{"name", "description",
 "level"}, ...]}`` to replace the plan; edited steps are validated like the model's.
-Steps whose level is unchanged keep their id. An unusable answer is not applied: the plan keeps
+The request also gives the ``estimate`` of the rest of the run (``deepstep.budget``): model calls at most,
+tokens and dollars. Steps whose level is unchanged keep their id. An unusable answer is not applied: the plan keeps
 waiting for review, with the reason in the request's ``error``.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from langgraph.types import interrupt
 
-from deepstep import step_tree
+from deepstep import budget, step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.state import RunState
@@ -29,7 +30,13 @@ def review(state: RunState, settings: Settings) -> dict[str, Any]:
     if not wanted or all(tree.nodes[n]["status"] != "pending" for n in step_tree.step_ids(tree)):
         return {}
     proposed = [{k: s[k] for k in ("name", "description", "level")} for s in step_tree.steps(tree)]
-    request: dict[str, Any] = {"question": state["question"], "steps": proposed, "warnings": state.get("warnings", [])}
+    pending = sum(1 for n in step_tree.step_ids(tree) if tree.nodes[n]["status"] != "done")
+    request: dict[str, Any] = {
+        "question": state["question"],
+        "steps": proposed,
+        "warnings": state.get("warnings", []),
+        "estimate": budget.estimate(settings, pending, planned=len(proposed)),
+    }
     while True:
         try:
             built = edited_plan(interrupt(request), state, settings)
