@@ -229,7 +229,7 @@ class JobRow:
     status: str  # todo, doing, done, failed, cancelled, aborted
     thread_id: str
     question: str
-    attempts: int  # times the job was taken again (after a failure, a release or a dead worker)
+    attempts: int  # runs of it that ended: done, failed, released, or put back after its worker died
     failures: int
     error: str  # the last failure's reason ("" once the job is done)
 
