@@ -334,3 +334,13 @@ def test_an_unparsed_reply_in_prose_becomes_the_refined_answer():
 )
 def test_an_unparsed_reply_without_a_usable_rewrite_keeps_the_answer(reply):
     assert unparsed_refinement(reply, "old answer") == RefineResponse(thought="(unparsed reply)", answer="old answer")
+
+
+def test_the_plan_call_has_room_for_max_steps_steps():
+    from deepstep.nodes.decompose import PLAN_CHARS_PER_STEP, _room_for_the_plan
+
+    default = Settings.build(base_url="http://127.0.0.1:9/v1")
+    assert _room_for_the_plan(default) is default  # 8 steps fit the default 50,000 characters
+    big = Settings.build(base_url="http://127.0.0.1:9/v1", max_steps=500)
+    assert _room_for_the_plan(big).max_reply_chars == 500 * PLAN_CHARS_PER_STEP == 300_000
+    assert big.max_reply_chars == 50_000  # the other calls keep the cap

@@ -37,6 +37,17 @@ def outline(state: RunState, settings: Settings) -> dict[str, Any]:
     return {"question": question, "outline": text, "usage": usage, "settings": settings.run_settings(), "warnings": warnings}
 
 
+# A planned step in JSON: a name of up to 80 characters, a description, its level and the keys.
+PLAN_CHARS_PER_STEP = 600
+
+
+def _room_for_the_plan(settings: Settings) -> Settings:
+    """``settings`` with a reply cap that fits ``max_steps`` steps: a 500-step plan is some 120,000 characters, and
+    the default ``max_reply_chars`` (50,000) cut it to about 200 steps without a word."""
+    needed = settings.max_steps * PLAN_CHARS_PER_STEP
+    return settings if settings.max_reply_chars >= needed else settings.model_copy(update={"max_reply_chars": needed})
+
+
 def decompose(state: RunState, settings: Settings) -> dict[str, Any]:
     """Turn the outline into a validated step tree (one structured model call)."""
     if _has_plan(state):
@@ -49,7 +60,7 @@ def decompose(state: RunState, settings: Settings) -> dict[str, Any]:
         return StepList(steps=[StepItem(name=s.name, description=s.description, level=s.level) for s in specs])
 
     plan, usage = call_structured(
-        settings,
+        _room_for_the_plan(settings),
         "steps",
         prompts.STEPS.format_messages(
             question=question,
