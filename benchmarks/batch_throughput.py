@@ -7,7 +7,11 @@ path: ideal questions per minute = W x 60 / ((2 + 6) x L). The measured wall tim
 (its start, the workers' starts, the summary), as a user waits for it. The fake server runs in its own
 process, as a model server would.
 
-Run: .venv/bin/python -m benchmarks.batch_throughput [--questions 8] [--workers 1 2 4] [--latency-ms 200] [--json]
+With ``--queue`` it also runs the same questions through the Postgres job queue (``deepstep batch --submit``,
+then one ``deepstep worker``, on a temporary local Postgres) and reports the queue's overhead per job: its
+wall time until every job is done, less one-worker ``deepstep batch``'s, per question.
+
+Run: .venv/bin/python -m benchmarks.batch_throughput [--questions 8] [--workers 1 2 4] [--latency-ms 200] [--queue] [--json]
 """
 
 from __future__ import annotations
@@ -58,6 +62,47 @@ def measure(questions: int, workers: list[int], latency_ms: float) -> dict[int, 
     return figures
 
 
+def measure_queue(questions: int, latency_ms: float) -> dict[str, float]:
+    """Wall time of the same batch through the job queue with one worker process, from submitting to the last
+    job done, against `deepstep batch --workers 1`."""
+    import psycopg
+
+    from deepstep.testing.postgres_server import PostgresTestServer
+
+    deepstep = shutil.which("deepstep", path=str(Path(sys.executable).parent)) or "deepstep"
+    with (
+        fake_server_process(latency_ms=latency_ms, steps=STEPS, faults=[]) as server,
+        tempfile.TemporaryDirectory() as scratch,
+        PostgresTestServer() as postgres,
+    ):
+        batch_file = Path(scratch) / "questions.txt"
+        batch_file.write_text("".join(f"What is queued loss function number {i}?\n" for i in range(questions)), encoding="utf-8")
+        env = clean_env(
+            OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="bench", DEEPSTEP_HOME=str(Path(scratch) / "home"), DEEPSTEP_MAX_STEPS=str(STEPS),
+            DEEPSTEP_ROLLOUTS=str(ROLLOUTS), DEEPSTEP_MAX_CONCURRENCY="4", DEEPSTEP_REPORT_LAYOUT="seed", DEEPSTEP_MAX_RETRIES="0",
+            DEEPSTEP_DATABASE_URL=postgres.url, DEEPSTEP_CORPUS=str(_demo_corpus()),
+        )  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run([deepstep, "batch", "--submit", str(batch_file)], env=env, capture_output=True, check=True)
+        worker = subprocess.Popen([deepstep, "worker", "--concurrency", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with psycopg.connect(postgres.url, autocommit=True) as connection:
+                while True:
+                    row = connection.execute(
+                        "SELECT count(*) FILTER (WHERE status::text IN ('todo', 'doing')), count(*) FROM procrastinate_jobs"
+                    ).fetchone()
+                    if row and row[0] == 0 and row[1] == questions:
+                        break
+                    if worker.poll() is not None:
+                        raise RuntimeError(f"deepstep worker exited {worker.returncode} before the jobs were done")
+                    time.sleep(0.05)
+            wall = time.perf_counter() - started
+        finally:
+            worker.terminate()
+            worker.wait(60)
+    return {"wall_s": round(wall, 2), "questions_per_min": round(questions / wall * 60, 1)}
+
+
 def _demo_corpus() -> Path:
     from deepstep.corpus import demo_corpus_dir
 
@@ -69,9 +114,14 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--latency-ms", type=float, default=200)
+    parser.add_argument("--queue", action="store_true", help="also through the Postgres job queue, with one worker")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    figures = measure(args.questions, args.workers, args.latency_ms)
+    figures: dict = measure(args.questions, args.workers, args.latency_ms)
+    if args.queue:
+        queued = measure_queue(args.questions, args.latency_ms)
+        one = figures.get(1) or measure(args.questions, [1], args.latency_ms)[1]
+        figures["queue"] = {**queued, "overhead_per_job_s": round((queued["wall_s"] - one["wall_s"]) / args.questions, 2)}
     if args.json:
         print(json.dumps(figures))
         return
@@ -79,7 +129,13 @@ def main() -> None:
     print("| workers | wall | questions / min | ideal | share of ideal |")
     print("| --- | --- | --- | --- | --- |")
     for count, row in figures.items():
-        print(f"| {count} | {row['wall_s']} s | {row['questions_per_min']} | {row['ideal_per_min']} | {row['share_of_ideal']} |")
+        if count != "queue":
+            print(f"| {count} | {row['wall_s']} s | {row['questions_per_min']} | {row['ideal_per_min']} | {row['share_of_ideal']} |")
+    if "queue" in figures:
+        queued = figures["queue"]
+        print(
+            f"queue, 1 worker: {queued['wall_s']} s, {queued['questions_per_min']} questions / min; overhead {queued['overhead_per_job_s']} s per job"
+        )
 
 
 if __name__ == "__main__":
