@@ -465,3 +465,17 @@ def test_a_later_start_reads_no_unchanged_file_and_any_write_is_seen(corpus_copy
     assert volcanoes.stat().st_size == before.st_size and volcanoes.stat().st_mtime_ns == before.st_mtime_ns
     assert not BM25Retriever.from_directory(corpus_copy, cache_dir=cache).from_cache
     assert build_count == [2] and "volcanoes.rst" in reads
+
+
+def test_the_corpus_language_is_detected_once_and_kept_in_the_index_cache(corpus_copy, tmp_path, monkeypatch):
+    from deepstep.bm25_index import BM25Index
+
+    first = BM25Index.from_directory(corpus_copy, cache_dir=tmp_path / "cache")
+    detected = first.language
+    assert detected is not None and (first.cache_folder / "language.json").is_file()
+
+    def no_langdetect(texts):
+        raise AssertionError("langdetect ran again")
+
+    monkeypatch.setattr(bm25_index, "detect_corpus_language", no_langdetect)
+    assert BM25Index.from_directory(corpus_copy, cache_dir=tmp_path / "cache").language == detected

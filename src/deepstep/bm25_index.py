@@ -27,7 +27,7 @@ from typing import overload
 import bm25s
 import numpy as np
 
-from deepstep.atomic_files import remove_stale, staging_folder
+from deepstep.atomic_files import remove_stale, staging_folder, write_json_atomically
 from deepstep.corpus import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
@@ -51,6 +51,7 @@ _INDEX_FILE = "index.json"  # the format, the passage count and the skipped file
 _PASSAGES_FILE = "passages.sqlite3"
 _ORIGIN_FILE = "origin.json"  # [corpus folder, chunk_tokens, chunk_overlap] the index was built from
 _STAGING = ".staging-"  # an index being written; renamed to its fingerprint when complete
+_LANGUAGE_FILE = "language.json"  # [name, script], or null: written when a run first needs the corpus's language
 _LANGUAGE_SAMPLE = 2000  # passages read to detect the corpus's language (languages.SAMPLE_CHARS takes fewer)
 
 
@@ -125,6 +126,8 @@ class BM25Index:
     skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     # True when the index was read from the on-disk cache rather than built.
     from_cache: bool = False
+    # The cache folder it was read from or saved to: the detected language is kept there too.
+    cache_folder: Path | None = None
 
     @classmethod
     def from_passages(cls, passages: list[Passage], *, skipped_files: int = 0) -> BM25Index:
@@ -167,6 +170,8 @@ class BM25Index:
             origin = json.dumps([str(root.resolve()), chunk_tokens, chunk_overlap])
             index._save(target, origin)
             _drop_superseded(target, origin)
+            if target.is_dir():
+                index = dataclasses.replace(index, cache_folder=target)
         return index
 
     @classmethod
@@ -184,7 +189,7 @@ class BM25Index:
         if scores["num_docs"] != len(passages) or len(scores["data"]) != len(scores["indices"]) or top_token >= len(scores["indptr"]) - 1:
             raise ValueError("index does not match the saved passages")
         reasons = saved["skipped_reasons"]
-        return cls(passages=passages, bm25=index, skipped_files=saved["skipped_files"], skipped_reasons=reasons, from_cache=True)
+        return cls(passages=passages, bm25=index, skipped_files=saved["skipped_files"], skipped_reasons=reasons, from_cache=True, cache_folder=target)
 
     def _save(self, target: Path, origin: str) -> None:
         try:
@@ -213,9 +218,23 @@ class BM25Index:
 
     @functools.cached_property
     def language(self) -> CorpusLanguage | None:
-        """The corpus's language, detected once from a sample of its passages."""
+        """The corpus's language, detected once from a sample of its passages and kept in the index cache:
+        langdetect loads its language profiles first (half a second of CPU in every process that detects)."""
+        kept = self.cache_folder / _LANGUAGE_FILE if self.cache_folder is not None else None
+        try:
+            if kept is not None and kept.is_file():
+                saved = json.loads(kept.read_text(encoding="utf-8"))
+                return CorpusLanguage(*saved) if saved else None
+        except (OSError, ValueError, TypeError):
+            pass  # detected again below
         stride = max(1, len(self.passages) // _LANGUAGE_SAMPLE)  # evenly across the corpus, without reading it all
-        return detect_corpus_language([passage.text for passage in self.passages[::stride]])
+        language = detect_corpus_language([passage.text for passage in self.passages[::stride]])
+        if kept is not None:
+            try:
+                write_json_atomically(kept, list(language) if language else None)
+            except OSError:
+                pass  # a read-only cache: the next process detects it again
+        return language
 
     def search(self, query: str, k: int) -> list[tuple[Passage, float]]:
         """Up to ``k`` passages matching ``query`` with their scores, best first; passages scoring 0 are left out."""

@@ -114,8 +114,6 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
 def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int) -> ChatOpenAI:
     from langchain_openai import ChatOpenAI
 
-    from deepstep.model_http import model_http_client
-
     return ChatOpenAI(
         base_url=resolved.base_url,
         model=resolved.model,
@@ -126,15 +124,22 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_char
         extra_body={"max_tokens": resolved.max_tokens} if resolved.llama_cpp else None,
         timeout=resolved.timeout,
         # A deadline per request (not per read), and replies checked and capped before they are parsed.
-        http_client=model_http_client(
-            resolved.base_url, model=resolved.model, timeout=resolved.timeout, max_reply_chars=max_reply_chars, max_in_flight=resolved.max_concurrency
-        ),
+        http_client=_shared_http_client(resolved.base_url, resolved.model, resolved.timeout, max_reply_chars, resolved.max_concurrency),
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
         # LangGraph Studio always streams "messages", which would switch every call to a
         # streamed request (no token usage, unparsed JSON chunks); whole replies keep usage exact.
         disable_streaming=True,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_http_client(base_url: str, model: str, timeout: float, max_reply_chars: int, max_in_flight: int) -> httpx.Client:
+    """One HTTP client (connection pool, TLS context) for every task of a model server: the chat models differ
+    only in their task header. httpx clients are safe to share between threads."""
+    from deepstep.model_http import model_http_client
+
+    return model_http_client(base_url, model=model, timeout=timeout, max_reply_chars=max_reply_chars, max_in_flight=max_in_flight)
 
 
 @functools.cache
