@@ -106,12 +106,13 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
     resolved = settings.resolve_model(TASK_ROLES[task])
     # The embedded server gets its own key, never the user's: that would go to whatever holds its port.
     api_key = api_key_for(resolved.base_url, settings.home) or os.environ.get(resolved.api_key_env) or "not-needed"
-    return _chat_model(resolved, api_key, task, settings.max_reply_chars)
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None  # shares the calls-in-flight limit
+    return _chat_model(resolved, api_key, task, settings.max_reply_chars, database_url)
 
 
 # Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.
 @functools.lru_cache(maxsize=64)
-def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int) -> ChatOpenAI:
+def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int, database_url: str | None = None) -> ChatOpenAI:
     from langchain_openai import ChatOpenAI
 
     from deepstep.model_http import model_http_client
@@ -127,7 +128,12 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_char
         timeout=resolved.timeout,
         # A deadline per request (not per read), and replies checked and capped before they are parsed.
         http_client=model_http_client(
-            resolved.base_url, model=resolved.model, timeout=resolved.timeout, max_reply_chars=max_reply_chars, max_in_flight=resolved.max_concurrency
+            resolved.base_url,
+            model=resolved.model,
+            timeout=resolved.timeout,
+            max_reply_chars=max_reply_chars,
+            max_in_flight=resolved.max_concurrency,
+            database_url=database_url,
         ),
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
