@@ -15,7 +15,9 @@ import psycopg
 import pytest
 from conftest import POSTGRES_TEST_PASSWORD, TEST_CORPUS
 
-from deepstep import call_limits
+import deepstep
+from deepstep import call_limits, step_tree
+from deepstep.configuration import Settings
 from deepstep.shared_call_limits import LimitState, SharedInFlightLimit, after_rate_limit, after_success, server_key, shared_limit_for
 from deepstep.testing import FakeLLMServer
 from deepstep.testing.crash import cli_command, cli_env
@@ -169,9 +171,10 @@ def test_two_worker_processes_keep_the_shared_bound_at_one_model_server(postgres
 
 @pytest.mark.slow
 def test_two_workers_against_a_rate_limited_server_adapt_together(postgres_url, tmp_path):
-    """Two `deepstep run` workers (10 steps each, up to 8 calls in flight each) against one server that
-    allows 5 requests/s (burst 2, 429 with Retry-After): the shared limit keeps rejections under 10% of
-    the requests and no step fails."""
+    """Two `deepstep run` workers (10 steps each at R = 1, up to 8 calls in flight) against one server at
+    200 ms that allows 5 requests/s (burst 2, 429 with Retry-After): the shared limit keeps rejections under
+    10% of the requests (9-12 of ~135 measured; each process adapting alone: 28 of 152, and 2.6x the wall)
+    and no step fails."""
     with FakeLLMServer(steps=10, latency_ms=200, rate_limit=5, rate_burst=2) as server:
         workers = []
         for name in ("a", "b"):
@@ -193,7 +196,11 @@ def test_two_workers_against_a_rate_limited_server_adapt_together(postgres_url, 
             assert worker.returncode == 0, stderr
         statuses = Counter(entry["status"] for entry in server.log())
     assert set(statuses) <= {200, 429}
-    assert statuses[200] == 2 * (2 + 10 * 6)  # planning (2 calls), then 3 + 3R calls per step at R = 1, each answered once: no step failed
-    assert statuses[429] < 0.1 * (statuses[200] + statuses[429])
+    # Planning (2 calls), then 3 + 3R calls per step at R = 1: at least that many answered, and every step done.
+    assert statuses[200] >= 2 * (2 + 10 * 6), statuses
+    assert statuses[429] < 0.1 * (statuses[200] + statuses[429]), statuses
+    for name in ("a", "b"):
+        stored = deepstep.load(f"worker-{name}", settings=Settings.build(home=tmp_path / "any", database_url=postgres_url, retriever="bm25"))
+        assert [step["status"] for step in step_tree.steps(stored.tree)] == ["done"] * 10
     # Both workers' limits lived on the one shared row.
     assert rows(postgres_url, "SELECT count(*) FROM deepstep_model_limits") == [(1,)]

@@ -112,11 +112,13 @@ class ModelTransport(httpx.HTTPTransport):
             return self._handle(request)
         with self.limit.slot(self.max_in_flight) as started:  # the deadline starts once the request may go
             response = self._handle(request)
-        retry_after = retry_after_seconds(response.headers)
-        if response.status_code == 429 or (response.status_code == 503 and retry_after is not None):
-            self.limit.rate_limited(started, retry_after, self.max_in_flight)
-        elif response.status_code < 400:
-            self.limit.succeeded(self.max_in_flight)
+            # Told before the slot is freed: a call waiting for it must not start before the pause is known
+            # (a few milliseconds when the limit is shared through the database).
+            retry_after = retry_after_seconds(response.headers)
+            if response.status_code == 429 or (response.status_code == 503 and retry_after is not None):
+                self.limit.rate_limited(started, retry_after, self.max_in_flight)
+            elif response.status_code < 400:
+                self.limit.succeeded(self.max_in_flight)
         return response
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
