@@ -26,7 +26,8 @@ reclaimed when the others next find the ceiling reached; the session of a SIGKIL
 once (its operating system closes the socket). A worker that is alive but stuck, or whose machine
 vanished without closing the connection, holds its leases at most until they expire: the request
 deadline (``timeout``) plus ``LEASE_MARGIN_SECONDS``, after which the call can no longer be in flight.
-Costs: about four statements per call on the database, none without ``database_url``.
+Cost: two short transactions per model call (0.5 ms wall, 0.3 ms client CPU on a local server; a
+third while the server is rate-limited, to count the success), none without ``database_url``.
 """
 
 from __future__ import annotations
