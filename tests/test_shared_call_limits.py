@@ -4,6 +4,7 @@ AIMD steps by hand, then against a real Postgres with worker processes and one f
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,12 @@ INCREASE = call_limits.INCREASE_AFTER
 def test_the_server_key_keeps_no_credentials():
     key = server_key("https://me:sk-Secret@API.Example.com:8443/v1/?api_key=sk-Other", "gpt-x")
     assert key == "https://api.example.com:8443/v1 gpt-x"
-    assert server_key("http://127.0.0.1:9/v1/", "m") == server_key("http://127.0.0.1:9/v1", "m")
+    assert server_key("http://10.0.0.7:9/v1/", "m") == server_key("http://10.0.0.7:9/v1", "m") == "http://10.0.0.7:9/v1 m"
+    # Each machine's own local server (e.g. the embedded model) is a server of its own.
+    here = socket.gethostname()
+    assert server_key("http://127.0.0.1:8080/v1", "m") == f"http://127.0.0.1:8080/v1 m on {here}"
+    assert server_key("http://localhost:8080/v1", "m").endswith(f" on {here}")
+    assert server_key("http://[::1]:8080/v1", "m") == f"http://[::1]:8080/v1 m on {here}"
 
 
 def test_a_rate_limit_halves_the_shared_allowed_count_once_per_event_and_successes_add_back():

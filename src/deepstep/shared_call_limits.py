@@ -5,7 +5,7 @@ send their own bound to one API key and each learns the rate limit alone. With `
 ``SharedInFlightLimit`` keeps the same AIMD limit in two tables every worker reads and writes:
 
 - ``deepstep_model_limits``: one row per model server (``server_key``: the base URL without user,
-  password or query, a space, the model; never a key), holding the calls allowed in flight (NULL: the
+  password or query, a space, the model, and the machine's name for a loopback URL; never a key), holding the calls allowed in flight (NULL: the
   callers' bound), the pause until the server's Retry-After, the pacing interval and the next start,
   the time of the last decrease and the successes since. Times are seconds by the database's clock,
   so the workers' clocks need not agree.
@@ -32,6 +32,8 @@ third while the server is rate-limited, to count the success), none without ``da
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -72,12 +74,23 @@ _NOW = "extract(epoch from clock_timestamp())::double precision"
 
 def server_key(base_url: str, model: str) -> str:
     """What identifies a model server across workers: scheme, host, port and path (no user, password or
-    query, which may carry a key), and the model."""
+    query, which may carry a key), and the model. A loopback address names a different server on each
+    machine (e.g. each one's embedded model), so its key also names the machine."""
     parts = urlsplit(base_url.strip())
     host = parts.hostname or ""
+    machine = f" on {socket.gethostname()}" if _is_loopback(host) else ""
     host = f"[{host}]" if ":" in host else host
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return f"{urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip('/'), '', ''))} {model}"
+    return f"{urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip('/'), '', ''))} {model}{machine}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
