@@ -91,6 +91,20 @@ def test_two_limits_on_one_database_share_the_bound_and_the_back_off(postgres_ur
     assert rows(postgres_url, "SELECT server_key FROM deepstep_model_limits") == [("http://x/v1 m",)]
 
 
+def test_a_lost_database_session_does_not_fail_an_answered_call(postgres_url):
+    """The database drops the worker's sessions while its call is in flight: leaving the slot does not
+    raise (the answer counts), and the next slot reconnects and reclaims the dead session's lease."""
+    limit = SharedInFlightLimit(postgres_url, "http://y/v1 m", lease_seconds=60)
+    with limit.slot(1):
+        rows(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'deepstep-call-limits' AND datname = current_database()",
+        )
+    with limit.slot(1):  # bound 1: only free once the lease of the ended session is reclaimed
+        assert rows(postgres_url, "SELECT count(*) FROM deepstep_model_calls") == [(1,)]
+    assert rows(postgres_url, "SELECT count(*) FROM deepstep_model_calls") == [(0,)]
+
+
 HOLDER = textwrap.dedent(
     """
     import sys, time

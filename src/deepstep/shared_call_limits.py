@@ -184,6 +184,14 @@ class SharedInFlightLimit:
                     self._connection.close()
                 raise connection_error(self._url, error, then=" (it holds the shared model-call limits)") from None
 
+    def _best_effort(self, work: Any) -> None:
+        """``work`` after a call has been answered: the answer counts even if the database failed meanwhile.
+        The failed connection is closed, so its session's leases are reclaimed as a dead worker's."""
+        try:
+            self._transaction(work)
+        except ConfigError:
+            pass  # the next slot reconnects, or says in one line why it cannot
+
     def _locked_state(self, connection: Any) -> tuple[LimitState, float]:
         row = connection.execute(f"SELECT {_COLUMNS}, {_NOW} FROM deepstep_model_limits WHERE server_key = %s FOR UPDATE", (self.key,)).fetchone()
         if row is None:  # deleted by hand while we ran: start again from no limit
@@ -270,14 +278,14 @@ class SharedInFlightLimit:
                 connection.execute("DELETE FROM deepstep_model_calls WHERE id = %s", (lease,))
                 connection.execute(f"NOTIFY {NOTIFY_CHANNEL}")  # sent when the deletion commits
 
-            self._transaction(release)
+            self._best_effort(release)
 
     def rate_limited(self, started: float, retry_after: float | None, bound: int) -> None:
         def decrease(connection: Any) -> None:
             state, now = self._locked_state(connection)
             self._store(connection, after_rate_limit(state, now=now, started=started, retry_after=retry_after, bound=bound))
 
-        self._transaction(decrease)
+        self._best_effort(decrease)
 
     def succeeded(self, bound: int) -> None:
         if not self._limited:  # at the bound (as read when this call took its slot): nothing to add back
@@ -287,7 +295,7 @@ class SharedInFlightLimit:
             state, _ = self._locked_state(connection)
             self._store(connection, after_success(state, bound=bound))
 
-        self._transaction(increase)
+        self._best_effort(increase)
 
 
 _limits: dict[tuple[str, str], SharedInFlightLimit] = {}
