@@ -5,29 +5,32 @@ send their own bound to one API key and each learns the rate limit alone. With `
 ``SharedInFlightLimit`` keeps the same AIMD limit in two tables every worker reads and writes:
 
 - ``deepstep_model_limits``: one row per model server (``server_key``: the base URL without user,
-  password or query, a space, the model, and the machine's name for a loopback URL; never a key), holding the calls allowed in flight (NULL: the
-  callers' bound), the pause until the server's Retry-After, the pacing interval and the next start,
-  the time of the last decrease and the successes since. Times are seconds by the database's clock,
-  so the workers' clocks need not agree.
+  password or query, a space, the model, and the machine's name for a loopback URL; never a key),
+  holding the calls allowed in flight (NULL: the callers' bound), the pause until the server's
+  Retry-After, the pacing interval and the next start, the time of the last decrease and the successes since.
+  Times are seconds by the database's clock, so the workers' clocks need not agree.
 - ``deepstep_model_calls``: one lease per call in flight (``holder``: the backend pid of the worker's
   connection, ``expires_at``: the call's deadline plus a margin).
 
 Taking a slot is one transaction holding the server's row lock: wait while paused (or until the next
 paced start), count the leases, and insert one if fewer than the ceiling (the caller's bound, or the
 allowed count when lower) are in flight. The view is not stale: every slot is decided on the shared
-state of that moment. A release deletes the lease and sends ``NOTIFY``; waiters (one thread per
-process, the others queue behind it locally) wake on it, or re-check every ``POLL_SECONDS`` at the
-latest. A 429 seen by any worker halves the shared allowed count (once per event: rejections of calls
-started before the last decrease are the same event) and sets the shared pause; successes add one back
-per ``INCREASE_AFTER`` x allowed successes, up to the bound, as in one process.
+state of that moment. A release deletes the lease and sends ``NOTIFY``; waiters (one thread per process,
+the others queue behind it locally) wake on it, or re-check every ``POLL_SECONDS`` at the latest, so a
+freed slot is taken at most that late. The one stale view: a process counts a success only if the limit
+was below the bound when that call took its slot, so just after a first decrease a few successes may go
+uncounted (the recovery starts a few calls later). A 429 seen by any worker halves the shared allowed
+count (once per event: rejections of calls started before the last decrease are the same event) and sets
+the shared pause; successes add one back per ``INCREASE_AFTER`` x allowed successes, up to the bound, as
+in one process.
 
 A worker that dies holding leases: a lease whose holder's session has ended (``pg_stat_activity``) is
-reclaimed when the others next find the ceiling reached; the session of a SIGKILLed process ends at
-once (its operating system closes the socket). A worker that is alive but stuck, or whose machine
-vanished without closing the connection, holds its leases at most until they expire: the request
-deadline (``timeout``) plus ``LEASE_MARGIN_SECONDS``, after which the call can no longer be in flight.
-Cost: two short transactions per model call (0.5 ms wall, 0.3 ms client CPU on a local server; a
-third while the server is rate-limited, to count the success), none without ``database_url``.
+reclaimed when the others next find the ceiling reached; the session of a SIGKILLed process ends at once
+(its operating system closes the socket). A worker that is alive but stuck, or whose machine vanished
+without closing the connection, holds its leases at most until they expire: the request deadline
+(``timeout``) plus ``LEASE_MARGIN_SECONDS``, by which its call has run past its deadline. Cost: two
+short transactions per model call (0.5 ms wall, 0.3 ms client CPU on a local server; a third while the
+server is rate-limited, to count the success), none without ``database_url``.
 """
 
 from __future__ import annotations
