@@ -35,25 +35,34 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def child(corpus: Path, cache: Path, repeat: int) -> dict[str, float | int | bool]:
-    """Inside a fresh process: load the index from the cache, then query it."""
+def child(corpus: Path, cache: Path, repeat: int, database_url: str | None = None) -> dict[str, float | int | bool]:
+    """Inside a fresh process: load the index from the cache (or find the corpus loaded in Postgres), then query it."""
     from deepstep.bm25_index import BM25Index
 
     questions = [item["question"] for item in json.loads(QUESTIONS_FILE.read_text(encoding="utf-8"))["questions"]]
+    if database_url:
+        from deepstep.postgres_retrieval import PostgresRetriever  # imported before the clock, as BM25Index is
     rss_before = _rss_mib()
     started = time.perf_counter()
-    index = BM25Index.from_directory(corpus, cache_dir=cache)
+    if database_url:
+        retriever = PostgresRetriever.from_directory(database_url, corpus, k=4, cache_dir=cache)
+        search = retriever.invoke
+        passages, from_cache = -1, True
+    else:
+        index = BM25Index.from_directory(corpus, cache_dir=cache)
+        search = lambda question: index.search(question, 4)  # noqa: E731
+        passages, from_cache = len(index.passages), index.from_cache
     start_seconds = time.perf_counter() - started
     latencies = []
     for _ in range(repeat):
         for question in questions:
             began = time.perf_counter()
-            index.search(question, 4)
+            search(question)
             latencies.append((time.perf_counter() - began) * 1000)
     latencies.sort()
     return {
-        "passages": len(index.passages),
-        "from_cache": index.from_cache,
+        "passages": passages,
+        "from_cache": from_cache,
         "cached_start_s": round(start_seconds, 3),
         "query_p50_ms": round(statistics.median(latencies), 3),
         "query_p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
@@ -86,19 +95,20 @@ def _in_child(*args: str) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def measure(corpus: Path, sizes: list[int], repeat: int) -> dict[int, dict]:
+def measure(corpus: Path, sizes: list[int], repeat: int, database_url: str | None = None) -> dict[int, dict]:
     figures: dict[int, dict] = {}
+    backend = ["--database-url", database_url] if database_url else []
     with tempfile.TemporaryDirectory() as scratch:
         for times in sizes:
             folder = _copies(corpus, Path(scratch) / f"x{times}", times)
             cache = Path(scratch) / f"index-x{times}"
             started = time.perf_counter()
-            _in_child("--child", str(folder), str(cache), "--repeat", "1")  # builds and saves the cache
+            _in_child("--child", str(folder), str(cache), "--repeat", "1", *backend)  # builds and saves the cache (loads the corpus)
             build = time.perf_counter() - started
             time.sleep(2.1)  # the files' digests are remembered once they are 2 s old (corpus.SETTLED_NS)
-            first = _in_child("--child", str(folder), str(cache), "--repeat", "1")  # hashes every file, then saves their digests
+            first = _in_child("--child", str(folder), str(cache), "--repeat", "1", *backend)  # hashes every file, then saves their digests
             figures[times] = {
-                **_in_child("--child", str(folder), str(cache), "--repeat", str(repeat)),
+                **_in_child("--child", str(folder), str(cache), "--repeat", str(repeat), *backend),
                 "build_s (child process)": round(build, 1),
                 "start_hashing_every_file_s": first["cached_start_s"],
             }
@@ -111,25 +121,34 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--postgres", action="store_true", help="the Postgres retriever on a temporary local server instead of BM25")
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, repeat=args.repeat)))
+        print(json.dumps(child(*args.child, repeat=args.repeat, database_url=args.database_url)))
         return
     if args.corpus is None:
         from deepstep.configuration import Settings
         from deepstep.corpus_fetch import sklearn_corpus_dir
 
         args.corpus = sklearn_corpus_dir(Settings.build().home)
-    figures = measure(args.corpus, args.sizes, args.repeat)
+    if args.postgres:
+        from deepstep.testing.postgres_server import PostgresTestServer
+
+        with PostgresTestServer() as server:
+            figures = measure(args.corpus, args.sizes, args.repeat, server.url)
+    else:
+        figures = measure(args.corpus, args.sizes, args.repeat)
     if args.json:
         print(json.dumps(figures))
         return
     print("| corpus | passages | build | start, hashing every file | cached start | query p50 | query p95 | RSS growth |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for times, row in figures.items():
+        passages = f"{row['passages']:,}" if row["passages"] >= 0 else "in Postgres"
         print(
-            f"| {times}x | {row['passages']:,} | {row['build_s (child process)']} s | {row['start_hashing_every_file_s']} s "
+            f"| {times}x | {passages} | {row['build_s (child process)']} s | {row['start_hashing_every_file_s']} s "
             f"| {row['cached_start_s']} s | {row['query_p50_ms']} ms "
             f"| {row['query_p95_ms']} ms | {row['rss_growth_mib']} MiB |"
         )

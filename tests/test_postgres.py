@@ -136,6 +136,23 @@ def test_loader_is_idempotent_and_keyed_by_content(postgres_url, tmp_path):
     assert count(postgres_url, "SELECT count(*) FROM deepstep_passages WHERE content_hash = %s", second_hash) == len(new_passages)
 
 
+def test_a_worker_finds_a_loaded_corpus_by_its_files_without_reading_or_chunking_it(postgres_url, tmp_path, monkeypatch):
+    from deepstep import postgres_retrieval
+
+    corpus = Path(shutil.copytree(TEST_CORPUS, tmp_path / "corpus"))
+    first = PostgresRetriever.from_directory(postgres_url, corpus, k=2, cache_dir=tmp_path / "index")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was read and chunked again")
+
+    monkeypatch.setattr(postgres_retrieval, "load_passages", refuse)
+    again = PostgresRetriever.from_directory(postgres_url, corpus, k=2, cache_dir=tmp_path / "index")
+    assert again.corpus_hash == first.corpus_hash and again.invoke("lava")
+    (corpus / "volcanoes.rst").write_text("Volcanoes\n=========\n\nA new text about magma chambers.\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="read and chunked again"):  # a changed file is loaded anew
+        PostgresRetriever.from_directory(postgres_url, corpus, k=2, cache_dir=tmp_path / "index")
+
+
 @pytest.mark.parametrize("query", ["What is a loss function?", "learning rate too large", "损失函数是什么", "交叉熵"])
 def test_full_text_retriever_finds_what_bm25_finds(postgres_url, query):
     postgres = PostgresRetriever.from_directory(postgres_url, TEST_CORPUS, k=3)
@@ -144,8 +161,9 @@ def test_full_text_retriever_finds_what_bm25_finds(postgres_url, query):
     expected = bm25.invoke(query)
     assert expected, "the test query must match the corpus"
     assert 1 <= len(documents) <= 3
-    # Different ranking functions, same analysis: the best BM25 passage is among Postgres' best.
-    assert expected[0].metadata["chunk_id"] in {d.metadata["chunk_id"] for d in documents}
+    # The same analysis and the same BM25 (weights stored as float4, as bm25s keeps them): the same passages in the same order.
+    assert [d.metadata["chunk_id"] for d in documents] == [d.metadata["chunk_id"] for d in expected]
+    assert [round(d.metadata["score"], 3) for d in documents] == [round(d.metadata["score"], 3) for d in expected]
     for document in documents:
         assert set(document.metadata) == {"ref_id", "chunk_id", "title", "source", "score"}
         assert document.metadata["score"] > 0 and document.page_content

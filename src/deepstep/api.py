@@ -174,7 +174,10 @@ def _stream(graph: DeepstepGraph, graph_input: Any, config: RunnableConfig, sett
         with stop_on_ctrl_c():
             # Not subgraphs=True: LangGraph then parks a stream waiter on one of the
             # max_concurrency worker threads, so one step fewer would run at a time.
-            for update in graph.stream(graph_input, config, context=settings, stream_mode="updates"):
+            # durability "sync": a super-step's checkpoint is saved before the next one starts its model calls, so a
+            # process killed at any moment repeats only the calls in flight (with "async" a call just answered
+            # could still be waiting for its checkpoint when the next call went out).
+            for update in graph.stream(graph_input, config, context=settings, stream_mode="updates", durability="sync"):
                 for node, values in update.items():
                     if isinstance(values, dict) and values.get("tree") is not None:
                         progress.steps_total = len(step_tree.step_ids(values["tree"]))

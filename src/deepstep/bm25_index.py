@@ -27,16 +27,16 @@ from typing import overload
 import bm25s
 import numpy as np
 
-from deepstep.atomic_files import remove_stale, staging_folder, write_json_atomically
+from deepstep.atomic_files import remove_stale, staging_folder
 from deepstep.corpus import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
-    FileDigest,
     Passage,
+    corpus_key,
     corpus_root,
-    file_digests,
     passages_from,
     read_corpus,
+    saved_file_digests,
 )
 from deepstep.errors import CorpusError
 from deepstep.languages import CorpusLanguage, detect_corpus_language
@@ -63,32 +63,6 @@ def _build_index(passages: list[Passage]) -> bm25s.BM25:
     index = bm25s.BM25()
     index.index(token_lists, show_progress=False)
     return index
-
-
-def _fingerprint(file_digests: Iterable[tuple[str, str]], skipped: Counter[str], chunk_tokens: int, chunk_overlap: int) -> str:
-    """The cache key: every file's path and SHA-256, the skipped files, the chunking and the cache format."""
-    digest = hashlib.sha256(json.dumps([_INDEX_FORMAT, chunk_tokens, chunk_overlap, sorted(skipped.items())]).encode())
-    for source, file_digest in file_digests:
-        digest.update(f"{source}\0{file_digest}\n".encode())
-    return digest.hexdigest()
-
-
-def _file_digests(root: Path, cache_dir: Path, skipped: Counter[str]) -> dict[str, FileDigest]:
-    """The corpus files' digests, those of files unchanged since the last start taken from the digests it
-    saved (a later start then reads no file: 0.3 s less at 100x the scikit-learn guide)."""
-    saved = cache_dir / f".files-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
-    try:
-        known = json.loads(saved.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    digests = file_digests(root, skipped, known if isinstance(known, dict) else {})
-    if digests != known:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomically(saved, digests)
-        except OSError as exc:
-            logger.debug("cannot save the corpus file digests %s: %s", saved, exc)  # the next start reads every file again
-    return digests
 
 
 _COLUMNS = tuple(field.name for field in dataclasses.fields(Passage))
@@ -172,8 +146,10 @@ class BM25Index:
         root = corpus_root(corpus_dir)
         if cache_dir is not None:
             skipped: Counter[str] = Counter()
-            digests = _file_digests(root, Path(cache_dir), skipped)
-            cached = Path(cache_dir) / _fingerprint(((source, str(d[-1])) for source, d in digests.items()), skipped, chunk_tokens, chunk_overlap)
+            digests = saved_file_digests(root, Path(cache_dir), skipped)
+            cached = Path(cache_dir) / corpus_key(
+                ((source, str(d[-1])) for source, d in digests.items()), skipped, _INDEX_FORMAT, chunk_tokens, chunk_overlap
+            )
             remove_stale(cached.parent, _STAGING)  # left by an index killed mid-write, even when this one is cached
             if cached.is_dir():
                 try:
@@ -187,7 +163,7 @@ class BM25Index:
         if cache_dir is not None:
             # Keyed by the very bytes it was built from: a file changed since the hashing above is not mislabelled.
             built_from = [(source, hashlib.sha256(data).hexdigest()) for source, data in content.files]
-            target = Path(cache_dir) / _fingerprint(built_from, content.skipped, chunk_tokens, chunk_overlap)
+            target = Path(cache_dir) / corpus_key(built_from, content.skipped, _INDEX_FORMAT, chunk_tokens, chunk_overlap)
             origin = json.dumps([str(root.resolve()), chunk_tokens, chunk_overlap])
             index._save(target, origin)
             _drop_superseded(target, origin)

@@ -8,6 +8,7 @@ deepstep's SQLite saver keeps channel values in a ``channel_blobs`` table the sa
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -24,6 +25,7 @@ from deepstep.tree_encoding import TreeSerializer
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.postgres import PostgresSaver
 
 T = TypeVar("T")
 
@@ -53,6 +55,16 @@ class _FailFastSqliteSaver(SqliteSaver):
         except sqlite3.OperationalError as error:
             self.write_error = error
             raise
+
+
+def compact_version(current: str | int | None) -> str:
+    """The channel version after ``current``: ``0000000012.9f3a61c0`` (19 characters) where LangGraph's savers
+    write ``00000000000000000000000000000012.0.5353021684398113`` (50); every checkpoint lists every channel's
+    version, and each stored value is keyed by one. Ten digits keep the string order of the numbers (and sort
+    after every version the long form wrote, so a thread started before goes on); the random part keeps two
+    forks of a thread from sharing a version, as LangGraph's own does."""
+    number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
+    return f"{number + 1:010d}.{random.getrandbits(32):08x}"
 
 
 BlobKey = tuple[str, str, str, str]  # thread, namespace, channel, version
@@ -98,13 +110,18 @@ class _ChannelBlobSqliteSaver(_FailFastSqliteSaver):
             self._write(self._drop_folded_writes, thread, namespace, parent)
         return saved
 
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return compact_version(current)
+
     def _drop_folded_writes(self, thread: str, namespace: str, checkpoint_id: str) -> None:
         """Delete the pending writes of ``checkpoint_id`` once the checkpoint after it is saved: that one holds
         their result, and only the newest checkpoint's writes are read to resume (the tasks of its super-step
         that finished). LangGraph would re-run an older checkpoint's tasks if asked to replay from it; deepstep
         never does (reruns and resumes go on from the newest)."""
         with self.cursor() as cursor:
-            cursor.execute("DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?", (thread, namespace, checkpoint_id))
+            # "<=": writes LangGraph saved late (with durability "async" a task's writes and the next checkpoint are
+            # saved by different threads) are caught by the next checkpoint. Checkpoint ids (UUIDv6) sort by time.
+            cursor.execute("DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id <= ?", (thread, namespace, checkpoint_id))
 
     def _insert_blobs(self, rows: list[tuple[str, str, str, str, str, bytes]]) -> None:
         with self.cursor() as cursor:
@@ -218,17 +235,39 @@ def _cannot_write(path: Path, error: sqlite3.OperationalError) -> str:
     )
 
 
+def _lean_postgres_saver_class() -> type[PostgresSaver]:
+    """``PostgresSaver`` (which already stores each channel value once per version) with compact versions and
+    the pending writes of only the newest checkpoint of each namespace, as deepstep's SQLite saver keeps them."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    class LeanPostgresSaver(PostgresSaver):
+        def get_next_version(self, current: str | None, channel: None) -> str:
+            return compact_version(current)
+
+        def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+            saved = super().put(config, checkpoint, metadata, new_versions)
+            if parent := config["configurable"].get("checkpoint_id"):
+                # The writes this checkpoint folded in (see _ChannelBlobSqliteSaver._drop_folded_writes).
+                with self._cursor() as cursor:
+                    cursor.execute(
+                        "DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id <= %s",
+                        (str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", ""), parent),
+                    )
+            return saved
+
+    return LeanPostgresSaver
+
+
 @contextmanager
 def postgres_checkpointer(database_url: str) -> Iterator[BaseCheckpointSaver]:
     """A ``PostgresSaver`` on its own connection (tables created on first use), closed on exit."""
     # deepstep.postgres first: without the optional Postgres support it raises a ConfigError saying how to install it.
     from deepstep import postgres  # noqa: I001
-    from langgraph.checkpoint.postgres import PostgresSaver
     from psycopg.rows import dict_row
 
     # PostgresSaver needs autocommit, dict rows and no server-side prepared statements (poolers).
     with postgres.connect(database_url, application_name="deepstep-checkpointer", prepare_threshold=0, row_factory=dict_row) as connection:
-        saver = PostgresSaver(connection, serde=TreeSerializer())
+        saver = _lean_postgres_saver_class()(connection, serde=TreeSerializer())
         try:
             with postgres.schema_lock(connection):
                 saver.setup()

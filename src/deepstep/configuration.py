@@ -146,6 +146,20 @@ class Settings(BaseSettings):
         description="Postgres URL (postgresql://user:password@host:5432/db) for scale-out: checkpoints go to Postgres instead of "
         "SQLite, threads are locked there, and retrieval uses Postgres full-text search (see retriever). Never stored or logged.",
     )
+    queue_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Job queue (`deepstep worker`): times a question's job may fail (an error, failed steps, or its worker "
+        "dying mid-job) before it is marked failed with its reason. A worker stopped by SIGTERM releases its job without a failure.",
+    )
+    queue_stall_seconds: float = Field(
+        default=30.0,
+        ge=2,
+        le=3600,
+        description="Job queue: a worker that sent no heartbeat for this long counts as dead, and its job is taken again "
+        "(workers send one every third of it and look for such jobs as often).",
+    )
     retriever: Literal["auto", "bm25", "postgres"] = Field(
         default="auto",
         description="bm25 (in-process index), postgres (full-text search in database_url), or auto: postgres when database_url is set.",

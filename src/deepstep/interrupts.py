@@ -8,6 +8,10 @@ run as stopping; every model call of the run (``unless_stopped``) checks that ma
 call in flight gets ``GRACE_SECONDS`` to finish (its answer is then checkpointed by its node)
 before it is abandoned. The run then unwinds with ``RunInterrupted`` from whichever thread sees
 the mark; a second Ctrl-C raises it in the main thread at once.
+
+A process that runs its runs outside the main thread (a queue worker: ``deepstep worker``) stops
+them all with ``stop_every_run`` (on SIGTERM), with a grace long enough for the calls in flight to
+finish; a run that starts after it is stopped before its first model call.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextvars
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from contextlib import contextmanager
@@ -35,11 +40,27 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class _Stop:
-    # A plain attribute, set by the signal handler: taking a lock there could deadlock the main thread.
+    # Plain attributes, set by the signal handler: taking a lock there could deadlock the main thread.
     requested = False
+    grace_seconds = GRACE_SECONDS  # how long a call in flight at the stop may still take
 
 
 _current: contextvars.ContextVar[_Stop | None] = contextvars.ContextVar("deepstep_stop", default=None)
+# The runs of this process, for stop_every_run; a set of their marks (adding and removing are atomic under the GIL).
+_active: set[_Stop] = set()
+_every_run_stopped: _Stop | None = None  # set by stop_every_run: runs that start later stop at once
+
+
+def stop_every_run(grace_seconds: float) -> None:
+    """Stop every run of this process, as Ctrl-C stops one, from any thread: no model call starts after
+    this, and a call in flight may take ``grace_seconds`` more to finish (its answer is then kept)."""
+    global _every_run_stopped
+    mark = _Stop()
+    mark.requested, mark.grace_seconds = True, grace_seconds
+    _every_run_stopped = mark
+    for stop in list(_active):
+        stop.grace_seconds = grace_seconds if not stop.requested else min(stop.grace_seconds, grace_seconds)
+        stop.requested = True
 
 
 @contextmanager
@@ -49,6 +70,9 @@ def stop_on_ctrl_c() -> Iterator[None]:
     The mark travels in a context variable, which LangGraph copies into its worker threads.
     The SIGINT handler is installed only in the main thread, and not when SIGINT is ignored."""
     stop = _Stop()
+    if _every_run_stopped is not None:
+        stop.requested, stop.grace_seconds = True, _every_run_stopped.grace_seconds
+    _active.add(stop)
     token = _current.set(stop)
     install = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     previous: Any = None
@@ -68,6 +92,7 @@ def stop_on_ctrl_c() -> Iterator[None]:
             # None: the handler was not set from Python; Python's own is the closest to restore.
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         _current.reset(token)
+        _active.discard(stop)
 
 
 def _quiet_abandoned_workers() -> None:
@@ -100,8 +125,11 @@ def unless_stopped(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     threading.Thread(target=request, name="deepstep-model-call", daemon=True).start()
     while not wait([reply], timeout=_POLL_SECONDS).done:
         if stop.requested:
-            if not wait([reply], timeout=GRACE_SECONDS).done:
-                raise RunInterrupted("abandoned a model call in flight")
+            stopped_at = time.monotonic()
+            # Polled, not one wait: a second signal may shorten the grace (stop_every_run) while it runs.
+            while not wait([reply], timeout=_POLL_SECONDS).done:
+                if time.monotonic() - stopped_at > stop.grace_seconds:
+                    raise RunInterrupted("abandoned a model call in flight")
             break
     if stop.requested and reply.exception() is not None:
         # Failing after Ctrl-C is part of stopping, not a model fault to retry or record.
@@ -109,4 +137,4 @@ def unless_stopped(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return reply.result()
 
 
-__all__ = ["GRACE_SECONDS", "RunInterrupted", "stop_on_ctrl_c", "unless_stopped"]
+__all__ = ["GRACE_SECONDS", "RunInterrupted", "stop_every_run", "stop_on_ctrl_c", "unless_stopped"]

@@ -105,13 +105,17 @@ def _corpus_retriever(corpus: Path, cache_dir: Path, chunk_tokens: int, chunk_ov
 
 
 @functools.lru_cache(maxsize=8)
-def _postgres_retriever(database_url: SecretStr, corpus: Path, chunk_tokens: int, chunk_overlap: int, embedding: Any) -> BaseRetriever:
+def _postgres_retriever(
+    database_url: SecretStr, corpus: Path, chunk_tokens: int, chunk_overlap: int, embedding: Any, cache_dir: Path
+) -> BaseRetriever:
     from deepstep.postgres_retrieval import PostgresRetriever  # psycopg is optional: only a Postgres retriever needs it
 
     # Loads the corpus (and its embeddings) into the database once per content (a no-op when another worker did).
     # The cache is keyed by the SecretStr, which compares by the URL but never shows its password.
     url = database_url.get_secret_value()
-    return PostgresRetriever.from_directory(url, corpus, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedding=embedding)
+    return PostgresRetriever.from_directory(
+        url, corpus, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedding=embedding, cache_dir=cache_dir
+    )
 
 
 def corpus_retriever(settings: Settings) -> BaseRetriever:
@@ -123,7 +127,9 @@ def corpus_retriever(settings: Settings) -> BaseRetriever:
         from deepstep.postgres_retrieval import embedding_model_for
 
         embedding = embedding_model_for(settings)
-        retriever = _postgres_retriever(settings.database_url, corpus, settings.chunk_tokens, settings.chunk_overlap, embedding)
+        retriever = _postgres_retriever(
+            settings.database_url, corpus, settings.chunk_tokens, settings.chunk_overlap, embedding, settings.index_dir.resolve()
+        )
     else:
         retriever = _corpus_retriever(corpus, settings.index_dir.resolve(), settings.chunk_tokens, settings.chunk_overlap)
     # The cached retriever is shared; each caller gets a cheap copy with its own number of hits.

@@ -23,11 +23,20 @@ if TYPE_CHECKING:
 @app.command()
 def batch(
     file: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Questions: a text file (one per line, # comments), or JSONL/CSV with question and optional thread_id, corpus, settings."
         ),
-    ],
+    ] = None,
+    submit: Annotated[
+        Path | None,
+        typer.Option(
+            "--submit",
+            metavar="FILE",
+            help="Put one job per question of FILE on the Postgres job queue (DEEPSTEP_DATABASE_URL) for `deepstep worker` processes.",
+        ),
+    ] = None,
+    status: Annotated[bool, typer.Option("--status", help="Show the job queue: each question's job, its status, attempts and error.")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes running questions at once.")] = 2,
     out: Annotated[
         Path | None, typer.Option(help="Folder for summary.csv, summary.parquet and one report per question (default: HOME/batches/FILE_STEM).")
@@ -37,6 +46,15 @@ def batch(
     from deepstep import batch as batching
 
     with user_errors():
+        if (file is not None) + (submit is not None) + status != 1:
+            fail("give a batch FILE, --submit FILE or --status (one of them)")
+        if submit is not None or status:
+            from deepstep.cli import queue
+
+            base = load_settings()
+            queue.submit(submit, base) if submit is not None else queue.status(base)
+            return
+        assert file is not None
         if not 1 <= workers <= batching.MAX_WORKERS:
             fail(f"--workers must be 1 to {batching.MAX_WORKERS}, not {workers}")
         base = load_settings()
