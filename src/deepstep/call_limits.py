@@ -6,6 +6,9 @@ at once. The bound is held here, in the HTTP transport every model request goes 
 whatever runs the graph. Nodes are synchronous (LangGraph runs them in worker threads under asyncio
 too), so one thread-safe limit serves both. A slot is held for one HTTP request: the OpenAI client's
 back-off between retries waits outside it. A rate-limited server makes the limit adapt (``InFlightLimit``).
+With ``database_url`` set, the limit is shared by every worker process on that database instead
+(``shared_call_limits.SharedInFlightLimit``, the same ``CallLimit`` interface); without it nothing here
+touches a database.
 """
 
 from __future__ import annotations
@@ -13,10 +16,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 # Additive increase: one more call allowed in flight after this many successes per call allowed in a row.
 INCREASE_AFTER = 16
+
+
+class CallLimit(Protocol):
+    """What the model transport needs of a limit: a slot per request, and what the server said."""
+
+    def slot(self, bound: int) -> AbstractContextManager[float]: ...
+
+    def rate_limited(self, started: float, retry_after: float | None, bound: int) -> None: ...
+
+    def succeeded(self, bound: int) -> None: ...
 
 
 class InFlightLimit:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from deepstep.call_limits import InFlightLimit, limit_for, retry_after_seconds
+from deepstep.call_limits import CallLimit, limit_for, retry_after_seconds
 
 # JSON escapes a character in at most 12 bytes (an astral one as two \\uXXXX); the rest of a completion is small.
 BYTES_PER_CHAR = 12
@@ -97,7 +97,7 @@ class ModelTransport(httpx.HTTPTransport):
     """httpx's transport with a deadline per request and replies read whole (up to a cap) and checked."""
 
     def __init__(
-        self, *, deadline_seconds: float, max_reply_chars: int, proxy: str | None = None, limit: InFlightLimit | None = None, max_in_flight: int = 0
+        self, *, deadline_seconds: float, max_reply_chars: int, proxy: str | None = None, limit: CallLimit | None = None, max_in_flight: int = 0
     ) -> None:
         super().__init__(proxy=proxy)
         self.limit, self.max_in_flight = limit, max_in_flight
@@ -112,11 +112,13 @@ class ModelTransport(httpx.HTTPTransport):
             return self._handle(request)
         with self.limit.slot(self.max_in_flight) as started:  # the deadline starts once the request may go
             response = self._handle(request)
-        retry_after = retry_after_seconds(response.headers)
-        if response.status_code == 429 or (response.status_code == 503 and retry_after is not None):
-            self.limit.rate_limited(started, retry_after, self.max_in_flight)
-        elif response.status_code < 400:
-            self.limit.succeeded(self.max_in_flight)
+            # Told before the slot is freed: a call waiting for it must not start before the pause is known
+            # (a few milliseconds when the limit is shared through the database).
+            retry_after = retry_after_seconds(response.headers)
+            if response.status_code == 429 or (response.status_code == 503 and retry_after is not None):
+                self.limit.rate_limited(started, retry_after, self.max_in_flight)
+            elif response.status_code < 400:
+                self.limit.succeeded(self.max_in_flight)
         return response
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
@@ -215,13 +217,22 @@ def _plausible_usage(usage: Any) -> bool:
     return isinstance(usage, list) and all(_plausible_usage(value) for value in usage)
 
 
-def model_http_client(base_url: str, *, timeout: float, max_reply_chars: int, model: str | None = None, max_in_flight: int = 0) -> httpx.Client:
+def model_http_client(
+    base_url: str, *, timeout: float, max_reply_chars: int, model: str | None = None, max_in_flight: int = 0, database_url: str | None = None
+) -> httpx.Client:
     """The httpx client for calls to the model server at ``base_url``; with ``model`` and ``max_in_flight``,
-    at most that many requests to that model there are in flight in this process (``call_limits``)."""
+    at most that many requests to that model there are in flight in this process (``call_limits``), or
+    in all processes on ``database_url`` when it is given (``shared_call_limits``)."""
     # A client with its own transport ignores proxy variables: honour them as httpx would.
     scheme, host = urlsplit(base_url).scheme, urlsplit(base_url).hostname or ""
     proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(scheme)
-    limit = limit_for(base_url, model) if model is not None and max_in_flight > 0 else None
+    limit: CallLimit | None = None
+    if model is not None and max_in_flight > 0 and database_url is not None:
+        from deepstep.shared_call_limits import shared_limit_for
+
+        limit = shared_limit_for(database_url, base_url, model, lease_seconds=timeout)
+    elif model is not None and max_in_flight > 0:
+        limit = limit_for(base_url, model)
     transport = ModelTransport(deadline_seconds=timeout, max_reply_chars=max_reply_chars, proxy=proxy, limit=limit, max_in_flight=max_in_flight)
     return httpx.Client(transport=transport)
 

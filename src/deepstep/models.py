@@ -106,12 +106,13 @@ def chat_model(settings: Settings, task: str) -> ChatOpenAI:
     resolved = settings.resolve_model(TASK_ROLES[task])
     # The embedded server gets its own key, never the user's: that would go to whatever holds its port.
     api_key = api_key_for(resolved.base_url, settings.home) or os.environ.get(resolved.api_key_env) or "not-needed"
-    return _chat_model(resolved, api_key, task, settings.max_reply_chars)
+    # The database shares the calls-in-flight limit between processes; a SecretStr keys the caches without showing it.
+    return _chat_model(resolved, api_key, task, settings.max_reply_chars, settings.database_url)
 
 
 # Building a ChatOpenAI validates a large pydantic model; calls with the same role settings share one.
 @functools.lru_cache(maxsize=64)
-def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int) -> ChatOpenAI:
+def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_chars: int, database_url: SecretStr | None = None) -> ChatOpenAI:
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
@@ -124,7 +125,7 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_char
         extra_body={"max_tokens": resolved.max_tokens} if resolved.llama_cpp else None,
         timeout=resolved.timeout,
         # A deadline per request (not per read), and replies checked and capped before they are parsed.
-        http_client=_shared_http_client(resolved.base_url, resolved.model, resolved.timeout, max_reply_chars, resolved.max_concurrency),
+        http_client=_shared_http_client(resolved.base_url, resolved.model, resolved.timeout, max_reply_chars, resolved.max_concurrency, database_url),
         max_retries=resolved.max_retries,
         default_headers={"X-Deepstep-Task": task},
         # LangGraph Studio always streams "messages", which would switch every call to a
@@ -134,12 +135,15 @@ def _chat_model(resolved: ResolvedModel, api_key: str, task: str, max_reply_char
 
 
 @functools.lru_cache(maxsize=16)
-def _shared_http_client(base_url: str, model: str, timeout: float, max_reply_chars: int, max_in_flight: int) -> httpx.Client:
+def _shared_http_client(
+    base_url: str, model: str, timeout: float, max_reply_chars: int, max_in_flight: int, database_url: SecretStr | None
+) -> httpx.Client:
     """One HTTP client (connection pool, TLS context) for every task of a model server: the chat models differ
     only in their task header. httpx clients are safe to share between threads."""
     from deepstep.model_http import model_http_client
 
-    return model_http_client(base_url, model=model, timeout=timeout, max_reply_chars=max_reply_chars, max_in_flight=max_in_flight)
+    url = database_url.get_secret_value() if database_url is not None else None
+    return model_http_client(base_url, model=model, timeout=timeout, max_reply_chars=max_reply_chars, max_in_flight=max_in_flight, database_url=url)
 
 
 @functools.cache
