@@ -133,3 +133,16 @@ def test_the_cli_edits_an_answer_from_a_file_and_refuses_two_changes_at_once(set
     assert both.exit_code == 2 and "one change at a time, not --approve and --remove" in both.output
     missing = runner.invoke(app, ["step", "rev-cli", "0", "--edit-answer", str(tmp_path / "nope.md")], env=env)
     assert missing.exit_code == 2 and "cannot read the answer file" in missing.output
+
+
+def test_a_revision_researches_only_what_it_left_pending_not_a_step_that_failed_before(settings, fake_llm):
+    from deepstep.testing import Fault
+
+    run_settings = with_settings(settings, rollouts=0, max_steps=3, report_layout="seed")
+    fake_llm.set_faults([Fault(kind="http500", task="question", match="Step: Aspect 2 ")])  # the step at 0>1 fails for good
+    first = deepstep.run(QUESTION, thread_id="rev-failed", settings=run_settings)
+    assert [s["level"] for s in first.failed_steps] == ["0>1"]
+    fake_llm.reset_log()
+    approved = deepstep.revise("rev-failed", [{"action": "approve", "step": "0"}], settings=run_settings)
+    assert fake_llm.log() == []  # the failed step waits for `deepstep resume`
+    assert [s["level"] for s in approved.failed_steps] == ["0>1"] and by_level(approved)["0"]["approved"] is True

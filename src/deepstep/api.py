@@ -428,8 +428,8 @@ def revise(
     on_progress: ProgressCallback | None = None,
 ) -> RunResult:
     """Change steps of a finished thread and rebuild its report: ``rerun`` / ``reject`` (with a ``note``),
-    ``edit_question`` / ``edit_answer`` (with ``text``), ``approve``, ``add`` (under ``step``, with ``name``) and
-    ``remove`` (see ``deepstep.revisions``). Only the steps the actions leave pending are researched (3 + 3R
+    ``refresh``, ``edit_question`` / ``edit_answer`` (with ``text``), ``approve``, ``add`` (under ``step``, with
+    ``name``) and ``remove`` (see ``deepstep.revisions``). Only the steps the actions leave pending are researched (3 + 3R
     calls each); an edited answer costs no call but its verification with ``verify = model``. Every earlier
     report stays in the thread's history (``deepstep.versions``)."""
     from deepstep.revisions import revise as revised

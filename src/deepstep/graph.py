@@ -104,7 +104,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, *, retriever: B
     builder.add_edge("outline", "decompose")
     builder.add_edge("decompose", "review")
     builder.add_conditional_edges("review", after_review, ["step", "collect", "budget"])
-    builder.add_conditional_edges("revise", after_review, ["step", "collect", "budget"])
+    # After a revision only the steps it left pending are sent (a step that failed before stays for `deepstep resume`).
+    builder.add_conditional_edges("revise", after_collect, ["step", "synthesize", "budget"])
     builder.add_edge("step", "collect")
     builder.add_conditional_edges("collect", after_collect, ["step", "synthesize", "budget"])
     builder.add_conditional_edges("budget", after_budget, ["step", "synthesize"])  # the pause holds until one fits

@@ -2,8 +2,8 @@
 
 A finished thread given ``{"actions": [...]}`` (``deepstep.revise``, ``deepstep step``, Studio) starts here
 instead of planning: the tree is revised (``deepstep.revisions``), the fan-out then researches only the steps
-left pending, and the report is rebuilt. With ``verify = model`` each answer a reviewer wrote gets the
-verifier's one call; nothing else here calls a model.
+left pending (not steps that failed before: ``deepstep resume`` retries those), and the report is rebuilt.
+With ``verify = model`` each answer a reviewer wrote gets the verifier's one call; nothing else here calls a model.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def revise(state: RunState, settings: Settings) -> dict[str, Any]:
     # Counted on the root, so the thread's history tells each revision's report apart (``deepstep history``).
     revisions = tree.nodes[step_tree.ROOT_ID].get("revisions", 0) + 1
     tree = step_tree.with_root_update(tree, revision="; ".join(revision.done), revisions=revisions)
-    return {"tree": tree, "actions": [], "failed_steps": [], "step_results": None, "usage": usage}
+    return {"tree": tree, "actions": [], "step_results": None, "usage": usage}
 
 
 def start(state: RunState) -> Literal["revise", "outline"]:
