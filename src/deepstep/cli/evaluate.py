@@ -89,11 +89,6 @@ def evaluate(
         if base.corpus is None and "corpus" not in common:  # pinned now, so the thread ids name the corpus searched
             base = evaluation.run_settings(base, {"corpus": str(default_corpus_dir(base.home))}, "the default corpus")
         questions = _read_questions(file)
-        folder = out or base.home / "evals" / file.stem
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            fail(f"cannot create the output folder {folder}: {error.strerror or error}; pass a writable --out DIR")
         runs: list[_Run] = []
         for changes in compared:
             name = evaluation.run_name(changes)
@@ -115,6 +110,11 @@ def evaluate(
         tasks = [
             batching.WorkerTask(i, row, settings) for i, (row, (settings, _)) in enumerate(zip(rows, prepared, strict=True)) if actions[i] != "skip"
         ]
+        folder = out or base.home / "evals" / file.stem
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fail(f"cannot create the output folder {folder}: {error.strerror or error}; pass a writable --out DIR")
         earlier = _earlier_wall_seconds(folder / "eval.json")
         started = time.monotonic()
         with _embedded_model(base, bool(tasks)), _BatchDisplay(rows, actions, min(workers, max(1, len(tasks)))) as display:
