@@ -429,3 +429,12 @@ def test_bad_input_is_one_line_exit_2_before_any_call(fake_llm, tmp_path, monkey
         assert result.exit_code == 2, result.output
         assert result.output.strip().count("\n") == 0 and message in result.output, result.output
     assert fake_llm.log() == [] and not (tmp_path / "out").exists()
+
+
+def test_the_shipped_scikit_learn_set_is_the_benchmarks_questions_plus_ones_the_guide_cannot_answer():
+    root = Path(__file__).parent.parent / "benchmarks" / "data"
+    questions = evaluation.parse_questions((root / "sklearn_eval.jsonl").read_text(encoding="utf-8"), "sklearn_eval.jsonl")
+    benchmark = json.loads((root / "sklearn_questions.json").read_text(encoding="utf-8"))["questions"]
+    labelled = [q for q in questions if q["abstain"] is None]
+    assert [(q["question"], q["pages"]) for q in labelled] == [(b["question"], b["expected"]) for b in benchmark]
+    assert len([q for q in questions if q["abstain"]]) >= 5 and len(questions) == len(labelled) + len([q for q in questions if q["abstain"]])
