@@ -318,7 +318,7 @@ class OverallScores(TypedDict):
 class EvalRun(TypedDict):
     """One run of ``deepstep eval``: the whole question set under one ``--compare`` value (``DIR/eval.json``)."""
 
-    name: str  # the --compare value ("rollouts=0"), or "default" without --compare
+    name: str  # the --compare value ("rollouts=0"); without --compare, the --set values, or "default"
     settings: dict[str, object]  # the run-shaping settings every thread of the run used, as JSON values
     overall: OverallScores
     questions: list[QuestionScores]

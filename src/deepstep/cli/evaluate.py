@@ -61,11 +61,14 @@ def evaluate(
         ),
     ],
     settings_set: Annotated[
-        list[str] | None, typer.Option("--set", help="KEY=VALUE: a run-shaping setting for every run, e.g. --set top_k=6 (several allowed).")
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="KEY=VALUE: a run-shaping setting for every run, e.g. --set top_k=6 (several allowed)."),
     ] = None,
     compare: Annotated[
         list[str] | None,
-        typer.Option(help="KEY=VALUE: run the whole set once per value, e.g. --compare rollouts=0 rollouts=2 (one run without it)."),
+        typer.Option(
+            metavar="KEY=VALUE", help="KEY=VALUE: run the whole set once per value, e.g. --compare rollouts=0 rollouts=2 (one run without it)."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for eval.json, eval.md and eval.png (default: HOME/evals/FILE_STEM).")] = None,
     workers: Annotated[
@@ -91,7 +94,7 @@ def evaluate(
         questions = _read_questions(file)
         runs: list[_Run] = []
         for changes in compared:
-            name = evaluation.run_name(changes)
+            name = evaluation.run_name(changes or common)  # without --compare, the run is what --set made it
             where = f"--compare {name}" if changes else "--set"
             merged = {**common, **changes}
             settings = evaluation.run_settings(base, merged, where)
