@@ -438,3 +438,22 @@ def test_the_shipped_scikit_learn_set_is_the_benchmarks_questions_plus_ones_the_
     labelled = [q for q in questions if q["abstain"] is None]
     assert [(q["question"], q["pages"]) for q in labelled] == [(b["question"], b["expected"]) for b in benchmark]
     assert len([q for q in questions if q["abstain"]]) >= 5 and len(questions) == len(labelled) + len([q for q in questions if q["abstain"]])
+
+
+def test_a_failed_thread_exits_1_with_its_scores_written_and_is_retried_on_rerun(fake_llm: FakeLLMServer, tmp_path):
+    from deepstep.testing import Fault
+
+    (tmp_path / "questions.jsonl").write_text(json.dumps(QUESTIONS[0]) + "\n", encoding="utf-8")
+    env = crash.cli_env(fake_llm.base_url, tmp_path / "home", corpus=CORPUS, max_retries=0, step_attempts=1, report_layout="seed")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(evaluation.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    fake_llm.set_faults([Fault(kind="http500", task="answer", times=1)])
+    first = _eval(tmp_path, env, "--set", "rollouts=0")
+    assert first.returncode == 1, first.stderr
+    [run] = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))["runs"]
+    assert run["name"] == "rollouts=0" and run["overall"]["done"] == 0
+    assert (run["questions"][0]["status"], run["questions"][0]["failed_steps"]) == ("failed", 1)
+    again = _eval(tmp_path, env, "--set", "rollouts=0")
+    assert again.returncode == 0, again.stderr
+    assert "1 to retry" in again.stderr
+    [run] = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))["runs"]
+    assert run["overall"]["done"] == 1 and run["questions"][0]["failed_steps"] == 0
