@@ -399,6 +399,8 @@ def test_eval_compares_two_settings_writes_json_table_and_plot_and_a_rerun_makes
     assert "| metric | rollouts=0 | rollouts=2 |" in table and "| retrieval recall@k | 0.75 | 0.75 |" in table
     assert "![scores per run](eval.png)" in table and (out / "eval.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "| metric | rollouts=0 | rollouts=2 |" in first.stdout  # the table, printed
+    page = (out / "eval.html").read_text(encoding="utf-8")
+    assert "<th>metric</th>" in page and '<img alt="scores per run" src="data:image/png;base64,' in page and "EVALUATION-PLOT" not in page
 
     calls = len(fake_llm.log())
     again = _eval(tmp_path, env, "--compare", "rollouts=0", "--compare", "rollouts=2")

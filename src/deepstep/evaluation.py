@@ -443,13 +443,16 @@ def _cell(text: str, limit: int = 80) -> str:
     return text.replace("|", "\\|")
 
 
+PLOT_ALT = "scores per run"
+
+
 def summary_markdown(runs: Sequence[EvalRun], *, source: str, plot: str | None) -> str:
     """``eval.md``: the ablation table, the plot (``plot``: its file name beside it), and each run's questions."""
     parts = [
         "# Evaluation",
         f"Questions: `{source}`. One thread per question and run; docs/evaluation.md says how each score is computed.",
         ablation_table(runs),
-        f"![scores per run]({plot})" if plot else "_No plot: matplotlib is not installed (pip install 'deepstep[notebooks]')._",
+        f"![{PLOT_ALT}]({plot})" if plot else "_No plot: matplotlib is not installed (pip install 'deepstep[notebooks]')._",
     ]
     for run in runs:
         parts.append(f"## {run['name']}")
@@ -459,6 +462,7 @@ def summary_markdown(runs: Sequence[EvalRun], *, source: str, plot: str | None) 
 
 __all__ = [
     "EVAL_SETTINGS",
+    "PLOT_ALT",
     "SHARE_METRICS",
     "TABLE_METRICS",
     "ablation_table",

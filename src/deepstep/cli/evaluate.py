@@ -70,7 +70,7 @@ def evaluate(
             metavar="KEY=VALUE", help="KEY=VALUE: run the whole set once per value, e.g. --compare rollouts=0 rollouts=2 (one run without it)."
         ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for eval.json, eval.md and eval.png (default: HOME/evals/FILE_STEM).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for eval.json, eval.md, eval.png and eval.html (default: HOME/evals/FILE_STEM).")] = None,
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Worker processes running questions at once (1: wall times measured one question at a time).")
     ] = 1,
@@ -214,9 +214,28 @@ def _write_outputs(runs: list[EvalRun], folder: Path, file: Path) -> None:
     try:
         write_text_atomically(folder / "eval.json", json.dumps({"runs": runs}, indent=2, ensure_ascii=False) + "\n")
         plot = _write_plot(runs, folder / "eval.png")
-        write_text_atomically(folder / "eval.md", summary_markdown(runs, source=str(file), plot=plot))
+        markdown = summary_markdown(runs, source=str(file), plot=plot)
+        write_text_atomically(folder / "eval.md", markdown)
+        write_text_atomically(folder / "eval.html", _html(markdown, folder / plot if plot else None))
     except OSError as error:
         fail(f"cannot write the evaluation to {folder} ({error.strerror or error}); the threads are saved: run it again with a writable --out DIR")
+
+
+def _html(markdown: str, plot: Path | None) -> str:
+    """``eval.md`` as one self-contained HTML page: the plot inlined as a data URL (the report pages' security
+    policy loads nothing from elsewhere, and a page that travels alone keeps its picture)."""
+    import base64
+    import html
+
+    from deepstep.evaluation import PLOT_ALT
+    from deepstep.report_formats import markdown_to_html
+
+    if plot is None:
+        return markdown_to_html(markdown, title="Evaluation")
+    marker = "EVALUATION-PLOT-" + base64.b32encode(plot.name.encode()).decode().strip("=")
+    page = markdown_to_html(markdown.replace(f"![{PLOT_ALT}]({plot.name})", marker), title="Evaluation")
+    data = base64.b64encode(plot.read_bytes()).decode("ascii")
+    return page.replace(f"<p>{marker}</p>", f'<p><img alt="{html.escape(PLOT_ALT)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
 
 
 def _write_plot(runs: list[EvalRun], path: Path) -> str | None:
