@@ -422,7 +422,8 @@ def test_bad_input_is_one_line_exit_2_before_any_call(fake_llm, tmp_path, monkey
         ([str(bad)], f"{bad} line 2: abstain must be true or false"),
         ([str(good), "--compare", "rollouts=-1"], "--compare rollouts=-1: invalid settings: rollouts"),
         ([str(good), "--set", "colour=red"], "'colour' is not a setting that shapes a run"),
-        ([str(good), "--compare", "rollouts=1", "rollouts=1"], "--compare names the same value twice"),
+        ([str(good), "--compare", "rollouts=1", "rollouts=1"], "--compare rollouts=1 and rollouts=1 give the same settings"),
+        ([str(good), "--compare", "rollouts=2", "top_k=4"], "--compare rollouts=2 and top_k=4 give the same settings"),  # both defaults
         ([str(tmp_path / "none.jsonl")], "cannot read the evaluation file"),
         ([str(good), "--workers", "0"], "--workers must be 1 to 64"),
     ]

@@ -104,8 +104,10 @@ def evaluate(
                 thread_id = batching.default_thread_id(question["question"], None, run_id_settings)
                 rows.append({"line": question["line"], "question": question["question"], "thread_id": thread_id, "corpus": None, "settings": merged})
             runs.append(_Run(name, settings, rows))
-        if len({run.name for run in runs}) != len(runs):
-            raise InputError("--compare names the same value twice: give each run different settings")
+        for later, run in enumerate(runs):
+            same = next((earlier for earlier in runs[:later] if earlier.settings.run_settings() == run.settings.run_settings()), None)
+            if same is not None:  # they would share their threads: one run scored twice
+                raise InputError(f"--compare {same.name} and {run.name} give the same settings: give each run different ones")
         rows = [row for run in runs for row in run.rows]
         prepared = [_prepared(row, base, file) for row in rows]  # every run checked (corpus indexed, server named) before any call
         actions = [batching.plan_action(stored) for _, stored in prepared]
