@@ -90,8 +90,6 @@ def run_name(changes: dict[str, object]) -> str:
 
 def parse_questions(text: str, name: str = "the evaluation file") -> list[EvalQuestion]:
     """The questions of a JSONL evaluation file with their labels; a bad line is an ``InputError`` naming it."""
-    from deepstep.api import clean_question  # the API's own check: a question it would refuse fails here, before any run
-
     questions: list[EvalQuestion] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -104,7 +102,7 @@ def parse_questions(text: str, name: str = "the evaluation file") -> list[EvalQu
             raise InputError(f'{where}: not JSON ({error}); each line must be an object like {{"question": "...", "abstain": true}}') from None
         if not isinstance(fields, dict):
             raise InputError(f'{where}: a {type(fields).__name__}, not an object like {{"question": "..."}}')
-        question = _checked_question(fields, where, clean_question)
+        question = _checked_question(fields, where)
         if (first := seen.setdefault(question["question"], number)) != number:
             raise InputError(f"{where}: the same question as line {first}; remove one")
         questions.append({**question, "line": number})
@@ -113,7 +111,9 @@ def parse_questions(text: str, name: str = "the evaluation file") -> list[EvalQu
     return questions
 
 
-def _checked_question(fields: dict[str, Any], where: str, clean_question: Any) -> EvalQuestion:
+def _checked_question(fields: dict[str, Any], where: str) -> EvalQuestion:
+    from deepstep.api import clean_question  # the API's own check: a question it would refuse fails here, before any run
+
     unknown = [str(key) for key in fields if key not in QUESTION_FIELDS]
     if unknown:
         raise InputError(f"{where}: unknown field {', '.join(map(repr, unknown))}; use {', '.join(QUESTION_FIELDS)}")
