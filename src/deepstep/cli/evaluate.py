@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -81,7 +82,6 @@ def evaluate(
     from deepstep import evaluation
     from deepstep.cli.batch import _BatchDisplay, _embedded_model, _plan_line, _prepared
     from deepstep.corpus_fetch import default_corpus_dir
-    from deepstep.errors import InputError
 
     with user_errors():
         if not 1 <= workers <= batching.MAX_WORKERS:
@@ -92,26 +92,12 @@ def evaluate(
         if base.corpus is None and "corpus" not in common:  # pinned now, so the thread ids name the corpus searched
             base = evaluation.run_settings(base, {"corpus": str(default_corpus_dir(base.home))}, "the default corpus")
         questions = _read_questions(file)
-        runs: list[_Run] = []
-        for changes in compared:
-            name = evaluation.run_name(changes or common)  # without --compare, the run is what --set made it
-            where = f"--compare {name}" if changes else "--set"
-            merged = {**common, **changes}
-            settings = evaluation.run_settings(base, merged, where)
-            run_id_settings = {key: value for key, value in settings.run_settings().items() if key != "review"}
-            rows: list[BatchQuestion] = []
-            for question in questions:
-                thread_id = batching.default_thread_id(question["question"], None, run_id_settings)
-                rows.append({"line": question["line"], "question": question["question"], "thread_id": thread_id, "corpus": None, "settings": merged})
-            runs.append(_Run(name, settings, rows))
-        for later, run in enumerate(runs):
-            same = next((earlier for earlier in runs[:later] if earlier.settings.run_settings() == run.settings.run_settings()), None)
-            if same is not None:  # they would share their threads: one run scored twice
-                raise InputError(f"--compare {same.name} and {run.name} give the same settings: give each run different ones")
+        runs = _planned_runs(questions, common, compared, base)
         rows = [row for run in runs for row in run.rows]
         prepared = [_prepared(row, base, file) for row in rows]  # every run checked (corpus indexed, server named) before any call
         actions = [batching.plan_action(stored) for _, stored in prepared]
-        stderr.print(f"{len(runs)} run{'s' * (len(runs) != 1)} of {len(questions)} questions; " + _plan_line(actions), highlight=False)
+        counts = _plan_line(actions).split(": ", 1)[1]  # "6 to run, ...": each question x run is a thread
+        stderr.print(f"{len(runs)} run{'s' * (len(runs) != 1)} of {len(questions)} question{'s' * (len(questions) != 1)}: {counts}", highlight=False)
         tasks = [
             batching.WorkerTask(i, row, settings) for i, (row, (settings, _)) in enumerate(zip(rows, prepared, strict=True)) if actions[i] != "skip"
         ]
@@ -136,9 +122,43 @@ def evaluate(
         raise typer.Exit(0 if all(status == "done" for status in statuses) else 1)
 
 
+@dataclass(frozen=True)
 class _Run:
-    def __init__(self, name: str, settings: Settings, rows: list[BatchQuestion]) -> None:
-        self.name, self.settings, self.rows = name, settings, rows
+    """One --compare value: its name, its settings and one row per question, naming the question's thread."""
+
+    name: str
+    settings: Settings
+    rows: list[BatchQuestion]
+
+
+def _planned_runs(questions: list[EvalQuestion], common: dict[str, object], compared: list[dict[str, object]], base: Settings) -> list[_Run]:
+    """A run per --compare value (one without), each question's thread id a hash of it and every run-shaping
+    setting, so a re-run finds its threads and no thread serves two settings."""
+    from deepstep import evaluation
+    from deepstep.batch import default_thread_id
+    from deepstep.errors import InputError
+
+    runs: list[_Run] = []
+    for changes in compared:
+        name = evaluation.run_name(changes or common)  # without --compare, the run is what --set made it
+        merged = {**common, **changes}
+        settings = evaluation.run_settings(base, merged, f"--compare {name}" if changes else "--set")
+        same = next((run for run in runs if run.settings.run_settings() == settings.run_settings()), None)
+        if same is not None:  # they would share their threads: one run scored twice
+            raise InputError(f"--compare {same.name} and {name} give the same settings: give each run different ones")
+        id_settings = {key: value for key, value in settings.run_settings().items() if key != "review"}
+        rows: list[BatchQuestion] = [
+            {
+                "line": q["line"],
+                "question": q["question"],
+                "thread_id": default_thread_id(q["question"], None, id_settings),
+                "corpus": None,
+                "settings": merged,
+            }
+            for q in questions
+        ]
+        runs.append(_Run(name, settings, rows))
+    return runs
 
 
 def _read_questions(file: Path) -> list[EvalQuestion]:
