@@ -74,6 +74,12 @@ def cited_numbers(text: str) -> list[int]:
     return list(seen)
 
 
+def count_citations(text: str) -> int:
+    """How many citation numbers ``text`` holds, repeats included (``[1, 3] ... [1]`` is 3), as
+    ``remove_invalid_citations`` counts the ones it drops."""
+    return sum(len(_numbers(match)) for prose, part in _prose_parts(text) if prose for match in _CITATION.finditer(part))
+
+
 def merge_contexts(contexts: Sequence[Context], found: Sequence[Context]) -> list[Context]:
     """``contexts`` followed by the passages of ``found`` they do not hold yet (by ``chunk_id``): a follow-up
     search only appends, so every citation ``[n]`` an answer already made keeps pointing at the same passage."""

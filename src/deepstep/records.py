@@ -271,3 +271,86 @@ class BudgetPause(TypedDict):
     caps: BudgetCaps
     used: Spending
     rest: Estimate
+
+
+class PassageLabel(TypedDict):
+    """A labelled answer passage of an evaluation question: a document, optionally narrowed to a page and/or a
+    phrase from the answering sentence (so labels survive re-chunking, as in benchmarks/data)."""
+
+    source: str  # the document's path in the corpus
+    page: NotRequired[int]  # paged documents: the 1-based page the passage is on
+    phrase: NotRequired[str]  # text the passage contains (case and whitespace ignored)
+
+
+class EvalQuestion(TypedDict):
+    """One question of an evaluation file (``deepstep eval``), checked, with its labels."""
+
+    line: int  # where it is in the file (1-based), for messages
+    question: str
+    pages: list[PassageLabel]  # answer passages by document (and page, phrase)
+    chunk_ids: list[str]  # answer passages by chunk id
+    abstain: bool | None  # the corpus cannot answer it (True), can (False); None: not labelled
+    reference: str | None  # a reference answer, for the crude token-overlap F1
+
+
+class QuestionScores(TypedDict):
+    """How one question's thread did in one evaluation run; None where the question has no label for it
+    (or the thread no value: no claim, no scored step, not finished)."""
+
+    question: str
+    thread_id: str
+    status: BatchStatus
+    steps: int
+    answered_steps: int
+    insufficient_steps: int
+    failed_steps: int
+    k: int  # the run's top_k: how many passages of each step's own retrieval count
+    recall_at_k: float | None  # share of the question's passage labels found in some step's first k passages
+    mrr: float | None  # 1 / rank of the first labelled passage in some step's first k passages (0: none)
+    claims: int  # claims of the report: the opening answer's and the answered steps'
+    supported_claims: float | None  # share of them their cited passages back
+    abstained: bool  # no step answered and at least one the corpus did not cover
+    expected_abstain: bool | None
+    scored_steps: int  # answered steps with a scored first draft
+    mctsr_gain: float | None  # mean over those of (best final Q - the first draft's Q)
+    citations: int  # citations the answers made, removed ones (pointing at no passage) included
+    valid_citations: float | None  # share of them that point at a passage
+    answer_f1: float | None  # token-overlap F1 of the report's answer with the reference (crude)
+    calls: int
+    tokens: int
+    cost: float | None
+    wall_seconds: float | None  # None: the thread finished before this output folder's evaluations measured it
+
+
+class OverallScores(TypedDict):
+    """One evaluation run summed up over its questions (``deepstep.evaluation.overall_scores`` says how)."""
+
+    questions: int
+    done: int
+    retrieval_labelled: int
+    recall_at_k: float | None
+    mrr: float | None
+    claims: int
+    supported_claims: float | None
+    abstention_labelled: int
+    abstained: int
+    abstention_precision: float | None
+    abstention_recall: float | None
+    scored_steps: int
+    mctsr_gain: float | None
+    citations: int
+    valid_citations: float | None
+    answer_f1: float | None
+    calls: int
+    tokens: int
+    cost: float | None
+    wall_seconds: float | None
+
+
+class EvalRun(TypedDict):
+    """One run of ``deepstep eval``: the whole question set under one ``--compare`` value (``DIR/eval.json``)."""
+
+    name: str  # the --compare value ("rollouts=0"); without --compare, the --set values, or "default"
+    settings: dict[str, object]  # the run-shaping settings every thread of the run used, as JSON values
+    overall: OverallScores
+    questions: list[QuestionScores]

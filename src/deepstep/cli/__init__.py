@@ -37,7 +37,7 @@ def main() -> None:
 
 
 def _app() -> typer.Typer:
-    from deepstep.cli import batch, corpus, llm, outputs, queue, run, studio  # noqa: F401  (registers the commands)
+    from deepstep.cli import batch, corpus, evaluate, llm, outputs, queue, run, studio  # noqa: F401  (registers the commands)
     from deepstep.cli.common import app
 
     return app
