@@ -57,6 +57,9 @@ def test_with_the_model_verifier_an_edited_answer_costs_exactly_one_verify_call(
     edited = deepstep.revise("rev-verify", [{"action": "edit_answer", "step": "0", "text": text}], settings=run_settings)
     assert calls_by_task(fake_llm) == Counter(verify=1)
     assert edited.usage["verify"]["calls"] == first.usage["verify"]["calls"] + 1
+    step = by_level(edited)["0"]
+    supported = sum(claim["verdict"] == "supported" for claim in step["claims"]) / len(step["claims"])
+    assert step["confidence"]["supported_share"] == round(supported, 3)  # read from the verifier's verdicts
 
 
 def test_an_edited_question_is_researched_without_a_question_call(finished, fake_llm):

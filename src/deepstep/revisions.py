@@ -32,7 +32,7 @@ from deepstep.citations import cited_contexts, remove_invalid_citations
 from deepstep.claims import check_answer, count_verdict
 from deepstep.confidence import step_confidence
 from deepstep.errors import InputError
-from deepstep.records import StepAction
+from deepstep.records import Claim, StepAction
 from deepstep.tree_encoding import StepTree
 
 ACTIONS = ("rerun", "reject", "refresh", "edit_question", "edit_answer", "approve", "add", "remove")
@@ -116,19 +116,25 @@ def reviewed_answer(node: dict[str, Any], text: str, question: str) -> dict[str,
     contexts = node.get("contexts") or []
     answer, removed = remove_invalid_citations(text, len(contexts))
     claims = check_answer(answer, contexts, f"{question}\n{node.get('question', '')}")
-    supported = count_verdict(claims, "supported") / len(claims) if claims else None
-    strength = (node.get("confidence") or {}).get("retrieval_strength", 0.0)
     return {
         "status": "done",
         "error": "",
         "answer": answer,
-        "claims": claims,
         "dropped_claims": 0,
         "removed_citations": removed,
-        "confidence": step_confidence(None, supported, len(cited_contexts(answer, len(contexts))), strength),
         "answer_source": "reviewer",
         "approved": False,
+        **judged_answer({**node, "answer": answer}, claims),
     }
+
+
+def judged_answer(node: dict[str, Any], claims: list[Claim]) -> dict[str, Any]:
+    """A reviewer's answer's ``claims`` and the confidence they give it (no critic's score; the retrieval strength
+    of the step's last research): again once the model verifier judged them."""
+    supported = count_verdict(claims, "supported") / len(claims) if claims else None
+    strength = (node.get("confidence") or {}).get("retrieval_strength", 0.0)
+    cited = len(cited_contexts(node.get("answer") or "", len(node.get("contexts") or [])))
+    return {"claims": claims, "confidence": step_confidence(None, supported, cited, strength)}
 
 
 def _add(revision: Revision, action: StepAction, where: str, new_id: Callable[[], str]) -> None:

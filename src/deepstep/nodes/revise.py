@@ -14,6 +14,7 @@ from deepstep import step_tree
 from deepstep.configuration import Settings
 from deepstep.errors import InputError
 from deepstep.nodes.verify import judged_claims
+from deepstep.revisions import judged_answer
 from deepstep.revisions import revise as revised
 from deepstep.state import RunState
 from deepstep.usage import Usage, add_usage
@@ -30,7 +31,8 @@ def revise(state: RunState, settings: Settings) -> dict[str, Any]:
             node = tree.nodes[step_id]
             if node["claims"]:
                 claims, call_usage = judged_claims(settings, node.get("question", ""), node.get("contexts") or [], node["claims"])
-                tree, usage = step_tree.with_step_updates(tree, [{"id": step_id, "claims": claims}]), add_usage(usage, call_usage)
+                tree = step_tree.with_step_updates(tree, [{"id": step_id, **judged_answer(node, claims)}])
+                usage = add_usage(usage, call_usage)
     # Counted on the root, so the thread's history tells each revision's report apart (``deepstep history``).
     revisions = tree.nodes[step_tree.ROOT_ID].get("revisions", 0) + 1
     tree = step_tree.with_root_update(tree, revision="; ".join(revision.done), revisions=revisions)
