@@ -298,6 +298,19 @@ def _new_thread(settings: Settings, thread_id: str, retriever: BaseRetriever | N
         yield graph
 
 
+@contextmanager
+def _finished_thread(base: Settings, thread_id: str, retriever: BaseRetriever | None, then: str) -> Iterator[tuple[DeepstepGraph, Any]]:
+    """The graph and the state of a finished thread, locked for this process; an unknown or unfinished thread is refused
+    (``then``: what to do once it is finished)."""
+    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
+        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
+        if not snapshot.values and not snapshot.next:
+            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
+        if snapshot.tasks or "tree" not in snapshot.values:
+            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then {then}")
+        yield graph, snapshot
+
+
 def run_tree(
     tree: nx.DiGraph,
     *,
@@ -437,12 +450,7 @@ def revise(
     check_thread_id(thread_id)
     _check_progress_callback(on_progress)
     base = settings_or_default(settings)
-    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
-        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
-        if not snapshot.values and not snapshot.next:
-            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
-        if snapshot.tasks or "tree" not in snapshot.values:
-            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then change its steps")
+    with _finished_thread(base, thread_id, retriever, "change its steps") as (graph, snapshot):
         merged = _thread_settings(base, snapshot.values, settings)
         budget.check_caps(merged, planning=False)
         # Checked here, before the graph keeps the actions: an unusable one changes nothing.
@@ -492,12 +500,7 @@ def refresh(
     if corpus is not None and not isinstance(corpus, (str, os.PathLike)):
         raise InputError(f"corpus must be the path of a folder (str or Path), not {type(corpus).__name__}")
     base = settings_or_default(settings)
-    with thread_lock(base, thread_id), _open_graph(base, retriever) as graph:
-        snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
-        if not snapshot.values and not snapshot.next:
-            raise UnknownThreadError(f"no thread {thread_id} in {checkpoint_location(base)}: check the id or DEEPSTEP_HOME")
-        if snapshot.tasks or "tree" not in snapshot.values:
-            raise InputError(f"thread {thread_id} is not finished: run `deepstep resume {thread_id}` first, then refresh it")
+    with _finished_thread(base, thread_id, retriever, "refresh it") as (graph, snapshot):
         tree = snapshot.values["tree"]
         merged = _thread_settings(base, snapshot.values, settings)
         if corpus is not None:
