@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from deepstep import json_text
 from deepstep.configuration import RUN_SHAPING_FIELDS, Settings
 from deepstep.errors import ConfigError, DeepstepError, InputError, ThreadBusyError, UnknownThreadError
 from deepstep.records import BatchAction, BatchOutcome, BatchQuestion, BatchRow, BatchStatus
@@ -60,15 +61,19 @@ def file_kind(path: Path) -> FileKind:
     return "jsonl" if suffix in (".jsonl", ".ndjson") else "csv" if suffix == ".csv" else "text"
 
 
+def read_question_file(path: Path, what: str) -> str:
+    """The text of a file of questions (``what``: "batch", "evaluation"); one readable ``InputError`` otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is not an error
+    except OSError as error:
+        raise InputError(f"cannot read the {what} file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"the {what} file {path} is not UTF-8 text: save it as UTF-8") from None
+
+
 def read_batch(path: Path, base: Settings) -> list[BatchQuestion]:
     """The questions of the batch file at ``path``, checked (``InputError`` naming the line otherwise)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is not an error
-    except OSError as error:
-        raise InputError(f"cannot read the batch file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"the batch file {path} is not UTF-8 text: save it as UTF-8") from None
-    return parse_batch(text, file_kind(path), base, name=str(path))
+    return parse_batch(read_question_file(path, "batch"), file_kind(path), base, name=str(path))
 
 
 def parse_batch(text: str, kind: FileKind, base: Settings, *, name: str = "the batch file") -> list[BatchQuestion]:
@@ -91,16 +96,7 @@ def _rows(text: str, kind: FileKind, name: str) -> Iterator[tuple[int, dict[str,
             if line.strip() and not line.lstrip().startswith("#"):
                 yield number, {"question": line}
     elif kind == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                fields = json.loads(line)
-            except (ValueError, RecursionError) as error:
-                raise InputError(f'{name} line {number}: not JSON ({error}); each line must be an object like {{"question": "..."}}') from None
-            if not isinstance(fields, dict):
-                raise InputError(f'{name} line {number}: a {type(fields).__name__}, not an object like {{"question": "..."}}')
-            yield number, fields
+        yield from json_text.objects_by_line(text, name, '{"question": "..."}')
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from deepstep import step_tree
+from deepstep import json_text, step_tree
 from deepstep.citations import count_citations, renumber_citations
 from deepstep.claims import count_verdict
 from deepstep.configuration import RUN_SHAPING_FIELDS, Settings
@@ -92,16 +92,8 @@ def parse_questions(text: str, name: str = "the evaluation file") -> list[EvalQu
     """The questions of a JSONL evaluation file with their labels; a bad line is an ``InputError`` naming it."""
     questions: list[EvalQuestion] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, fields in json_text.objects_by_line(text, name, '{"question": "...", "abstain": true}'):
         where = f"{name} line {number}"
-        try:
-            fields = json.loads(line)
-        except (ValueError, RecursionError) as error:
-            raise InputError(f'{where}: not JSON ({error}); each line must be an object like {{"question": "...", "abstain": true}}') from None
-        if not isinstance(fields, dict):
-            raise InputError(f'{where}: a {type(fields).__name__}, not an object like {{"question": "..."}}')
         question = _checked_question(fields, where)
         if (first := seen.setdefault(question["question"], number)) != number:
             raise InputError(f"{where}: the same question as line {first}; remove one")

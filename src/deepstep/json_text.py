@@ -1,12 +1,16 @@
 """JSON that every reader accepts: Python's ``json`` writes ``NaN`` and ``Infinity``, which are not
 JSON (``jq``, JavaScript and dreamsboard's loaders reject them). A score that is not a finite
-number (a damaged import, a critic's ``1e999``) is written as ``null``."""
+number (a damaged import, a critic's ``1e999``) is written as ``null``. And the objects of a JSON
+Lines file a user wrote, each bad line one ``InputError`` naming it."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
+
+from deepstep.errors import InputError
 
 
 def finite(value: Any) -> Any:
@@ -28,4 +32,19 @@ def dumps(value: Any, **options: Any) -> str:
         return json.dumps(finite(value), allow_nan=False, **options)
 
 
-__all__ = ["dumps", "finite"]
+def objects_by_line(text: str, name: str, example: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line of JSON Lines ``text`` as (line number, object); a line that is not a JSON object is an
+    ``InputError`` naming ``name`` and the line, showing ``example`` (an object as the file should hold)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise InputError(f"{name} line {number}: not JSON ({error}); each line must be an object like {example}") from None
+        if not isinstance(fields, dict):
+            raise InputError(f"{name} line {number}: a {type(fields).__name__}, not an object like {example}")
+        yield number, fields
+
+
+__all__ = ["dumps", "finite", "objects_by_line"]

@@ -163,15 +163,9 @@ def _planned_runs(questions: list[EvalQuestion], common: dict[str, object], comp
 
 def _read_questions(file: Path) -> list[EvalQuestion]:
     from deepstep import evaluation
-    from deepstep.errors import InputError
+    from deepstep.batch import read_question_file
 
-    try:
-        text = file.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is not an error
-    except OSError as error:
-        raise InputError(f"cannot read the evaluation file {file}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"the evaluation file {file} is not UTF-8 text: save it as UTF-8") from None
-    return evaluation.parse_questions(text, str(file))
+    return evaluation.parse_questions(read_question_file(file, "evaluation"), str(file))
 
 
 def _earlier_wall_seconds(path: Path) -> dict[str, float]:
