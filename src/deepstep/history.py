@@ -50,7 +50,8 @@ def versions(thread_id: str, *, settings: Settings | None = None) -> list[Report
             continue
         steps = _changed_steps(previous.get("tree"), values["tree"])
         calls_now, calls_before = _calls(values.get("usage")), _calls(previous.get("usage"))
-        revised = _revision(values)[1] if _revision(values)[0] != _revision(previous)[0] else ""
+        (count, actions), (count_before, _) = _revision(values), _revision(previous)
+        revised = actions if count != count_before else ""
         found.append(
             {
                 "number": len(found) + 1,
