@@ -268,7 +268,7 @@ def test_http_retries_respect_retry_after(settings, fake_llm):
 
 
 def test_replies_cut_off_by_max_tokens_are_recovered(settings, fake_llm):
-    # With a response_format, ChatOpenAI raises LengthFinishReasonError on finish_reason="length".
+    # A reply cut at max_tokens (finish_reason "length") is parsed as far as it goes, then repaired.
     fake_llm.set_faults([Fault(kind="length", task="refine", times=2), Fault(kind="length", task="evaluate", times=1)])
     result = deepstep.run(QUESTION, settings=settings)
     assert all(s["status"] == "done" for s in step_tree.steps(result.tree))

@@ -147,6 +147,7 @@ def _shared_http_client(
 
 
 @functools.cache
+@functools.cache  # generating a pydantic JSON schema costs about as much as the rest of a call's preparation
 def _json_schema(schema: type[BaseModel]) -> dict:
     return schema.model_json_schema()
 
@@ -161,16 +162,6 @@ def _usage_of(task: str, reply: AIMessage, seconds: float) -> Usage:
         seconds=round(seconds, 4),
     )
     return {TASK_ROLES[task]: fields}
-
-
-def _message_of(completion: openai.types.chat.ChatCompletion) -> AIMessage:
-    usage = completion.usage
-    metadata = {
-        "input_tokens": usage.prompt_tokens if usage else 0,
-        "output_tokens": usage.completion_tokens if usage else 0,
-        "total_tokens": usage.total_tokens if usage else 0,
-    }
-    return AIMessage(content=completion.choices[0].message.content or "", usage_metadata=metadata)
 
 
 def _text(reply: BaseMessage, max_chars: int) -> str:
@@ -241,7 +232,10 @@ def call_structured(
     while True:
         response_format = _response_format(method, schema, llama_cpp=resolved.llama_cpp, generation_schema=generation_schema)
         try:
-            options = {"response_format": response_format} if response_format else {}
+            # In the body as it is: as ``response_format``, the OpenAI client would walk the whole schema against
+            # its typed parameters on every call (a millisecond of CPU) and switch to its parsing path; deepstep
+            # parses the reply itself. Merged with the model's own extra_body (max_tokens on llama.cpp).
+            options = {"extra_body": {**(model.extra_body or {}), "response_format": response_format}} if response_format else {}
             reply = unless_stopped(model.invoke, conversation, **options)  # no new call (or repair) after Ctrl-C
             totals = add_usage(totals, _usage_of(task, reply, 0.0))
             last_text = _text(reply, settings.max_reply_chars)
@@ -252,10 +246,6 @@ def call_structured(
             with _methods_lock:
                 _methods_by_base_url[base_url] = method
             continue
-        except openai.LengthFinishReasonError as cut_off:
-            # The reply hit max_tokens; what arrived may still parse (open JSON gets closed) or be repaired.
-            totals = add_usage(totals, _usage_of(task, _message_of(cut_off.completion), 0.0))
-            last_text = without_thinking((cut_off.completion.choices[0].message.content or "")[: settings.max_reply_chars])
         try:
             value = parse_reply(last_text, schema)
             return value, _finish(totals, task, started, repairs=repairs)
