@@ -65,61 +65,74 @@ def test_rows_are_counted_by_status_in_queue_order():
 # SIGTERM's stop of every run in the process (interrupts.stop_every_run), runs being in other threads.
 
 
-def test_stopping_every_run_lets_the_call_in_flight_finish_and_starts_no_other(monkeypatch):
+def _model_call(settings: Settings) -> str:
+    """One real model call over HTTP, as a node makes it."""
+    from langchain_core.messages import HumanMessage
+
+    from deepstep.models import call_text
+
+    return call_text(settings, "answer", [HumanMessage("Question: What is a loss function?")])[0]
+
+
+def test_stopping_every_run_lets_the_call_in_flight_finish_and_starts_no_other(monkeypatch, tmp_path):
     import threading
 
     from deepstep import interrupts
 
     monkeypatch.setattr(interrupts, "_every_run_stopped", None)  # the process-wide mark: only for this test
-    started, outcomes = threading.Event(), []
+    outcomes: list[str] = []
+    with FakeLLMServer(latency_ms=1000) as server:  # twice Ctrl-C's grace
+        settings = Settings.build(base_url=server.base_url, home=tmp_path / "home", corpus=CORPUS, max_retries=0)
 
-    def slow_call() -> str:
-        started.set()
-        time.sleep(1.0)  # twice Ctrl-C's grace
-        return "answer"
+        def run() -> None:
+            with interrupts.stop_on_ctrl_c():
+                outcomes.append(interrupts.unless_stopped(_model_call, settings))
+                try:
+                    interrupts.unless_stopped(_model_call, settings)
+                except interrupts.RunInterrupted as stopped:
+                    outcomes.append(str(stopped))
 
-    def run() -> None:
-        with interrupts.stop_on_ctrl_c():
-            outcomes.append(interrupts.unless_stopped(slow_call))
-            try:
-                interrupts.unless_stopped(lambda: "never")
-            except interrupts.RunInterrupted as stopped:
-                outcomes.append(str(stopped))
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    assert started.wait(5)
-    interrupts.stop_every_run(5.0)
-    runner.join(10)
-    assert outcomes == ["answer", "stopped before a model call"]
+        runner = threading.Thread(target=run)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not server.in_flight and time.monotonic() < deadline:  # the first request has reached the server
+            time.sleep(0.01)
+        interrupts.stop_every_run(5.0)
+        runner.join(10)
+        assert len(server.log()) == 1
+    assert outcomes[0].strip() and outcomes[1:] == ["stopped before a model call"]
     with interrupts.stop_on_ctrl_c():  # a run that starts afterwards makes no call
         with pytest.raises(interrupts.RunInterrupted, match="before a model call"):
-            interrupts.unless_stopped(lambda: "never")
+            interrupts.unless_stopped(_model_call, settings)
 
 
-def test_a_second_stop_abandons_the_call_in_flight(monkeypatch):
+def test_a_second_stop_abandons_the_call_in_flight(monkeypatch, tmp_path):
     import threading
 
     from deepstep import interrupts
 
     monkeypatch.setattr(interrupts, "_every_run_stopped", None)
-    started, outcomes = threading.Event(), []
+    outcomes: list[tuple[str, float]] = []
+    with FakeLLMServer(latency_ms=3000) as server:
+        settings = Settings.build(base_url=server.base_url, home=tmp_path / "home", corpus=CORPUS, max_retries=0)
 
-    def run() -> None:
-        with interrupts.stop_on_ctrl_c():
-            try:
-                interrupts.unless_stopped(lambda: (started.set(), time.sleep(3.0)))
-            except interrupts.RunInterrupted as stopped:
-                outcomes.append((str(stopped), time.monotonic()))
+        def run() -> None:
+            with interrupts.stop_on_ctrl_c():
+                try:
+                    interrupts.unless_stopped(_model_call, settings)
+                except interrupts.RunInterrupted as stopped:
+                    outcomes.append((str(stopped), time.monotonic()))
 
-    runner = threading.Thread(target=run)
-    runner.start()
-    assert started.wait(5)
-    interrupts.stop_every_run(60.0)
-    time.sleep(0.2)
-    second = time.monotonic()
-    interrupts.stop_every_run(0.0)
-    runner.join(10)
+        runner = threading.Thread(target=run)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        interrupts.stop_every_run(60.0)
+        time.sleep(0.2)
+        second = time.monotonic()
+        interrupts.stop_every_run(0.0)
+        runner.join(10)
     [(reason, at)] = outcomes
     assert reason == "abandoned a model call in flight" and at - second < 0.5
 

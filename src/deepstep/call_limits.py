@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
+from deepstep.interrupts import POLL_SECONDS, check_stop
+
 # Additive increase: one more call allowed in flight after this many successes per call allowed in a row.
 INCREASE_AFTER = 16
 
@@ -76,12 +78,11 @@ class InFlightLimit:
         with self._changed:
             while True:
                 pause = max(self._paused_until, self._next_start) - time.monotonic()
-                if pause > 0:
-                    self._changed.wait(pause)
-                elif self._in_flight < self._ceiling(bound):
+                if pause <= 0 and self._in_flight < self._ceiling(bound):
                     break
-                else:
-                    self._changed.wait()
+                # Woken by a freed slot, or after a slice: a stopped run gives up its place.
+                self._changed.wait(min(pause, POLL_SECONDS) if pause > 0 else POLL_SECONDS)
+                check_stop(sent=False)
             self._in_flight += 1
             started = time.monotonic()
             self._next_start = started + self._interval

@@ -9,6 +9,12 @@ call in flight gets ``GRACE_SECONDS`` to finish (its answer is then checkpointed
 before it is abandoned. The run then unwinds with ``RunInterrupted`` from whichever thread sees
 the mark; a second Ctrl-C raises it in the main thread at once.
 
+The call runs in the node's own thread: the model HTTP client (``model_http``, ``call_limits``)
+waits for a free slot and for the reply in slices of ``POLL_SECONDS`` and asks ``check_stop``
+between them. (A thread per call, waited on from the node's thread, cost about 0.3 ms of CPU per
+call.) The OpenAI client's back-off between two attempts is not sliced: a stop during it takes
+effect when the next attempt would start, or at a second Ctrl-C.
+
 A process that runs its runs outside the main thread (a queue worker: ``deepstep worker``) stops
 them all with ``stop_every_run`` (on SIGTERM), with a grace long enough for the calls in flight to
 finish; a run that starts after it is stopped before its first model call.
@@ -22,14 +28,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 GRACE_SECONDS = 0.5  # a call in flight at Ctrl-C may finish within this, else it is abandoned
-_POLL_SECONDS = 0.05
+POLL_SECONDS = 0.25  # the longest a model call's wait goes without looking at the stop mark (half the grace)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -42,7 +47,14 @@ class RunInterrupted(KeyboardInterrupt):
 class _Stop:
     # Plain attributes, set by the signal handler: taking a lock there could deadlock the main thread.
     requested = False
+    stopped_at = 0.0  # time.monotonic() when requested was set
     grace_seconds = GRACE_SECONDS  # how long a call in flight at the stop may still take
+
+    def request(self, grace_seconds: float) -> None:
+        if not self.requested:
+            self.stopped_at = time.monotonic()
+        self.grace_seconds = grace_seconds if not self.requested else min(self.grace_seconds, grace_seconds)
+        self.requested = True
 
 
 _current: contextvars.ContextVar[_Stop | None] = contextvars.ContextVar("deepstep_stop", default=None)
@@ -56,11 +68,10 @@ def stop_every_run(grace_seconds: float) -> None:
     this, and a call in flight may take ``grace_seconds`` more to finish (its answer is then kept)."""
     global _every_run_stopped
     mark = _Stop()
-    mark.requested, mark.grace_seconds = True, grace_seconds
+    mark.request(grace_seconds)
     _every_run_stopped = mark
     for stop in list(_active):
-        stop.grace_seconds = grace_seconds if not stop.requested else min(stop.grace_seconds, grace_seconds)
-        stop.requested = True
+        stop.request(grace_seconds)
 
 
 @contextmanager
@@ -71,7 +82,7 @@ def stop_on_ctrl_c() -> Iterator[None]:
     The SIGINT handler is installed only in the main thread, and not when SIGINT is ignored."""
     stop = _Stop()
     if _every_run_stopped is not None:
-        stop.requested, stop.grace_seconds = True, _every_run_stopped.grace_seconds
+        stop.request(_every_run_stopped.grace_seconds)
     _active.add(stop)
     token = _current.set(stop)
     install = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
@@ -81,7 +92,7 @@ def stop_on_ctrl_c() -> Iterator[None]:
         if stop.requested:
             _quiet_abandoned_workers()
             raise RunInterrupted("interrupted again while stopping")
-        stop.requested = True
+        stop.request(GRACE_SECONDS)  # no lock taken: the mark's attributes are plain
 
     if install:
         previous = signal.signal(signal.SIGINT, on_sigint)
@@ -106,35 +117,37 @@ def _quiet_abandoned_workers() -> None:
 def unless_stopped(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``call(*args, **kwargs)`` (one model request), unless the run is stopping: then ``RunInterrupted``.
 
-    Outside ``stop_on_ctrl_c`` (a graph driven directly, Studio) this is just the call."""
+    Outside ``stop_on_ctrl_c`` (a graph driven directly, Studio) this is just the call. Inside, the
+    request's waits end through ``check_stop`` when the run stops."""
     stop = _current.get()
     if stop is None:
         return call(*args, **kwargs)
     if stop.requested:
         raise RunInterrupted("stopped before a model call")
-    reply: Future[T] = Future()
-    context = contextvars.copy_context()  # callbacks and tracing of the node see the call as before
-
-    def request() -> None:
-        try:
-            reply.set_result(context.run(call, *args, **kwargs))
-        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
-            reply.set_exception(error)
-
-    # A daemon thread does the request, so a stopping run need not wait for a slow reply.
-    threading.Thread(target=request, name="deepstep-model-call", daemon=True).start()
-    while not wait([reply], timeout=_POLL_SECONDS).done:
+    try:
+        return call(*args, **kwargs)
+    except Exception as error:
         if stop.requested:
-            stopped_at = time.monotonic()
-            # Polled, not one wait: a second signal may shorten the grace (stop_every_run) while it runs.
-            while not wait([reply], timeout=_POLL_SECONDS).done:
-                if time.monotonic() - stopped_at > stop.grace_seconds:
-                    raise RunInterrupted("abandoned a model call in flight")
-            break
-    if stop.requested and reply.exception() is not None:
-        # Failing after Ctrl-C is part of stopping, not a model fault to retry or record.
-        raise RunInterrupted("a model call in flight failed while stopping") from reply.exception()
-    return reply.result()
+            # Failing after Ctrl-C is part of stopping, not a model fault to retry or record.
+            raise RunInterrupted("a model call in flight failed while stopping") from error
+        raise
 
 
-__all__ = ["GRACE_SECONDS", "RunInterrupted", "stop_every_run", "stop_on_ctrl_c", "unless_stopped"]
+def check_stop(*, sent: bool) -> None:
+    """For a model request's waits, every ``POLL_SECONDS`` at most: ``RunInterrupted`` when the run is
+    stopping, at once if the request is not ``sent`` yet, else once the stop's grace has passed."""
+    stop = _current.get()
+    if stop is None or not stop.requested:
+        return
+    if not sent:
+        raise RunInterrupted("stopped before a model call")
+    if time.monotonic() - stop.stopped_at > stop.grace_seconds:
+        raise RunInterrupted("abandoned a model call in flight")
+
+
+def watched() -> bool:
+    """Whether this thread's model requests must look at a stop mark while they wait."""
+    return _current.get() is not None
+
+
+__all__ = ["GRACE_SECONDS", "POLL_SECONDS", "RunInterrupted", "check_stop", "stop_every_run", "stop_on_ctrl_c", "unless_stopped", "watched"]

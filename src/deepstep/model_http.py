@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from deepstep import interrupts
 from deepstep.call_limits import CallLimit, limit_for, retry_after_seconds
 
 # JSON escapes a character in at most 12 bytes (an astral one as two \\uXXXX); the rest of a completion is small.
@@ -59,7 +60,20 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _until_deadline(timeout, httpcore.ReadTimeout))
+        wait = _until_deadline(timeout, httpcore.ReadTimeout)
+        if not interrupts.watched():
+            return self._stream.read(max_bytes, wait)
+        # In slices, so a stopped run (Ctrl-C) abandons the call after its grace. A socket read that
+        # times out has taken nothing: the next slice goes on where it left off.
+        until = None if wait is None else time.monotonic() + wait
+        while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= interrupts.POLL_SECONDS:
+                return self._stream.read(max_bytes, max(left, 0.0))
+            try:
+                return self._stream.read(max_bytes, interrupts.POLL_SECONDS)
+            except httpcore.ReadTimeout:
+                interrupts.check_stop(sent=True)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, _until_deadline(timeout, httpcore.WriteTimeout))
@@ -108,9 +122,11 @@ class ModelTransport(httpx.HTTPTransport):
         self.max_body_bytes = BYTES_PER_CHAR * max_reply_chars + ENVELOPE_BYTES
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        interrupts.check_stop(sent=False)  # also a retry: no request starts once the run is stopping
         if self.limit is None:
             return self._handle(request)
         with self.limit.slot(self.max_in_flight) as started:  # the deadline starts once the request may go
+            interrupts.check_stop(sent=False)
             response = self._handle(request)
             # Told before the slot is freed: a call waiting for it must not start before the pause is known
             # (a few milliseconds when the limit is shared through the database).

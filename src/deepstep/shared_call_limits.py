@@ -47,6 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from deepstep.call_limits import INCREASE_AFTER, MAX_PAUSE, MIN_INTERVAL
 from deepstep.errors import ConfigError
+from deepstep.interrupts import check_stop
 
 LEASE_MARGIN_SECONDS = 5.0
 POLL_SECONDS = 0.1  # a waiter re-checks at least this often, even when no release is announced
@@ -262,7 +263,9 @@ class SharedInFlightLimit:
     def slot(self, bound: int) -> Iterator[float]:
         """Hold one of the calls allowed in flight to this server across all workers; gives the time the
         call started (by the database's clock), for ``rate_limited``."""
-        with self._front:
+        while not self._front.acquire(timeout=POLL_SECONDS):
+            check_stop(sent=False)  # a stopped run gives up its place in the queue
+        try:
             self._listen()  # before the first look, so no release between the look and the wait goes unheard
             while True:
                 taken = self._try_take(bound)
@@ -271,7 +274,13 @@ class SharedInFlightLimit:
                 if taken is None:
                     self._wait_for_release(POLL_SECONDS)
                 else:
-                    time.sleep(min(taken, POLL_SECONDS * 10))
+                    paused_until = time.monotonic() + min(taken, POLL_SECONDS * 10)
+                    while (left := paused_until - time.monotonic()) > 0:
+                        time.sleep(min(left, POLL_SECONDS))
+                        check_stop(sent=False)
+                check_stop(sent=False)
+        finally:
+            self._front.release()
         lease, started = taken
         try:
             yield started
