@@ -132,6 +132,25 @@ def test_tree_serializer_writes_msgpack_and_refuses_pickle():
         serde.loads_typed(("pickle+zlib", zlib.compress(pickle.dumps({"tree": 1}))))
 
 
+def test_tree_serializer_packs_as_langgraph_does_and_finds_trees_at_any_depth():
+    import datetime
+    import uuid
+
+    from langchain_core.messages import AIMessage
+
+    serde, plain = TreeSerializer(), JsonPlusSerializer(pickle_fallback=False)
+    # No tree: the same bytes as LangGraph's serializer (it packs with the same options and hook).
+    value = {"n": 1, "when": datetime.datetime(2026, 11, 30), "id": uuid.UUID(int=7), "message": AIMessage("hi"), "pair": (1, "x")}
+    kind, payload = serde.dumps_typed(value)
+    assert (zlib.decompress(payload) if kind.endswith("+zlib") else payload) == plain.dumps_typed(value)[1]
+    # Trees nested in dicts, lists and tuples come back as step trees equal to the originals.
+    tree = StepTree(sample_tree())
+    nested = {"a": [tree, {"b": (tree,)}], "none": None}
+    back = serde.loads_typed(serde.dumps_typed(nested))
+    assert step_tree.trees_equal(back["a"][0], tree) and step_tree.trees_equal(back["a"][1]["b"][0], tree) and back["none"] is None
+    assert [serde.loads_typed(serde.dumps_typed(raw)) for raw in (None, b"x", bytearray(b"y"))] == [None, b"x", bytearray(b"y")]
+
+
 def test_large_values_are_stored_compressed_and_small_ones_and_older_ones_as_they_are():
     serde = TreeSerializer()
     prose = {"text": "The squared error loss averages the squared differences between predictions and targets. " * 20}

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
+import ormsgpack
+from langgraph.checkpoint.serde import jsonplus
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
@@ -105,16 +107,10 @@ def as_step_tree(value: Any) -> StepTree:
 _TAG = "__deepstep_digraph__"
 
 
-def _encode(value: Any) -> Any:
+def _msgpack_default(value: Any) -> Any:
     if isinstance(value, nx.DiGraph):
         return {_TAG: to_data(value)}
-    if isinstance(value, dict):
-        return {key: _encode(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_encode(item) for item in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_encode(item) for item in value)
-    return value
+    return jsonplus._msgpack_default(value)
 
 
 def _decode(value: Any) -> Any:
@@ -143,7 +139,12 @@ class TreeSerializer(JsonPlusSerializer):
         super().__init__(pickle_fallback=False)
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        kind, data = super().dumps_typed(_encode(obj))
+        if obj is None or isinstance(obj, bytes | bytearray):
+            kind, data = super().dumps_typed(obj)
+        else:
+            # What JsonPlusSerializer writes, with each DiGraph as node-link data: ormsgpack hands the graphs to
+            # the hook as it meets them, where walking every value first to find them cost as much as packing.
+            kind, data = "msgpack", ormsgpack.packb(obj, default=_msgpack_default, option=jsonplus._option)
         if len(data) >= COMPRESS_FROM_BYTES and len(compressed := zlib.compress(data, 1)) < len(data):
             return kind + _COMPRESSED, compressed
         return kind, data
