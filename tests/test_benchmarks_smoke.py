@@ -98,3 +98,16 @@ def test_the_rerun_benchmark_counts_one_steps_calls_against_a_full_run():
     figures = measure(steps=3, rollouts=1, latency_ms=0, concurrency=2)
     # One step: 3 + 3R = 6 calls; the whole question: planning (2) and 3 steps of 6.
     assert (figures["rerun_calls"], figures["full_calls"], figures["full_again_calls"]) == (6, 2 + 3 * 6, 2 + 3 * 6)
+
+
+def test_the_call_cpu_benchmark_replays_every_call_and_accounts_for_its_cpu():
+    from benchmarks.call_cpu import langgraph_floor, per_call, wall
+
+    figures = per_call(steps=2)
+    assert figures["calls"] == 2 + 2 * 9  # planning, then 3 + 3R calls per step at R = 2: each replayed once
+    parts = [value for key, value in figures.items() if key.endswith(" ms_per_call") and key != "rest ms_per_call"]
+    assert len(parts) == 3 and all(part > 0 for part in parts) and sum(parts) < figures["deepstep_ms_per_call"]
+    floor = langgraph_floor(steps=2)
+    assert floor["with_checkpointer_ms_per_node"] > 0 and floor["without_checkpointer_ms_per_node"] > 0
+    row = wall(steps=2, concurrency=2, latency_ms=20)
+    assert row["critical_path_s"] == pytest.approx((2 + 1 * 9) * 0.02) and row["wall_s"] > row["critical_path_s"]
