@@ -68,8 +68,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         until = None if wait is None else time.monotonic() + wait
         while True:
             left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                raise httpcore.ReadTimeout("the model server sent nothing within the read timeout")
             if left is not None and left <= interrupts.POLL_SECONDS:
-                return self._stream.read(max_bytes, max(left, 0.0))
+                return self._stream.read(max_bytes, left)
             try:
                 return self._stream.read(max_bytes, interrupts.POLL_SECONDS)
             except httpcore.ReadTimeout:

@@ -147,7 +147,6 @@ def _shared_http_client(
 
 
 @functools.cache
-@functools.cache  # generating a pydantic JSON schema costs about as much as the rest of a call's preparation
 def _json_schema(schema: type[BaseModel]) -> dict:
     return schema.model_json_schema()
 

@@ -115,6 +115,16 @@ def test_a_trickled_reply_cannot_outlive_the_call_timeout(fake_llm, tmp_path, ki
     assert_all_steps_done(result)
 
 
+def test_a_silent_server_times_out_at_the_call_timeout_and_is_asked_again(fake_llm, tmp_path):
+    # No byte for 3 s against a 1 s timeout, during a run (its waits sliced to notice Ctrl-C).
+    fake_llm.set_faults([Fault("timeout", task="question", times=1, seconds=3)])
+    result = deepstep.run(QUESTION, thread_id="t", settings=settings_for(fake_llm.base_url, tmp_path / "home", timeout=1))
+
+    log = settled(fake_llm, "timeout", status=0)
+    assert [entry["status"] for entry in log if entry["fault"] == "timeout"] == [0]  # hung up on, then asked again
+    assert_all_steps_done(result)
+
+
 def test_an_embedding_call_cannot_be_trickled_past_its_timeout(fake_llm):
     from deepstep.postgres_retrieval import EmbeddingModel
 
