@@ -12,7 +12,8 @@ All in one process, one run, against the fake server in its own process (``bench
    out with ``Send``) whose nodes do nothing, with deepstep's SQLite checkpointer (durability "sync")
    and without a checkpointer: what any LangGraph workflow that checkpoints each call pays per node.
 4. **Wall / critical path** at the issue's settings, each after a warm-up question in the same process
-   (imports, the corpus language, JSON schemas: a process's start-up, reported on its own).
+   (imports, the corpus language, JSON schemas: a process's start-up, reported on its own), and the CPU per
+   call of a plain ``ChatOpenAI`` loop at the same latency.
 
 Run: .venv/bin/python -m benchmarks.call_cpu [--steps 40] [--json]
 """
@@ -187,13 +188,30 @@ def langgraph_floor(steps: int) -> dict[str, float]:
     return figures
 
 
-def wall(steps: int, concurrency: int, latency_ms: float) -> dict[str, float]:
+def _plain_loop_cpu(base_url: str, calls: int) -> float:
+    """CPU seconds per call of a plain ChatOpenAI loop of one fixed prompt against ``base_url``."""
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(base_url=base_url, api_key="unused", model="fake", max_retries=0, default_headers={"X-Deepstep-Task": "answer"})
+    messages = [("system", "You answer."), ("human", f"Question: {QUESTION}")]
+    for _ in range(3):
+        model.invoke(messages)
+    started = time.process_time()
+    for _ in range(calls):
+        model.invoke(messages)
+    return (time.process_time() - started) / calls
+
+
+def wall(steps: int, concurrency: int, latency_ms: float, plain_calls: int = 20) -> dict[str, float]:
     with fake_server_process(latency_ms=latency_ms, steps=steps, faults=[]) as server, tempfile.TemporaryDirectory() as home:
         settings = _settings(server.base_url, Path(home), steps, concurrency)
         warm_up_seconds = _warm_up(settings)
         started, cpu_started = time.perf_counter(), time.process_time()
         deepstep.run(QUESTION, thread_id="measured", settings=settings)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        # A client's CPU per call grows with the wait between calls on some machines (caches gone cold while it
+        # sleeps): the plain loop at the same latency says how much of the run's CPU per call that is.
+        plain_cpu = _plain_loop_cpu(server.base_url, plain_calls)
     critical_path = (2 + math.ceil(steps / concurrency) * calls_per_step(ROLLOUTS)) * latency_ms / 1000
     calls = 2 + steps * calls_per_step(ROLLOUTS)
     return {
@@ -201,6 +219,7 @@ def wall(steps: int, concurrency: int, latency_ms: float) -> dict[str, float]:
         "critical_path_s": critical_path,
         "ratio": seconds / critical_path,
         "cpu_ms_per_call": 1000 * cpu / calls,
+        "plain_loop_cpu_ms_per_call": 1000 * plain_cpu,
         "warm_up_s": warm_up_seconds,
     }
 
@@ -229,8 +248,8 @@ def main() -> None:
     for row in figures["wall"]:
         print(
             f"N = {row['steps']}, C = {row['concurrency']}, L = {row['latency_ms']:g} ms: wall {row['wall_s']:.2f} s / critical path "
-            f"{row['critical_path_s']:.2f} s = {row['ratio']:.3f} (target {row['target']}); {row['cpu_ms_per_call']:.2f} ms CPU per call; "
-            f"start-up (warm-up question) {row['warm_up_s']:.2f} s"
+            f"{row['critical_path_s']:.2f} s = {row['ratio']:.3f} (target {row['target']}); {row['cpu_ms_per_call']:.2f} ms CPU per call "
+            f"(a plain ChatOpenAI loop at this latency: {row['plain_loop_cpu_ms_per_call']:.2f}); start-up {row['warm_up_s']:.2f} s"
         )
 
 

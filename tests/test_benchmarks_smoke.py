@@ -109,5 +109,6 @@ def test_the_call_cpu_benchmark_replays_every_call_and_accounts_for_its_cpu():
     assert len(parts) == 3 and all(part > 0 for part in parts) and sum(parts) < figures["deepstep_ms_per_call"]
     floor = langgraph_floor(steps=2)
     assert floor["with_checkpointer_ms_per_node"] > 0 and floor["without_checkpointer_ms_per_node"] > 0
-    row = wall(steps=2, concurrency=2, latency_ms=20)
+    row = wall(steps=2, concurrency=2, latency_ms=20, plain_calls=2)
     assert row["critical_path_s"] == pytest.approx((2 + 1 * 9) * 0.02) and row["wall_s"] > row["critical_path_s"]
+    assert row["plain_loop_cpu_ms_per_call"] > 0
