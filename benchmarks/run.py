@@ -306,15 +306,6 @@ def profile(plan: Plan) -> dict[str, Any]:
         for frame in {_frame_key(f)[0] for f in frames if not any(p in f for p in PLUMBING)}:
             inclusive[frame] += count
     total = sum(count for _, count in stacks) or 1
-    own: Counter[str] = Counter()
-    packages: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    for frames, count in stacks:
-        key, package = _frame_key(frames[-1])
-        own[key] += count
-        packages[package] += count
-        for frame in {_frame_key(f)[0] for f in frames if not any(p in f for p in PLUMBING)}:
-            inclusive[frame] += count
     share = lambda counter: [(name, 100 * count / total) for name, count in counter.most_common(12)]  # noqa: E731
     return {
         "steps": plan.profile_steps,
