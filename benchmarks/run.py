@@ -453,7 +453,9 @@ def render(results: dict[str, Any]) -> str:
         f"Settings: rollouts R = {ROLLOUTS}, reward samples 1, so 3 + 3R = {per_step} LLM calls per step and {DECOMPOSE_CALLS} "
         "planning calls (outline, steps); `max_retries=0`; bundled demo corpus; SQLite checkpointer. Every measured run is a fresh "
         "child process (`benchmarks.workload`) with the fake server `deepstep.testing.fake_llm` (deterministic replies) in a "
-        "process of its own, as a real model server would be; the resume runs kill and resume the real `deepstep` CLI.",
+        "process of its own, as a real model server would be; its clock starts after the process's start-up (the corpus index "
+        "and language, the model layer's imports: `benchmarks.call_cpu` measures it); the resume runs kill and resume the real "
+        "`deepstep` CLI.",
         "",
         "## 1. Critical-path ratio",
         "",
