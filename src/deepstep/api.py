@@ -7,7 +7,7 @@ import os
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,17 @@ def clean_question(question: str) -> str:
     if len(text) > MAX_QUESTION_CHARS:
         raise InputError(f"the question is {len(text)} characters long; shorten it to at most {MAX_QUESTION_CHARS}")
     return text
+
+
+def question_field(fields: Mapping[str, Any], where: str) -> str:
+    """The cleaned ``question`` of one row of a question file (``deepstep batch``, ``deepstep eval``); an error
+    names the row (``where``)."""
+    if "question" not in fields:
+        raise InputError(f"{where}: no question")
+    try:
+        return clean_question(fields["question"])
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
 
 
 def _run_config(thread_id: str, settings: Settings) -> RunnableConfig:

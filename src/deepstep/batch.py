@@ -121,16 +121,11 @@ def _check_columns(columns: list[str] | Any, name: str, line: int) -> None:
 
 
 def _checked(line: int, fields: dict[str, Any], base: Settings, name: str) -> BatchQuestion:
-    from deepstep.api import clean_question  # the API's own check: a question it would refuse fails here, before any run
+    from deepstep.api import question_field  # the API's own check: a question it would refuse fails here, before any run
 
     where = f"{name} line {line}"
     _check_columns(list(fields), name, line)
-    if "question" not in fields:
-        raise InputError(f"{where}: no question")
-    try:
-        question = clean_question(fields["question"])
-    except InputError as error:
-        raise InputError(f"{where}: {error}") from None
+    question = question_field(fields, where)
     corpus = fields.get("corpus")
     if corpus is not None and (not isinstance(corpus, str) or not corpus.strip()):
         raise InputError(f"{where}: corpus must be the path of a folder")

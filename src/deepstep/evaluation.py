@@ -104,17 +104,12 @@ def parse_questions(text: str, name: str = "the evaluation file") -> list[EvalQu
 
 
 def _checked_question(fields: dict[str, Any], where: str) -> EvalQuestion:
-    from deepstep.api import clean_question  # the API's own check: a question it would refuse fails here, before any run
+    from deepstep.api import question_field  # the API's own check: a question it would refuse fails here, before any run
 
     unknown = [str(key) for key in fields if key not in QUESTION_FIELDS]
     if unknown:
         raise InputError(f"{where}: unknown field {', '.join(map(repr, unknown))}; use {', '.join(QUESTION_FIELDS)}")
-    if "question" not in fields:
-        raise InputError(f"{where}: no question")
-    try:
-        question = clean_question(fields["question"])
-    except InputError as error:
-        raise InputError(f"{where}: {error}") from None
+    question = question_field(fields, where)
     pages = fields.get("pages", [])
     if not isinstance(pages, list):
         raise InputError(f'{where}: pages must be a list, e.g. [{{"source": "modules/sgd.md", "page": 3}}] or ["modules/sgd.md"]')
